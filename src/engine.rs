@@ -1,0 +1,601 @@
+//! The engine: Check and Expand over relationships read at one revision,
+//! plus validated writes of relationships and schemas.
+//!
+//! It talks only to the [`Datastore`] trait and never knows which backend it
+//! has, nor anything about gRPC. Errors fail closed: a store error or an
+//! exceeded limit is an [`Error`], never an `Allowed` or a `Denied`.
+//!
+//! Structure (DESIGN.md §10): request → dispatch (top-level singleflight and
+//! the moka cache of sub-problems keyed by revision) → evaluator.
+
+mod check;
+mod expand;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use moka::future::Cache;
+
+pub use expand::{ExpandKind, ExpandTree};
+
+use crate::model::{
+    ObjectRef, Relationship, Revision, SubjectRef, validate_name, validate_object_id,
+    validate_type_name,
+};
+use crate::schema::{self, AllowedType, Compiled, Diagnostic, MemberKind, Schema, SchemaError};
+use crate::store::memory::MemoryStore;
+use crate::store::{
+    CommittedTxn, Datastore, DeleteByFilter, Page, Precondition, PreconditionKind,
+    RelationshipFilter, SchemaWrite, StoreError, SubjectFilter, TxnMetadata, Update, WriteTxn,
+};
+
+/// The answer to a check. Three-valued so that caveats (phase 2) fit:
+/// `Conditional` means "allowed if the missing caveat context holds".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Decision {
+    Denied,
+    Conditional,
+    Allowed,
+}
+
+impl Decision {
+    pub fn or(self, other: Decision) -> Decision {
+        self.max(other)
+    }
+    pub fn and(self, other: Decision) -> Decision {
+        self.min(other)
+    }
+    pub fn not(self) -> Decision {
+        match self {
+            Decision::Denied => Decision::Allowed,
+            Decision::Conditional => Decision::Conditional,
+            Decision::Allowed => Decision::Denied,
+        }
+    }
+    pub fn is_allowed(self) -> bool {
+        self == Decision::Allowed
+    }
+}
+
+/// Engine errors. The API layer maps each to one gRPC status.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Error {
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    #[error("no schema has been written yet")]
+    NoSchema,
+    #[error("object definition `{0}` not found")]
+    UnknownType(String),
+    #[error("relation or permission `{member}` not found on definition `{object_type}`")]
+    UnknownMember { object_type: String, member: String },
+    #[error("invalid schema: {0}")]
+    Schema(Box<SchemaError>),
+    #[error("relationship `{relationship}` does not match the schema: {reason}")]
+    SchemaViolation {
+        relationship: String,
+        reason: String,
+    },
+    #[error("the new schema would orphan existing relationships: {0}")]
+    SchemaWouldOrphan(String),
+    #[error("maximum depth of {depth} exceeded while evaluating; the schema or data nests too deeply (or the depth limit is too low)")]
+    DepthExceeded { depth: u32 },
+    #[error("{0}")]
+    Store(#[from] StoreError),
+}
+
+/// Engine settings.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Maximum evaluation depth (hops); exceeding it is an error.
+    pub max_depth: u32,
+    /// Maximum updates in one write.
+    pub max_updates_per_write: usize,
+    /// Entries in the check cache.
+    pub cache_capacity: u64,
+    /// Cache entries age out after this long.
+    pub cache_ttl: Duration,
+    pub schema_limits: schema::Limits,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            max_depth: 50,
+            max_updates_per_write: 1_000,
+            cache_capacity: 100_000,
+            cache_ttl: Duration::from_secs(60),
+            schema_limits: schema::Limits::default(),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct EngineMetrics {
+    pub cache_hits: AtomicU64,
+    pub cache_misses: AtomicU64,
+}
+
+impl EngineMetrics {
+    fn cache_hit(&self) {
+        self.cache_hits.fetch_add(1, Ordering::Relaxed);
+    }
+    fn cache_miss(&self) {
+        self.cache_misses.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+type CacheKey = (Revision, ObjectRef, String, SubjectRef);
+
+/// The authorization engine over one datastore. Cheap to share (`Arc`).
+pub struct Engine {
+    store: Arc<dyn Datastore>,
+    config: EngineConfig,
+    cache: Cache<CacheKey, Decision>,
+    /// The last compiled schema, by the revision that wrote it.
+    compiled: Mutex<Option<(Revision, Arc<Schema>)>>,
+    pub metrics: EngineMetrics,
+}
+
+/// The result of a schema write.
+#[derive(Debug, Clone)]
+pub struct SchemaWriteResult {
+    pub revision: Revision,
+    pub warnings: Vec<Diagnostic>,
+}
+
+/// Evaluation state for one request: a schema and a revision.
+pub(crate) struct Evaluator<'e> {
+    engine: &'e Engine,
+    schema: Arc<Schema>,
+    at: Revision,
+    max_depth: u32,
+}
+
+impl Evaluator<'_> {
+    async fn read(&self, filter: &RelationshipFilter) -> Result<Vec<Relationship>, Error> {
+        Ok(self
+            .engine
+            .store
+            .query(self.at, filter, &Page::default())
+            .await?)
+    }
+
+    fn cache_key(&self, resource: &ObjectRef, member: &str, subject: &SubjectRef) -> CacheKey {
+        (self.at, resource.clone(), member.to_string(), subject.clone())
+    }
+}
+
+impl Engine {
+    pub fn new(store: Arc<dyn Datastore>, config: EngineConfig) -> Self {
+        let cache = Cache::builder()
+            .max_capacity(config.cache_capacity)
+            .time_to_live(config.cache_ttl)
+            .build();
+        Engine {
+            store,
+            config,
+            cache,
+            compiled: Mutex::new(None),
+            metrics: EngineMetrics::default(),
+        }
+    }
+
+    /// An engine over a fresh embedded memory store with default settings.
+    pub fn in_memory() -> Self {
+        Engine::new(Arc::new(MemoryStore::default()), EngineConfig::default())
+    }
+
+    pub fn store(&self) -> &Arc<dyn Datastore> {
+        &self.store
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    pub async fn head_revision(&self) -> Result<Revision, Error> {
+        Ok(self.store.head_revision().await?)
+    }
+
+    /// The compiled schema in force at `at`.
+    pub async fn schema_at(&self, at: Revision) -> Result<Arc<Schema>, Error> {
+        let stored = self.store.read_schema(at).await?.ok_or(Error::NoSchema)?;
+        if let Ok(guard) = self.compiled.lock()
+            && let Some((rev, schema)) = guard.as_ref()
+            && *rev == stored.written_at
+        {
+            return Ok(schema.clone());
+        }
+        // Stored schemas were validated on write, so this only fails if the
+        // limits were lowered since; report it rather than guessing.
+        let compiled = schema::compile(&stored.text, &schema::Limits {
+            max_schema_bytes: usize::MAX,
+            max_expression_terms: usize::MAX,
+            max_nesting: self.config.schema_limits.max_nesting,
+        })
+        .map_err(|e| Error::Schema(Box::new(e)))?;
+        let schema = Arc::new(compiled.schema);
+        if let Ok(mut guard) = self.compiled.lock() {
+            *guard = Some((stored.written_at, schema.clone()));
+        }
+        Ok(schema)
+    }
+
+    /// The schema text in force at `at`, and the revision that wrote it.
+    pub async fn read_schema_text(&self, at: Revision) -> Result<(String, Revision), Error> {
+        let stored = self.store.read_schema(at).await?.ok_or(Error::NoSchema)?;
+        Ok((stored.text.to_string(), stored.written_at))
+    }
+
+    async fn evaluator(&self, at: Revision) -> Result<Evaluator<'_>, Error> {
+        Ok(Evaluator {
+            engine: self,
+            schema: self.schema_at(at).await?,
+            at,
+            max_depth: self.config.max_depth,
+        })
+    }
+
+    /// Compiles `text` and installs it, refusing (with
+    /// [`Error::SchemaWouldOrphan`]) a change that would leave stored
+    /// relationships outside the schema.
+    pub async fn write_schema(
+        &self,
+        text: &str,
+        metadata: TxnMetadata,
+    ) -> Result<SchemaWriteResult, Error> {
+        let Compiled {
+            schema, warnings, ..
+        } = schema::compile(text, &self.config.schema_limits)
+            .map_err(|e| Error::Schema(Box::new(e)))?;
+        for attempt in 0.. {
+            let head = self.store.head_revision().await?;
+            let current = self.store.read_schema(head).await?;
+            let (expected, preconditions) = match &current {
+                None => (None, Vec::new()),
+                Some(stored) => {
+                    let old = self.schema_at(head).await?;
+                    (Some(stored.written_at), orphan_filters(&old, &schema))
+                }
+            };
+            let txn = WriteTxn {
+                expected_schema: Some(expected),
+                preconditions: preconditions.clone(),
+                schema: Some(SchemaWrite {
+                    text: text.to_string(),
+                }),
+                metadata: metadata.clone(),
+                ..Default::default()
+            };
+            match self.store.write(txn).await {
+                Ok(c) => {
+                    return Ok(SchemaWriteResult {
+                        revision: c.revision,
+                        warnings,
+                    });
+                }
+                Err(StoreError::SchemaChanged) if attempt < 5 => continue,
+                Err(StoreError::PreconditionFailed { index, .. }) => {
+                    let filter = &preconditions[index].filter;
+                    let examples = self
+                        .store
+                        .query(self.store.head_revision().await?, filter, &Page {
+                            after: None,
+                            limit: Some(5),
+                        })
+                        .await?;
+                    let list: Vec<String> = examples.iter().map(|r| format!("`{r}`")).collect();
+                    return Err(Error::SchemaWouldOrphan(format!(
+                        "{}; for example {}; delete those relationships first",
+                        describe_orphan(filter),
+                        list.join(", ")
+                    )));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(Error::Store(StoreError::SchemaChanged))
+    }
+
+    /// Validates and applies relationship updates atomically, after checking
+    /// the preconditions. Returns the committed transaction.
+    pub async fn write_relationships(
+        &self,
+        updates: Vec<Update>,
+        preconditions: Vec<Precondition>,
+        metadata: TxnMetadata,
+    ) -> Result<CommittedTxn, Error> {
+        if updates.len() > self.config.max_updates_per_write {
+            return Err(Error::InvalidArgument(format!(
+                "{} updates in one write, more than the limit of {}",
+                updates.len(),
+                self.config.max_updates_per_write
+            )));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for u in &updates {
+            validate_relationship(&u.relationship)?;
+            if !seen.insert(&u.relationship) {
+                return Err(Error::InvalidArgument(format!(
+                    "relationship `{}` appears more than once in the same write",
+                    u.relationship
+                )));
+            }
+        }
+        self.write_validated(WriteTxn {
+            preconditions,
+            updates,
+            metadata,
+            ..Default::default()
+        })
+        .await
+    }
+
+    /// Deletes relationships matching `filter` (DeleteRelationships).
+    pub async fn delete_relationships(
+        &self,
+        delete: DeleteByFilter,
+        preconditions: Vec<Precondition>,
+        metadata: TxnMetadata,
+    ) -> Result<CommittedTxn, Error> {
+        self.write_validated(WriteTxn {
+            preconditions,
+            deletes: vec![delete],
+            metadata,
+            ..Default::default()
+        })
+        .await
+    }
+
+    /// Validates updates and filters against the schema and commits, retrying
+    /// if the schema changed between the read and the commit.
+    async fn write_validated(&self, mut txn: WriteTxn) -> Result<CommittedTxn, Error> {
+        for attempt in 0.. {
+            let head = self.store.head_revision().await?;
+            let stored = self.store.read_schema(head).await?.ok_or(Error::NoSchema)?;
+            let schema = self.schema_at(head).await?;
+            for u in &txn.updates {
+                if u.operation != crate::store::Operation::Delete {
+                    schema.check_relationship(&u.relationship).map_err(|reason| {
+                        Error::SchemaViolation {
+                            relationship: u.relationship.to_string(),
+                            reason,
+                        }
+                    })?;
+                }
+            }
+            for p in &txn.preconditions {
+                validate_filter(&schema, &p.filter)?;
+            }
+            for d in &txn.deletes {
+                validate_filter(&schema, &d.filter)?;
+            }
+            txn.expected_schema = Some(Some(stored.written_at));
+            match self.store.write(txn.clone()).await {
+                Err(StoreError::SchemaChanged) if attempt < 5 => continue,
+                other => return Ok(other?),
+            }
+        }
+        Err(Error::Store(StoreError::SchemaChanged))
+    }
+
+    /// Relationships matching `filter` at `at`, paged.
+    pub async fn read_relationships(
+        &self,
+        at: Revision,
+        filter: &RelationshipFilter,
+        page: &Page,
+    ) -> Result<Vec<Relationship>, Error> {
+        Ok(self.store.query(at, filter, page).await?)
+    }
+
+    /// Checks at the head revision.
+    pub async fn check(
+        &self,
+        resource: &ObjectRef,
+        permission: &str,
+        subject: &SubjectRef,
+    ) -> Result<Decision, Error> {
+        let at = self.store.head_revision().await?;
+        self.check_at(at, resource, permission, subject).await
+    }
+
+    /// Is `subject` in `resource#permission` at revision `at`?
+    pub async fn check_at(
+        &self,
+        at: Revision,
+        resource: &ObjectRef,
+        permission: &str,
+        subject: &SubjectRef,
+    ) -> Result<Decision, Error> {
+        let eval = self.evaluator(at).await?;
+        validate_check(&eval.schema, resource, permission, subject)?;
+        let key = eval.cache_key(resource, permission, subject);
+        // Top-level singleflight: identical concurrent checks compute once.
+        // (Sub-problems only use the cache, never wait on each other, so
+        // cyclic data cannot deadlock two requests.)
+        self.cache
+            .try_get_with(key, async {
+                eval.check(resource, permission, subject, 0, None)
+                    .await
+                    .map(|o| o.decision)
+            })
+            .await
+            .map_err(|e: Arc<Error>| (*e).clone())
+    }
+
+    /// Expands at the head revision.
+    pub async fn expand(&self, resource: &ObjectRef, permission: &str) -> Result<ExpandTree, Error> {
+        let at = self.store.head_revision().await?;
+        self.expand_at(at, resource, permission).await
+    }
+
+    /// The userset tree of `resource#permission` at `at`.
+    pub async fn expand_at(
+        &self,
+        at: Revision,
+        resource: &ObjectRef,
+        permission: &str,
+    ) -> Result<ExpandTree, Error> {
+        let eval = self.evaluator(at).await?;
+        validate_object(&eval.schema, resource)?;
+        validate_member(&eval.schema, &resource.object_type, permission)?;
+        eval.expand(resource, permission).await
+    }
+}
+
+fn validate_relationship(rel: &Relationship) -> Result<(), Error> {
+    let bad = |e: String| Error::InvalidArgument(format!("relationship `{rel}`: {e}"));
+    validate_type_name(&rel.resource.object_type).map_err(bad)?;
+    validate_object_id(&rel.resource.object_id).map_err(bad)?;
+    validate_name(&rel.relation).map_err(bad)?;
+    validate_type_name(&rel.subject.object.object_type).map_err(bad)?;
+    if !rel.subject.is_wildcard() {
+        validate_object_id(&rel.subject.object.object_id).map_err(bad)?;
+    } else if rel.subject.relation.is_some() {
+        return Err(bad("a wildcard subject cannot have a relation".into()));
+    }
+    if let Some(r) = &rel.subject.relation {
+        validate_name(r).map_err(bad)?;
+    }
+    Ok(())
+}
+
+fn validate_object(schema: &Schema, object: &ObjectRef) -> Result<(), Error> {
+    validate_type_name(&object.object_type).map_err(Error::InvalidArgument)?;
+    validate_object_id(&object.object_id).map_err(Error::InvalidArgument)?;
+    if schema.definition(&object.object_type).is_none() {
+        return Err(Error::UnknownType(object.object_type.clone()));
+    }
+    Ok(())
+}
+
+fn validate_member(schema: &Schema, object_type: &str, member: &str) -> Result<MemberKind, Error> {
+    validate_name(member).map_err(Error::InvalidArgument)?;
+    schema
+        .definition(object_type)
+        .and_then(|d| d.member_kind(member))
+        .ok_or_else(|| Error::UnknownMember {
+            object_type: object_type.to_string(),
+            member: member.to_string(),
+        })
+}
+
+fn validate_check(
+    schema: &Schema,
+    resource: &ObjectRef,
+    permission: &str,
+    subject: &SubjectRef,
+) -> Result<(), Error> {
+    validate_object(schema, resource)?;
+    validate_member(schema, &resource.object_type, permission)?;
+    if subject.is_wildcard() {
+        return Err(Error::InvalidArgument(format!(
+            "cannot check the wildcard subject `{subject}`; check a concrete subject"
+        )));
+    }
+    validate_object(schema, &subject.object)?;
+    if let Some(r) = &subject.relation {
+        validate_member(schema, &subject.object.object_type, r)?;
+    }
+    Ok(())
+}
+
+fn validate_filter(schema: &Schema, filter: &RelationshipFilter) -> Result<(), Error> {
+    if let Some(t) = &filter.resource_type {
+        if schema.definition(t).is_none() {
+            return Err(Error::UnknownType(t.clone()));
+        }
+        if let Some(r) = &filter.relation {
+            validate_member(schema, t, r)?;
+        }
+    }
+    if let Some(s) = &filter.subject
+        && schema.definition(&s.subject_type).is_none()
+    {
+        return Err(Error::UnknownType(s.subject_type.clone()));
+    }
+    Ok(())
+}
+
+/// MUST_NOT_MATCH filters for every relationship the old schema allowed and
+/// the new one does not: removed definitions, removed relations, removed
+/// subject types.
+fn orphan_filters(old: &Schema, new: &Schema) -> Vec<Precondition> {
+    let mut out = Vec::new();
+    let mut push = |filter| {
+        out.push(Precondition {
+            kind: PreconditionKind::MustNotMatch,
+            filter,
+        })
+    };
+    for (name, def) in &old.definitions {
+        let Some(new_def) = new.definition(name) else {
+            push(RelationshipFilter {
+                resource_type: Some(name.clone()),
+                ..Default::default()
+            });
+            continue;
+        };
+        for (rname, rel) in &def.relations {
+            let Some(new_rel) = new_def.relations.get(rname) else {
+                push(RelationshipFilter {
+                    resource_type: Some(name.clone()),
+                    relation: Some(rname.clone()),
+                    ..Default::default()
+                });
+                continue;
+            };
+            for allowed in &rel.allowed {
+                if new_rel.allowed.contains(allowed) {
+                    continue;
+                }
+                let subject = match allowed {
+                    AllowedType::Direct(t) => SubjectFilter {
+                        subject_type: t.clone(),
+                        relation: Some(None),
+                        exclude_wildcard: true,
+                        ..Default::default()
+                    },
+                    AllowedType::Wildcard(t) => SubjectFilter {
+                        subject_type: t.clone(),
+                        subject_ids: vec![crate::model::WILDCARD_ID.to_string()],
+                        relation: Some(None),
+                        ..Default::default()
+                    },
+                    AllowedType::Userset(t, r) => SubjectFilter {
+                        subject_type: t.clone(),
+                        relation: Some(Some(r.clone())),
+                        ..Default::default()
+                    },
+                };
+                push(RelationshipFilter {
+                    resource_type: Some(name.clone()),
+                    relation: Some(rname.clone()),
+                    subject: Some(subject),
+                    ..Default::default()
+                });
+            }
+        }
+    }
+    out
+}
+
+fn describe_orphan(filter: &RelationshipFilter) -> String {
+    let t = filter.resource_type.as_deref().unwrap_or("?");
+    match (&filter.relation, &filter.subject) {
+        (None, _) => format!("definition `{t}` is removed but relationships on it exist"),
+        (Some(r), None) => format!("relation `{t}#{r}` is removed but relationships on it exist"),
+        (Some(r), Some(s)) => {
+            let what = match &s.relation {
+                Some(Some(sr)) => format!("{}#{sr}", s.subject_type),
+                _ if s.subject_ids.first().map(String::as_str) == Some("*") => {
+                    format!("{}:*", s.subject_type)
+                }
+                _ => s.subject_type.clone(),
+            };
+            format!("subject type `{what}` is removed from relation `{t}#{r}` but relationships with it exist")
+        }
+    }
+}

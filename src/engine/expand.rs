@@ -1,0 +1,233 @@
+//! Expand: the userset tree of `resource#member`, like Zanzibar's Expand.
+//!
+//! Permissions expand through their expression (union / intersection /
+//! exclusion nodes); references to other members of the same object and
+//! arrows expand recursively; a relation is a leaf listing its direct
+//! subjects, usersets included but not expanded further (one level deep per
+//! node). A `(resource, member)` already on the path expands to an empty leaf,
+//! so data cycles terminate.
+
+use std::collections::BTreeSet;
+
+use futures::future::BoxFuture;
+
+use super::{Error, Evaluator};
+use crate::model::{ObjectRef, SubjectRef};
+use crate::schema::{ArrowKind, MemberKind, Rewrite};
+use crate::store::RelationshipFilter;
+
+/// A node of an expand tree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExpandTree {
+    /// The object and member this node describes.
+    pub object: ObjectRef,
+    pub relation: String,
+    pub kind: ExpandKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExpandKind {
+    /// Direct subjects (objects, usersets, wildcards).
+    Leaf(Vec<SubjectRef>),
+    Union(Vec<ExpandTree>),
+    Intersection(Vec<ExpandTree>),
+    /// The first child minus the rest.
+    Exclusion(Vec<ExpandTree>),
+}
+
+impl ExpandTree {
+    /// Renders the tree with indentation, one node per line.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        self.render_into(&mut out, 0);
+        out
+    }
+
+    fn render_into(&self, out: &mut String, indent: usize) {
+        let pad = "  ".repeat(indent);
+        let name = format!("{}#{}", self.object, self.relation);
+        match &self.kind {
+            ExpandKind::Leaf(subjects) => {
+                let list: Vec<String> = subjects.iter().map(|s| s.to_string()).collect();
+                out.push_str(&format!("{pad}{name}: [{}]\n", list.join(", ")));
+            }
+            ExpandKind::Union(c) | ExpandKind::Intersection(c) | ExpandKind::Exclusion(c) => {
+                let op = match &self.kind {
+                    ExpandKind::Union(_) => "union",
+                    ExpandKind::Intersection(_) => "intersection",
+                    _ => "exclusion",
+                };
+                out.push_str(&format!("{pad}{name} ({op})\n"));
+                for child in c {
+                    child.render_into(out, indent + 1);
+                }
+            }
+        }
+    }
+}
+
+struct Frame<'p> {
+    resource: &'p ObjectRef,
+    member: &'p str,
+    parent: Option<&'p Frame<'p>>,
+}
+
+impl Frame<'_> {
+    fn contains(&self, resource: &ObjectRef, member: &str) -> bool {
+        let mut cur = Some(self);
+        while let Some(f) = cur {
+            if f.resource == resource && f.member == member {
+                return true;
+            }
+            cur = f.parent;
+        }
+        false
+    }
+}
+
+impl Evaluator<'_> {
+    pub(crate) async fn expand(
+        &self,
+        resource: &ObjectRef,
+        member: &str,
+    ) -> Result<ExpandTree, Error> {
+        self.expand_member(resource, member, 0, None).await
+    }
+
+    fn expand_member<'a>(
+        &'a self,
+        resource: &'a ObjectRef,
+        member: &'a str,
+        depth: u32,
+        parent: Option<&'a Frame<'a>>,
+    ) -> BoxFuture<'a, Result<ExpandTree, Error>> {
+        Box::pin(async move {
+            let leaf = |subjects| ExpandTree {
+                object: resource.clone(),
+                relation: member.to_string(),
+                kind: ExpandKind::Leaf(subjects),
+            };
+            if parent.is_some_and(|p| p.contains(resource, member)) {
+                return Ok(leaf(Vec::new()));
+            }
+            if depth >= self.max_depth {
+                return Err(Error::DepthExceeded {
+                    depth: self.max_depth,
+                });
+            }
+            let def = self
+                .schema
+                .definition(&resource.object_type)
+                .ok_or_else(|| Error::UnknownType(resource.object_type.clone()))?;
+            let frame = Frame {
+                resource,
+                member,
+                parent,
+            };
+            match def.member_kind(member) {
+                Some(MemberKind::Relation) => {
+                    let rels = self
+                        .read(&RelationshipFilter::resource_relation(
+                            &resource.object_type,
+                            &resource.object_id,
+                            member,
+                        ))
+                        .await?;
+                    Ok(leaf(rels.into_iter().map(|r| r.subject).collect()))
+                }
+                Some(MemberKind::Permission) => {
+                    let rewrite = &def.permissions[member].rewrite;
+                    self.expand_rewrite(resource, member, rewrite, depth, &frame)
+                        .await
+                }
+                None => Err(Error::UnknownMember {
+                    object_type: resource.object_type.clone(),
+                    member: member.to_string(),
+                }),
+            }
+        })
+    }
+
+    fn expand_rewrite<'a>(
+        &'a self,
+        resource: &'a ObjectRef,
+        member: &'a str,
+        rewrite: &'a Rewrite,
+        depth: u32,
+        frame: &'a Frame<'a>,
+    ) -> BoxFuture<'a, Result<ExpandTree, Error>> {
+        Box::pin(async move {
+            let node = |kind| ExpandTree {
+                object: resource.clone(),
+                relation: member.to_string(),
+                kind,
+            };
+            let mut children = Vec::new();
+            let kind = match rewrite {
+                Rewrite::Nil => return Ok(node(ExpandKind::Leaf(Vec::new()))),
+                Rewrite::Ref(name) => {
+                    return self
+                        .expand_member(resource, name, depth + 1, Some(frame))
+                        .await;
+                }
+                Rewrite::Union(cs) | Rewrite::Intersection(cs) => {
+                    for c in cs {
+                        children.push(
+                            self.expand_rewrite(resource, member, c, depth, frame)
+                                .await?,
+                        );
+                    }
+                    if matches!(rewrite, Rewrite::Union(_)) {
+                        ExpandKind::Union(children)
+                    } else {
+                        ExpandKind::Intersection(children)
+                    }
+                }
+                Rewrite::Exclusion(a, b) => {
+                    children.push(self.expand_rewrite(resource, member, a, depth, frame).await?);
+                    children.push(self.expand_rewrite(resource, member, b, depth, frame).await?);
+                    ExpandKind::Exclusion(children)
+                }
+                Rewrite::Arrow {
+                    relation,
+                    target,
+                    kind,
+                } => {
+                    let rels = self
+                        .read(&RelationshipFilter::resource_relation(
+                            &resource.object_type,
+                            &resource.object_id,
+                            relation,
+                        ))
+                        .await?;
+                    let objects: BTreeSet<ObjectRef> =
+                        rels.into_iter().map(|r| r.subject.object).collect();
+                    for object in &objects {
+                        let has_target = self
+                            .schema
+                            .definition(&object.object_type)
+                            .is_some_and(|d| d.member_kind(target).is_some());
+                        if has_target {
+                            children.push(
+                                self.expand_member(object, target, depth + 1, Some(frame))
+                                    .await?,
+                            );
+                        } else {
+                            children.push(ExpandTree {
+                                object: object.clone(),
+                                relation: target.clone(),
+                                kind: ExpandKind::Leaf(Vec::new()),
+                            });
+                        }
+                    }
+                    match kind {
+                        ArrowKind::Any => ExpandKind::Union(children),
+                        ArrowKind::All if children.is_empty() => ExpandKind::Leaf(Vec::new()),
+                        ArrowKind::All => ExpandKind::Intersection(children),
+                    }
+                }
+            };
+            Ok(node(kind))
+        })
+    }
+}

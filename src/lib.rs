@@ -1,0 +1,61 @@
+//! Kinbar: a Zanzibar-style authorization service, as a library.
+//!
+//! Kinbar answers "may subject S do P on resource R?" from a schema and a set
+//! of relationships. The server (`kinbar serve`) and the CLI are thin layers
+//! over [`Engine`]; a Rust program can embed it directly:
+//!
+//! ```
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! use kinbar::{Engine, Relationship, store::{Operation, TxnMetadata, Update}};
+//!
+//! let engine = Engine::in_memory();
+//! engine.write_schema(r#"
+//!     definition user {}
+//!     definition document {
+//!         relation owner: user
+//!         relation viewer: user | user:*
+//!         permission view = viewer + owner
+//!     }
+//! "#, TxnMetadata::default()).await?;
+//!
+//! let rel: Relationship = "document:q3#owner@user:anna".parse()?;
+//! engine.write_relationships(
+//!     vec![Update { operation: Operation::Touch, relationship: rel }],
+//!     vec![],
+//!     TxnMetadata::default(),
+//! ).await?;
+//!
+//! let allowed = engine.check(&"document:q3".parse()?, "view", &"user:anna".parse()?).await?;
+//! assert!(allowed.is_allowed());
+//! let denied = engine.check(&"document:q3".parse()?, "view", &"user:bob".parse()?).await?;
+//! assert!(!denied.is_allowed());
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! # }).unwrap();
+//! ```
+//!
+//! # Reading guide
+//!
+//! The layers, with dependencies pointing one way
+//! (`cli`/`api` → `engine` → `schema`, `store` → `model`):
+//!
+//! - [`model`]: plain types (objects, subjects, relationships, revisions).
+//!   Start here.
+//! - [`schema`]: the schema language — parser, type checker, formatter,
+//!   compiler-style diagnostics.
+//! - [`store`]: the [`store::Datastore`] trait and its backends (memory now).
+//! - [`engine`]: Check and Expand semantics, validated writes, caching.
+//! - [`validate`]: SpiceDB validation files (`kinbar validate`).
+//! - [`cli`]: the `kinbar` command line.
+//!
+//! Errors fail closed: a store error or an exceeded limit is an error, never
+//! a `true` or a `false`.
+
+pub mod cli;
+pub mod engine;
+pub mod model;
+pub mod schema;
+pub mod store;
+pub mod validate;
+
+pub use engine::{Decision, Engine, EngineConfig, Error};
+pub use model::{ObjectRef, Relationship, Revision, SubjectRef};

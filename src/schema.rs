@@ -1,0 +1,226 @@
+//! The schema language (DESIGN.md §2): parse → type check → compiled
+//! [`Schema`], plus a formatter and compiler-style diagnostics.
+//!
+//! The compiled [`Schema`] is what the engine and stores see; the AST with its
+//! spans exists only for diagnostics and formatting. Nothing here does I/O.
+
+pub mod ast;
+mod compile;
+pub mod diagnostic;
+pub mod format;
+mod lexer;
+mod parser;
+
+use std::collections::BTreeMap;
+
+pub use ast::{ArrowKind, SchemaAst};
+pub use diagnostic::{Diagnostic, SchemaError, Severity, Span};
+
+/// Bounds on schema size, so hostile input is refused quickly.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    pub max_schema_bytes: usize,
+    /// Leaves (names, arrows, `nil`) in one permission expression.
+    pub max_expression_terms: usize,
+    /// Parenthesis nesting depth.
+    pub max_nesting: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_schema_bytes: 4 * 1024 * 1024,
+            max_expression_terms: 1_000,
+            max_nesting: 64,
+        }
+    }
+}
+
+/// A type-checked schema.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Schema {
+    pub definitions: BTreeMap<String, Definition>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Definition {
+    pub name: String,
+    pub doc: Option<String>,
+    pub relations: BTreeMap<String, Relation>,
+    pub permissions: BTreeMap<String, Permission>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Relation {
+    pub name: String,
+    pub doc: Option<String>,
+    pub allowed: Vec<AllowedType>,
+}
+
+/// One allowed subject type of a relation.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum AllowedType {
+    /// `user`: the object itself.
+    Direct(String),
+    /// `team#member`: a userset.
+    Userset(String, String),
+    /// `user:*`: every object of the type.
+    Wildcard(String),
+}
+
+impl std::fmt::Display for AllowedType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AllowedType::Direct(t) => write!(f, "{t}"),
+            AllowedType::Userset(t, r) => write!(f, "{t}#{r}"),
+            AllowedType::Wildcard(t) => write!(f, "{t}:*"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Permission {
+    pub name: String,
+    pub doc: Option<String>,
+    pub rewrite: Rewrite,
+}
+
+/// A permission expression, with unions and intersections flattened.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Rewrite {
+    Nil,
+    /// A relation or permission of the same definition.
+    Ref(String),
+    /// `relation->target` / `.any()` / `.all()`.
+    Arrow {
+        relation: String,
+        target: String,
+        kind: ArrowKind,
+    },
+    Union(Vec<Rewrite>),
+    Intersection(Vec<Rewrite>),
+    Exclusion(Box<Rewrite>, Box<Rewrite>),
+}
+
+/// Whether a member name is a relation or a permission.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemberKind {
+    Relation,
+    Permission,
+}
+
+impl Definition {
+    pub fn member_kind(&self, name: &str) -> Option<MemberKind> {
+        if self.relations.contains_key(name) {
+            Some(MemberKind::Relation)
+        } else if self.permissions.contains_key(name) {
+            Some(MemberKind::Permission)
+        } else {
+            None
+        }
+    }
+}
+
+/// A compiled schema with the warnings found on the way.
+#[derive(Debug, Clone)]
+pub struct Compiled {
+    pub schema: Schema,
+    pub ast: SchemaAst,
+    pub warnings: Vec<Diagnostic>,
+}
+
+impl Schema {
+    /// Parses and type-checks schema text with default limits.
+    pub fn parse(src: &str) -> Result<Schema, SchemaError> {
+        compile(src, &Limits::default()).map(|c| c.schema)
+    }
+
+    pub fn definition(&self, name: &str) -> Option<&Definition> {
+        self.definitions.get(name)
+    }
+
+    pub fn relation(&self, object_type: &str, relation: &str) -> Option<&Relation> {
+        self.definitions.get(object_type)?.relations.get(relation)
+    }
+
+    /// Whether `subject` may appear on `resource_type#relation`; `Err` says why not.
+    pub fn check_relationship(&self, rel: &crate::model::Relationship) -> Result<(), String> {
+        let def = self.definitions.get(&rel.resource.object_type).ok_or_else(|| {
+            format!(
+                "object definition `{}` not found",
+                rel.resource.object_type
+            )
+        })?;
+        let relation = match def.member_kind(&rel.relation) {
+            Some(MemberKind::Relation) => &def.relations[&rel.relation],
+            Some(MemberKind::Permission) => {
+                return Err(format!(
+                    "`{}` is a permission on `{}`; relationships can only be written to relations",
+                    rel.relation, def.name
+                ));
+            }
+            None => {
+                return Err(format!(
+                    "relation `{}` not found on definition `{}`",
+                    rel.relation, def.name
+                ));
+            }
+        };
+        let s = &rel.subject;
+        let st = &s.object.object_type;
+        let ok = relation.allowed.iter().any(|a| match a {
+            AllowedType::Direct(t) => t == st && s.relation.is_none() && !s.is_wildcard(),
+            AllowedType::Wildcard(t) => t == st && s.is_wildcard(),
+            AllowedType::Userset(t, r) => {
+                t == st && s.relation.as_deref() == Some(r.as_str()) && !s.is_wildcard()
+            }
+        });
+        if ok {
+            return Ok(());
+        }
+        let written = if s.is_wildcard() {
+            format!("{st}:*")
+        } else {
+            match &s.relation {
+                Some(r) => format!("{st}#{r}"),
+                None => st.clone(),
+            }
+        };
+        let allowed: Vec<String> = relation.allowed.iter().map(|a| a.to_string()).collect();
+        Err(format!(
+            "subjects of type `{written}` are not allowed on relation `{}#{}`; allowed: {}",
+            def.name,
+            relation.name,
+            allowed.join(" | ")
+        ))
+    }
+}
+
+/// Parses and type-checks `src`. Warnings come back with the schema; errors
+/// (and any warnings found alongside) come back in the [`SchemaError`].
+pub fn compile(src: &str, limits: &Limits) -> Result<Compiled, SchemaError> {
+    let ast = parser::parse(src, limits).map_err(|d| SchemaError {
+        diagnostics: vec![d],
+        text: src.to_string(),
+    })?;
+    let (schema, diagnostics) = compile::check(&ast);
+    if diagnostics.iter().any(|d| d.severity == Severity::Error) {
+        return Err(SchemaError {
+            diagnostics,
+            text: src.to_string(),
+        });
+    }
+    Ok(Compiled {
+        schema,
+        ast,
+        warnings: diagnostics,
+    })
+}
+
+/// Parses without type checking (for the formatter).
+pub fn parse_ast(src: &str, limits: &Limits) -> Result<SchemaAst, SchemaError> {
+    parser::parse(src, limits).map_err(|d| SchemaError {
+        diagnostics: vec![d],
+        text: src.to_string(),
+    })
+}
