@@ -126,6 +126,7 @@ impl EngineMetrics {
 }
 
 type CacheKey = (Revision, ObjectRef, String, SubjectRef);
+type MemoKey = (ObjectRef, String, SubjectRef);
 
 /// The authorization engine over one datastore. Cheap to share (`Arc`).
 pub struct Engine {
@@ -150,6 +151,9 @@ pub(crate) struct Evaluator<'e> {
     schema: Arc<Schema>,
     at: Revision,
     max_depth: u32,
+    /// Path frame ids, unique within the request.
+    frames: AtomicU64,
+    memo: Mutex<std::collections::HashMap<MemoKey, check::Outcome>>,
 }
 
 impl Evaluator<'_> {
@@ -234,6 +238,8 @@ impl Engine {
             schema: self.schema_at(at).await?,
             at,
             max_depth: self.config.max_depth,
+            frames: AtomicU64::new(0),
+            memo: Mutex::new(std::collections::HashMap::new()),
         })
     }
 

@@ -5,9 +5,15 @@
 //! a branch when it meets a `(resource, member)` already on the current path:
 //! for unions, intersections and arrows a shortest derivation never repeats a
 //! node on a path, so cutting cycles loses nothing and data cycles neither
-//! hang nor error. A result computed under such a cut is *cycle-dependent*:
-//! it is exact for the question asked but not reusable on its own, so it is
-//! never cached.
+//! hang nor error.
+//!
+//! A result computed under a cut of an *ancestor* depends on that ancestor
+//! still being in evaluation: it is exact for the question asked but not on
+//! its own, so it is never put in the shared cache. Within one request it is
+//! memoised and reused while the ancestors it was cut at are still on the
+//! path (same assumptions, so the same answer); this keeps dense cyclic data
+//! (groups nested in each other) from exploring every path. A result whose
+//! cuts all hit the node itself or its own descendants is exact and cached.
 //!
 //! Depth (hops through relations and permissions) is bounded; exceeding the
 //! bound is an error, never an answer.
@@ -21,18 +27,52 @@ use crate::model::{ObjectRef, SubjectRef};
 use crate::schema::{ArrowKind, MemberKind, Rewrite};
 use crate::store::RelationshipFilter;
 
-/// A result plus whether it depended on a cycle cut.
+/// The cycle cuts a result depended on: the shallowest and the deepest path
+/// node (depth, frame id) at which evaluation was cut.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Cuts {
+    shallowest: Option<u32>,
+    deepest: Option<(u32, u64)>,
+}
+
+impl Cuts {
+    fn at(depth: u32, frame: u64) -> Self {
+        Cuts {
+            shallowest: Some(depth),
+            deepest: Some((depth, frame)),
+        }
+    }
+
+    fn merge(self, other: Cuts) -> Cuts {
+        Cuts {
+            shallowest: match (self.shallowest, other.shallowest) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            },
+            deepest: match (self.deepest, other.deepest) {
+                (Some(a), Some(b)) => Some(if a.0 >= b.0 { a } else { b }),
+                (a, b) => a.or(b),
+            },
+        }
+    }
+
+    fn is_none(&self) -> bool {
+        self.shallowest.is_none()
+    }
+}
+
+/// A result plus the cycle cuts it depended on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Outcome {
     pub decision: Decision,
-    pub cycle_dependent: bool,
+    pub cuts: Cuts,
 }
 
 impl Outcome {
     fn of(decision: Decision) -> Self {
         Outcome {
             decision,
-            cycle_dependent: false,
+            cuts: Cuts::default(),
         }
     }
 }
@@ -41,23 +81,53 @@ impl Outcome {
 pub(crate) struct Path<'p> {
     resource: &'p ObjectRef,
     member: &'p str,
+    depth: u32,
+    /// Unique within the request: tells re-entries of the same node apart.
+    frame: u64,
     parent: Option<&'p Path<'p>>,
 }
 
 impl Path<'_> {
-    fn contains(&self, resource: &ObjectRef, member: &str) -> bool {
-        let mut cur = Some(self);
-        while let Some(p) = cur {
-            if p.resource == resource && p.member == member {
-                return true;
-            }
-            cur = p.parent;
-        }
-        false
+    fn iter(&self) -> impl Iterator<Item = &Path<'_>> {
+        std::iter::successors(Some(self), |p| p.parent)
+    }
+
+    fn find(&self, resource: &ObjectRef, member: &str) -> Option<&Path<'_>> {
+        self.iter()
+            .find(|p| p.resource == resource && p.member == member)
+    }
+
+    fn has_frame(&self, depth: u32, frame: u64) -> bool {
+        self.iter()
+            .find(|p| p.depth == depth)
+            .is_some_and(|p| p.frame == frame)
     }
 }
 
 impl Evaluator<'_> {
+    fn next_frame(&self) -> u64 {
+        self.frames.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// A memoised outcome still valid on `path`: exact, or computed under
+    /// cuts whose nodes are all still on the path (the deepest one being
+    /// there implies every shallower one is).
+    fn memo_get(&self, key: &super::MemoKey, path: Option<&Path<'_>>) -> Option<Outcome> {
+        let memo = self.memo.lock().ok()?;
+        let o = *memo.get(key)?;
+        match o.cuts.deepest {
+            None => Some(o),
+            Some((depth, frame)) if path.is_some_and(|p| p.has_frame(depth, frame)) => Some(o),
+            Some(_) => None,
+        }
+    }
+
+    fn memo_put(&self, key: super::MemoKey, outcome: Outcome) {
+        if let Ok(mut memo) = self.memo.lock() {
+            memo.insert(key, outcome);
+        }
+    }
+
     /// Is `subject` in `resource#member`?
     pub(crate) fn check<'a>(
         &'a self,
@@ -72,10 +142,10 @@ impl Evaluator<'_> {
             if subject.object == *resource && subject.relation.as_deref() == Some(member) {
                 return Ok(Outcome::of(Decision::Allowed));
             }
-            if path.is_some_and(|p| p.contains(resource, member)) {
+            if let Some(node) = path.and_then(|p| p.find(resource, member)) {
                 return Ok(Outcome {
                     decision: Decision::Denied,
-                    cycle_dependent: true,
+                    cuts: Cuts::at(node.depth, node.frame),
                 });
             }
             if depth >= self.max_depth {
@@ -94,9 +164,15 @@ impl Evaluator<'_> {
                 }
                 self.engine.metrics.cache_miss();
             }
+            let memo_key = (resource.clone(), member.to_string(), subject.clone());
+            if let Some(o) = self.memo_get(&memo_key, path) {
+                return Ok(o);
+            }
             let here = Path {
                 resource,
                 member,
+                depth,
+                frame: self.next_frame(),
                 parent: path,
             };
             let def = self.schema.definition(&resource.object_type).ok_or_else(|| {
@@ -119,9 +195,15 @@ impl Evaluator<'_> {
                     });
                 }
             };
-            if !top && !outcome.cycle_dependent {
+            let mut outcome = outcome;
+            if outcome.cuts.shallowest.is_some_and(|d| d >= depth) {
+                // Every cut hit this node or its own subtree: exact.
+                outcome.cuts = Cuts::default();
+            }
+            if !top && outcome.cuts.is_none() {
                 self.engine.cache.insert(key, outcome.decision).await;
             }
+            self.memo_put(memo_key, outcome);
             Ok(outcome)
         })
     }
@@ -154,17 +236,17 @@ impl Evaluator<'_> {
                 usersets.push((&s.object, r.as_str()));
             }
         }
-        let mut cycle_dependent = false;
+        let mut cuts = Cuts::default();
         for (object, r) in usersets {
             let o = self.check(object, r, subject, depth + 1, Some(here)).await?;
             if o.decision == Decision::Allowed {
                 return Ok(Outcome::of(Decision::Allowed));
             }
-            cycle_dependent |= o.cycle_dependent;
+            cuts = cuts.merge(o.cuts);
         }
         Ok(Outcome {
             decision: Decision::Denied,
-            cycle_dependent,
+            cuts,
         })
     }
 
@@ -188,7 +270,7 @@ impl Evaluator<'_> {
                     for c in children {
                         let o = self.check_rewrite(resource, c, subject, depth, here).await?;
                         acc.decision = acc.decision.or(o.decision);
-                        acc.cycle_dependent |= o.cycle_dependent;
+                        acc.cuts = acc.cuts.merge(o.cuts);
                         if acc.decision == Decision::Allowed {
                             return Ok(Outcome::of(Decision::Allowed));
                         }
@@ -200,7 +282,7 @@ impl Evaluator<'_> {
                     for c in children {
                         let o = self.check_rewrite(resource, c, subject, depth, here).await?;
                         acc.decision = acc.decision.and(o.decision);
-                        acc.cycle_dependent |= o.cycle_dependent;
+                        acc.cuts = acc.cuts.merge(o.cuts);
                         if acc.decision == Decision::Denied {
                             return Ok(acc);
                         }
@@ -217,7 +299,7 @@ impl Evaluator<'_> {
                         .await?;
                     Ok(Outcome {
                         decision: b.decision.and(s.decision.not()),
-                        cycle_dependent: b.cycle_dependent || s.cycle_dependent,
+                        cuts: b.cuts.merge(s.cuts),
                     })
                 }
                 Rewrite::Arrow {
@@ -251,7 +333,7 @@ impl Evaluator<'_> {
         let rels = self.read(&filter).await?;
         // Arrows follow relationships to their objects, ignoring subject relations.
         let objects: BTreeSet<&ObjectRef> = rels.iter().map(|r| &r.subject.object).collect();
-        let mut cycle_dependent = false;
+        let mut cuts = Cuts::default();
         let mut any_object = false;
         for object in objects {
             let has_target = self
@@ -265,13 +347,13 @@ impl Evaluator<'_> {
                 Outcome::of(Decision::Denied)
             };
             any_object = true;
-            cycle_dependent |= o.cycle_dependent;
+            cuts = cuts.merge(o.cuts);
             match (kind, o.decision) {
                 (ArrowKind::Any, Decision::Allowed) => return Ok(Outcome::of(Decision::Allowed)),
                 (ArrowKind::All, Decision::Denied) => {
                     return Ok(Outcome {
                         decision: Decision::Denied,
-                        cycle_dependent,
+                        cuts,
                     });
                 }
                 _ => {}
@@ -283,9 +365,6 @@ impl Evaluator<'_> {
             ArrowKind::All if any_object => Decision::Allowed,
             ArrowKind::All => Decision::Denied,
         };
-        Ok(Outcome {
-            decision,
-            cycle_dependent,
-        })
+        Ok(Outcome { decision, cuts })
     }
 }
