@@ -9,7 +9,11 @@ use clap::{Parser, Subcommand};
 use crate::schema::{self, Severity};
 
 #[derive(Debug, Parser)]
-#[command(name = "kinbar", version, about = "Zanzibar-style authorization service")]
+#[command(
+    name = "kinbar",
+    version,
+    about = "Zanzibar-style authorization service"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -87,7 +91,11 @@ fn schema_command(command: SchemaCommand) -> i32 {
                 }
                 Err(e) => {
                     eprint!("{}", e.render(&name));
-                    let n = e.diagnostics.iter().filter(|d| d.severity == Severity::Error).count();
+                    let n = e
+                        .diagnostics
+                        .iter()
+                        .filter(|d| d.severity == Severity::Error)
+                        .count();
                     eprintln!("{name}: {n} error(s)");
                     2
                 }

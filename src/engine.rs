@@ -78,7 +78,9 @@ pub enum Error {
     },
     #[error("the new schema would orphan existing relationships: {0}")]
     SchemaWouldOrphan(String),
-    #[error("maximum depth of {depth} exceeded while evaluating; the schema or data nests too deeply (or the depth limit is too low)")]
+    #[error(
+        "maximum depth of {depth} exceeded while evaluating; the schema or data nests too deeply (or the depth limit is too low)"
+    )]
     DepthExceeded { depth: u32 },
     #[error("{0}")]
     Store(#[from] StoreError),
@@ -153,7 +155,7 @@ pub(crate) struct Evaluator<'e> {
     max_depth: u32,
     /// Path frame ids, unique within the request.
     frames: AtomicU64,
-    memo: Mutex<std::collections::HashMap<MemoKey, check::Outcome>>,
+    memo: Mutex<check::Memo>,
 }
 
 impl Evaluator<'_> {
@@ -166,7 +168,12 @@ impl Evaluator<'_> {
     }
 
     fn cache_key(&self, resource: &ObjectRef, member: &str, subject: &SubjectRef) -> CacheKey {
-        (self.at, resource.clone(), member.to_string(), subject.clone())
+        (
+            self.at,
+            resource.clone(),
+            member.to_string(),
+            subject.clone(),
+        )
     }
 }
 
@@ -213,11 +220,14 @@ impl Engine {
         }
         // Stored schemas were validated on write, so this only fails if the
         // limits were lowered since; report it rather than guessing.
-        let compiled = schema::compile(&stored.text, &schema::Limits {
-            max_schema_bytes: usize::MAX,
-            max_expression_terms: usize::MAX,
-            max_nesting: self.config.schema_limits.max_nesting,
-        })
+        let compiled = schema::compile(
+            &stored.text,
+            &schema::Limits {
+                max_schema_bytes: usize::MAX,
+                max_expression_terms: usize::MAX,
+                max_nesting: self.config.schema_limits.max_nesting,
+            },
+        )
         .map_err(|e| Error::Schema(Box::new(e)))?;
         let schema = Arc::new(compiled.schema);
         if let Ok(mut guard) = self.compiled.lock() {
@@ -239,7 +249,7 @@ impl Engine {
             at,
             max_depth: self.config.max_depth,
             frames: AtomicU64::new(0),
-            memo: Mutex::new(std::collections::HashMap::new()),
+            memo: Mutex::new(check::Memo::default()),
         })
     }
 
@@ -286,10 +296,14 @@ impl Engine {
                     let filter = &preconditions[index].filter;
                     let examples = self
                         .store
-                        .query(self.store.head_revision().await?, filter, &Page {
-                            after: None,
-                            limit: Some(5),
-                        })
+                        .query(
+                            self.store.head_revision().await?,
+                            filter,
+                            &Page {
+                                after: None,
+                                limit: Some(5),
+                            },
+                        )
                         .await?;
                     let list: Vec<String> = examples.iter().map(|r| format!("`{r}`")).collect();
                     return Err(Error::SchemaWouldOrphan(format!(
@@ -363,12 +377,12 @@ impl Engine {
             let schema = self.schema_at(head).await?;
             for u in &txn.updates {
                 if u.operation != crate::store::Operation::Delete {
-                    schema.check_relationship(&u.relationship).map_err(|reason| {
-                        Error::SchemaViolation {
+                    schema
+                        .check_relationship(&u.relationship)
+                        .map_err(|reason| Error::SchemaViolation {
                             relationship: u.relationship.to_string(),
                             reason,
-                        }
-                    })?;
+                        })?;
                 }
             }
             for p in &txn.preconditions {
@@ -432,7 +446,11 @@ impl Engine {
     }
 
     /// Expands at the head revision.
-    pub async fn expand(&self, resource: &ObjectRef, permission: &str) -> Result<ExpandTree, Error> {
+    pub async fn expand(
+        &self,
+        resource: &ObjectRef,
+        permission: &str,
+    ) -> Result<ExpandTree, Error> {
         let at = self.store.head_revision().await?;
         self.expand_at(at, resource, permission).await
     }
@@ -601,7 +619,9 @@ fn describe_orphan(filter: &RelationshipFilter) -> String {
                 }
                 _ => s.subject_type.clone(),
             };
-            format!("subject type `{what}` is removed from relation `{t}#{r}` but relationships with it exist")
+            format!(
+                "subject type `{what}` is removed from relation `{t}#{r}` but relationships with it exist"
+            )
         }
     }
 }

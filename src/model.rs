@@ -102,9 +102,8 @@ impl SubjectRef {
         let relation = match relation {
             None | Some(ELLIPSIS) => None,
             Some(r) => {
-                validate_name(r).map_err(|m| {
-                    ParseError::new(text, object_text.len() + 1, m, RELATION_HINT)
-                })?;
+                validate_name(r)
+                    .map_err(|m| ParseError::new(text, object_text.len() + 1, m, RELATION_HINT))?;
                 if object_id == WILDCARD_ID {
                     return Err(ParseError::new(
                         text,
@@ -276,7 +275,9 @@ pub fn validate_name(name: &str) -> Result<(), String> {
     match chars.next() {
         None => return Err("empty name".into()),
         Some(c) if !c.is_ascii_lowercase() => {
-            return Err(format!("invalid name `{name}`: must start with a lowercase letter"));
+            return Err(format!(
+                "invalid name `{name}`: must start with a lowercase letter"
+            ));
         }
         _ => {}
     }
@@ -286,7 +287,9 @@ pub fn validate_name(name: &str) -> Result<(), String> {
         ));
     }
     if let Some(c) = chars.find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')) {
-        return Err(format!("invalid name `{name}`: character `{c}` is not allowed"));
+        return Err(format!(
+            "invalid name `{name}`: character `{c}` is not allowed"
+        ));
     }
     Ok(())
 }
@@ -316,7 +319,10 @@ pub fn validate_object_id(id: &str) -> Result<(), String> {
         ));
     }
     if let Some(c) = id.chars().find(|c| !is_id_char(*c)) {
-        return Err(format!("invalid object id `{id}`: character `{}` is not allowed", c.escape_debug()));
+        return Err(format!(
+            "invalid object id `{id}`: character `{}` is not allowed",
+            c.escape_debug()
+        ));
     }
     Ok(())
 }
@@ -361,7 +367,10 @@ mod tests {
         let e = Relationship::parse("document:q3#viewer@user:a#Bad").unwrap_err();
         assert_eq!(e.column, 26);
         let e = Relationship::parse("document:*#viewer@user:a").unwrap_err();
-        assert!(e.message.contains("wildcard") || e.message.contains("`*`"), "{e}");
+        assert!(
+            e.message.contains("wildcard") || e.message.contains("`*`"),
+            "{e}"
+        );
         let e = Relationship::parse("document:1#viewer@user:a[somecaveat]").unwrap_err();
         assert!(e.message.contains("caveats are not supported yet"), "{e}");
         let e = Relationship::parse("document:1#viewer@user:*#member").unwrap_err();

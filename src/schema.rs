@@ -145,12 +145,10 @@ impl Schema {
 
     /// Whether `subject` may appear on `resource_type#relation`; `Err` says why not.
     pub fn check_relationship(&self, rel: &crate::model::Relationship) -> Result<(), String> {
-        let def = self.definitions.get(&rel.resource.object_type).ok_or_else(|| {
-            format!(
-                "object definition `{}` not found",
-                rel.resource.object_type
-            )
-        })?;
+        let def = self
+            .definitions
+            .get(&rel.resource.object_type)
+            .ok_or_else(|| format!("object definition `{}` not found", rel.resource.object_type))?;
         let relation = match def.member_kind(&rel.relation) {
             Some(MemberKind::Relation) => &def.relations[&rel.relation],
             Some(MemberKind::Permission) => {

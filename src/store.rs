@@ -229,8 +229,13 @@ pub struct Page {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
-    #[error("revision {requested} is older than the garbage-collection window (oldest readable: {oldest})")]
-    RevisionTooOld { requested: Revision, oldest: Revision },
+    #[error(
+        "revision {requested} is older than the garbage-collection window (oldest readable: {oldest})"
+    )]
+    RevisionTooOld {
+        requested: Revision,
+        oldest: Revision,
+    },
     #[error("revision {0} is in the future of this datastore")]
     RevisionInFuture(Revision),
     #[error("relationship `{0}` already exists (CREATE of an existing relationship)")]
@@ -241,7 +246,9 @@ pub enum StoreError {
         reason: String,
         example: Option<Relationship>,
     },
-    #[error("{matched} relationships match the delete filter, more than the limit of {limit}, and partial deletion was not allowed")]
+    #[error(
+        "{matched} relationships match the delete filter, more than the limit of {limit}, and partial deletion was not allowed"
+    )]
     TooManyToDelete { matched: usize, limit: usize },
     #[error("the schema changed during the transaction; retry")]
     SchemaChanged,

@@ -118,7 +118,12 @@ pub async fn validate_text(path: &Path, raw: &str, options: &Options) -> FileRep
     report
 }
 
-async fn run(path: &Path, raw: &str, options: &Options, report: &mut FileReport) -> Result<(), String> {
+async fn run(
+    path: &Path,
+    raw: &str,
+    options: &Options,
+    report: &mut FileReport,
+) -> Result<(), String> {
     let display = path.display().to_string();
     let file: ValidationFile = serde_norway::from_str(raw)
         .map_err(|e| format!("{display}: not a valid validation file: {e}"))?;
@@ -139,7 +144,10 @@ async fn run(path: &Path, raw: &str, options: &Options, report: &mut FileReport)
             ..Default::default()
         },
     );
-    if let Err(e) = engine.write_schema(&schema_text, TxnMetadata::default()).await {
+    if let Err(e) = engine
+        .write_schema(&schema_text, TxnMetadata::default())
+        .await
+    {
         return Err(match e {
             crate::Error::Schema(se) => se.render(&format!("{display}:{schema_line} (schema)")),
             other => format!("{display}: {other}"),
@@ -177,7 +185,11 @@ async fn run(path: &Path, raw: &str, options: &Options, report: &mut FileReport)
     // Assertions.
     let assert_line = line_of(raw, "assertions", 0).unwrap_or(1);
     let assertions = file.assertions.unwrap_or_default();
-    if let Some(c) = assertions.assert_caveated.as_ref().filter(|c| !c.is_empty()) {
+    if let Some(c) = assertions
+        .assert_caveated
+        .as_ref()
+        .filter(|c| !c.is_empty())
+    {
         let line = line_of(raw, &c[0], assert_line).unwrap_or(assert_line);
         return Err(format!(
             "{display}:{line}: assertCaveated: caveats are not supported yet"
@@ -218,10 +230,11 @@ async fn run(path: &Path, raw: &str, options: &Options, report: &mut FileReport)
     let validation_line = line_of(raw, "validation", 0).unwrap_or(1);
     for (key, expected) in file.validation.unwrap_or_default() {
         let line = line_of(raw, &key, validation_line).unwrap_or(validation_line);
-        let (resource_text, member) = key
-            .split_once('#')
-            .ok_or_else(|| format!("{display}:{line}: expected `resource#permission`, found `{key}`"))?;
-        let resource = ObjectRef::parse(resource_text).map_err(|e| format!("{display}:{line}: {e}"))?;
+        let (resource_text, member) = key.split_once('#').ok_or_else(|| {
+            format!("{display}:{line}: expected `resource#permission`, found `{key}`")
+        })?;
+        let resource =
+            ObjectRef::parse(resource_text).map_err(|e| format!("{display}:{line}: {e}"))?;
         let mut want = BTreeSet::new();
         for entry in expected.unwrap_or_default() {
             want.insert(expected_subject(&entry).map_err(|e| format!("{display}:{line}: {e}"))?);
@@ -284,7 +297,9 @@ fn line_of(raw: &str, needle: &str, from: usize) -> Option<usize> {
 /// `[user:tom] is <document:1#viewer>` → `user:tom`; wildcard exclusions
 /// (`[user:* - {user:a}]`) compare by their base.
 fn expected_subject(entry: &str) -> Result<String, String> {
-    let start = entry.find('[').ok_or_else(|| format!("expected `[subject] is <...>`, found `{entry}`"))?;
+    let start = entry
+        .find('[')
+        .ok_or_else(|| format!("expected `[subject] is <...>`, found `{entry}`"))?;
     let end = entry[start..]
         .find(']')
         .ok_or_else(|| format!("unclosed `[` in `{entry}`"))?;
@@ -334,7 +349,11 @@ async fn subject_set(
     }
     for t in types {
         let probe = SubjectRef::object(ObjectRef::new(t.clone(), "kinbar--wildcard--probe"));
-        if engine.check_at(at, resource, member, &probe).await?.is_allowed() {
+        if engine
+            .check_at(at, resource, member, &probe)
+            .await?
+            .is_allowed()
+        {
             out.insert(format!("{t}:*"));
         }
     }
@@ -407,7 +426,10 @@ fn tree_contains<'a>(
                         return Ok(Decision::Allowed);
                     }
                     if let Some(r) = &s.relation
-                        && engine.check_at(at, &s.object, r, subject).await?.is_allowed()
+                        && engine
+                            .check_at(at, &s.object, r, subject)
+                            .await?
+                            .is_allowed()
                     {
                         return Ok(Decision::Allowed);
                     }
@@ -438,7 +460,10 @@ fn tree_contains<'a>(
                 let Some(first) = it.next() else {
                     return Ok(Decision::Denied);
                 };
-                if !tree_contains(engine, at, first, subject).await?.is_allowed() {
+                if !tree_contains(engine, at, first, subject)
+                    .await?
+                    .is_allowed()
+                {
                     return Ok(Decision::Denied);
                 }
                 for c in it {

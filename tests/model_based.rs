@@ -16,7 +16,7 @@ use kinbar::{Engine, ObjectRef, Relationship, SubjectRef};
 use proptest::prelude::*;
 
 const USERS: usize = 4;
-const DOCS: usize = 4;
+const DOCS: usize = 5;
 const GROUPS: usize = 3;
 
 #[derive(Debug, Clone)]
@@ -55,7 +55,11 @@ const DOC_RELS: [&str; 3] = ["viewer", "editor", "banned"];
 const GROUP_RELS: [&str; 2] = ["member", "owner"];
 const ARROW_TARGETS: [&str; 7] = ["member", "owner", "gp0", "viewer", "editor", "p0", "p2"];
 
-fn expr(refs: &'static [&'static str], rels: &'static [&'static str], arrows: bool) -> BoxedStrategy<E> {
+fn expr(
+    refs: &'static [&'static str],
+    rels: &'static [&'static str],
+    arrows: bool,
+) -> BoxedStrategy<E> {
     let mut leaves: Vec<BoxedStrategy<E>> = vec![
         Just(E::Nil).boxed(),
         prop::sample::select(refs).prop_map(E::Ref).boxed(),
@@ -92,7 +96,10 @@ fn relationships() -> impl Strategy<Value = Vec<String>> {
     let doc = 0..DOCS;
     let group = 0..GROUPS;
     let one = prop_oneof![
-        (doc.clone(), prop_oneof![user_or_star.clone(), userset.clone()])
+        (
+            doc.clone(),
+            prop_oneof![user_or_star.clone(), userset.clone()]
+        )
             .prop_map(|(d, s)| format!("doc:d{d}#viewer@{s}")),
         (doc.clone(), prop_oneof![user.clone(), userset.clone()])
             .prop_map(|(d, s)| format!("doc:d{d}#editor@{s}")),
@@ -103,7 +110,7 @@ fn relationships() -> impl Strategy<Value = Vec<String>> {
             .prop_map(|(g, s)| format!("group:g{g}#member@{s}")),
         (group, user).prop_map(|(g, s)| format!("group:g{g}#owner@{s}")),
     ];
-    prop::collection::vec(one, 0..18)
+    prop::collection::vec(one, 0..26)
 }
 
 fn case() -> impl Strategy<Value = Case> {
@@ -162,7 +169,11 @@ fn reference(c: &Case) -> Sets {
     loop {
         let mut next = sets.clone();
         for (obj, ty) in &objects {
-            let rel_names: &[&'static str] = if *ty == "doc" { &["viewer", "editor", "banned", "parent"] } else { &["member", "owner"] };
+            let rel_names: &[&'static str] = if *ty == "doc" {
+                &["viewer", "editor", "banned", "parent"]
+            } else {
+                &["member", "owner"]
+            };
             for rel in rel_names {
                 let mut set = BTreeSet::new();
                 for s in subjects_of(obj, rel) {
@@ -173,7 +184,10 @@ fn reference(c: &Case) -> Sets {
                             set.insert(user_index(s));
                         }
                     } else if let Some(r) = &s.relation {
-                        let key = (s.object.to_string(), if r == "member" { "member" } else { "owner" });
+                        let key = (
+                            s.object.to_string(),
+                            if r == "member" { "member" } else { "owner" },
+                        );
                         set.extend(sets.get(&key).cloned().unwrap_or_default());
                     }
                 }
@@ -188,13 +202,21 @@ fn reference(c: &Case) -> Sets {
 
     // Stratum 2: permissions, from empty upwards.
     let perm_names = |ty: &str| -> Vec<&'static str> {
-        if ty == "doc" { vec!["p0", "p1", "p2"] } else { vec!["gp0", "gp1"] }
+        if ty == "doc" {
+            vec!["p0", "p1", "p2"]
+        } else {
+            vec!["gp0", "gp1"]
+        }
     };
     loop {
         let mut next = sets.clone();
         for (obj, ty) in &objects {
             for (i, p) in perm_names(ty).into_iter().enumerate() {
-                let e = if *ty == "doc" { &c.doc_perms[i] } else { &c.group_perms[i] };
+                let e = if *ty == "doc" {
+                    &c.doc_perms[i]
+                } else {
+                    &c.group_perms[i]
+                };
                 next.insert((obj.clone(), p), eval(e, obj, &sets, &subjects_of));
             }
         }
@@ -209,7 +231,11 @@ fn reference(c: &Case) -> Sets {
 fn has_member(obj: &str, member: &str) -> bool {
     let doc = ["viewer", "editor", "banned", "parent", "p0", "p1", "p2"];
     let group = ["member", "owner", "gp0", "gp1"];
-    if obj.starts_with("doc:") { doc.contains(&member) } else { group.contains(&member) }
+    if obj.starts_with("doc:") {
+        doc.contains(&member)
+    } else {
+        group.contains(&member)
+    }
 }
 
 fn eval<'a>(
@@ -223,10 +249,19 @@ fn eval<'a>(
         E::Nil => BTreeSet::new(),
         E::Ref(n) => get(obj, n),
         E::Arrow(t, all) => {
-            let targets: BTreeSet<String> = subjects_of(obj, "parent").iter().map(|s| s.object.to_string()).collect();
+            let targets: BTreeSet<String> = subjects_of(obj, "parent")
+                .iter()
+                .map(|s| s.object.to_string())
+                .collect();
             let per: Vec<BTreeSet<usize>> = targets
                 .iter()
-                .map(|o| if has_member(o, t) { get(o, t) } else { BTreeSet::new() })
+                .map(|o| {
+                    if has_member(o, t) {
+                        get(o, t)
+                    } else {
+                        BTreeSet::new()
+                    }
+                })
                 .collect();
             if *all {
                 let mut it = per.into_iter();
@@ -261,7 +296,9 @@ fn eval<'a>(
 }
 
 fn run_case(c: &Case) -> Result<(), TestCaseError> {
-    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let engine = Engine::in_memory();
         let schema = schema_text(c);
@@ -274,9 +311,15 @@ fn run_case(c: &Case) -> Result<(), TestCaseError> {
         rels.dedup();
         let updates = rels
             .into_iter()
-            .map(|relationship| Update { operation: Operation::Touch, relationship })
+            .map(|relationship| Update {
+                operation: Operation::Touch,
+                relationship,
+            })
             .collect();
-        engine.write_relationships(updates, vec![], TxnMetadata::default()).await.unwrap();
+        engine
+            .write_relationships(updates, vec![], TxnMetadata::default())
+            .await
+            .unwrap();
         let expected = reference(c);
         for ((obj, member), set) in &expected {
             if *member == "parent" {
@@ -293,7 +336,11 @@ fn run_case(c: &Case) -> Result<(), TestCaseError> {
                     got.is_allowed(),
                     set.contains(&u),
                     "{}#{}@user:u{} disagrees with the reference\nschema:\n{}\nrelationships:\n{}",
-                    obj, member, u, schema, c.rels.join("\n")
+                    obj,
+                    member,
+                    u,
+                    schema,
+                    c.rels.join("\n")
                 );
             }
         }

@@ -120,22 +120,67 @@ fn wildcard_on_left_of_arrow() {
 
 #[test]
 fn invalid_identifier() {
-    assert_error("definition User {}", "must start with a lowercase letter", 1, 12);
+    assert_error(
+        "definition User {}",
+        "must start with a lowercase letter",
+        1,
+        12,
+    );
     let long = "a".repeat(65);
     assert_error(&format!("definition {long} {{}}"), "longer than 64", 1, 12);
 }
 
 #[test]
 fn syntax_errors_have_location_and_hint() {
-    assert_error("definition doc {\n  relation viewer user\n}", "expected `:` after the relation name", 2, 19);
-    assert_error("definition doc {\n  permission view viewer\n}", "expected `=`", 2, 19);
-    assert_error("definition doc {\n  relation viewer: user\n", "expected `}` to close the definition", 3, 1);
-    assert_error("definition doc {\n  permission view = (viewer\n}", "expected `)`", 3, 1);
-    assert_error("definition doc {\n  permission view = viewer +\n}", "expected a relation or permission name", 3, 1);
-    assert_error("definition doc {\n  permission view = viewer viewer\n}", "expected an operator", 2, 28);
+    assert_error(
+        "definition doc {\n  relation viewer user\n}",
+        "expected `:` after the relation name",
+        2,
+        19,
+    );
+    assert_error(
+        "definition doc {\n  permission view viewer\n}",
+        "expected `=`",
+        2,
+        19,
+    );
+    assert_error(
+        "definition doc {\n  relation viewer: user\n",
+        "expected `}` to close the definition",
+        3,
+        1,
+    );
+    assert_error(
+        "definition doc {\n  permission view = (viewer\n}",
+        "expected `)`",
+        3,
+        1,
+    );
+    assert_error(
+        "definition doc {\n  permission view = viewer +\n}",
+        "expected a relation or permission name",
+        3,
+        1,
+    );
+    assert_error(
+        "definition doc {\n  permission view = viewer viewer\n}",
+        "expected an operator",
+        2,
+        28,
+    );
     assert_error("relation x: y", "expected `definition` or `caveat`", 1, 1);
-    assert_error("definition doc { permission v = a.none(b) }", "unknown arrow function `none`", 1, 35);
-    assert_error("/* never closed\ndefinition doc {}", "unterminated `/*` comment", 1, 1);
+    assert_error(
+        "definition doc { permission v = a.none(b) }",
+        "unknown arrow function `none`",
+        1,
+        35,
+    );
+    assert_error(
+        "/* never closed\ndefinition doc {}",
+        "unterminated `/*` comment",
+        1,
+        1,
+    );
     let e = err("definition doc {\n  relation viewer user\n}");
     assert!(e.errors().next().unwrap().hint.is_some());
 }
@@ -182,9 +227,19 @@ fn warnings_do_not_fail() {
     .unwrap();
     let msgs: Vec<&str> = c.warnings.iter().map(|w| w.message.as_str()).collect();
     assert!(c.warnings.iter().all(|w| w.severity == Severity::Warning));
-    assert!(msgs.iter().any(|m| m.contains("can never match")), "{msgs:?}");
-    assert!(msgs.iter().any(|m| m.contains("refers only to itself")), "{msgs:?}");
-    assert!(msgs.iter().any(|m| m.contains("`folder#owner` is not used")), "{msgs:?}");
+    assert!(
+        msgs.iter().any(|m| m.contains("can never match")),
+        "{msgs:?}"
+    );
+    assert!(
+        msgs.iter().any(|m| m.contains("refers only to itself")),
+        "{msgs:?}"
+    );
+    assert!(
+        msgs.iter()
+            .any(|m| m.contains("`folder#owner` is not used")),
+        "{msgs:?}"
+    );
 }
 
 #[test]
@@ -197,7 +252,10 @@ fn precedence_matches_design() {
     let r = |n: &str| Rewrite::Ref(n.into());
     assert_eq!(
         d.permissions["p1"].rewrite,
-        Rewrite::Exclusion(Box::new(r("a")), Box::new(Rewrite::Union(vec![r("b"), r("c")])))
+        Rewrite::Exclusion(
+            Box::new(r("a")),
+            Box::new(Rewrite::Union(vec![r("b"), r("c")]))
+        )
     );
     assert_eq!(
         d.permissions["p2"].rewrite,
@@ -205,7 +263,10 @@ fn precedence_matches_design() {
     );
     assert_eq!(
         d.permissions["p3"].rewrite,
-        Rewrite::Exclusion(Box::new(Rewrite::Intersection(vec![r("a"), r("b")])), Box::new(r("c")))
+        Rewrite::Exclusion(
+            Box::new(Rewrite::Intersection(vec![r("a"), r("b")])),
+            Box::new(r("c"))
+        )
     );
     assert_eq!(
         d.permissions["p4"].rewrite,
@@ -243,7 +304,12 @@ fn doc_comments_are_kept_by_fmt() {
     let ast = schema::parse_ast(src, &Limits::default()).unwrap();
     let out = format::format(&ast);
     assert!(out.contains("/** the user */\ndefinition user {}"), "{out}");
-    assert!(out.contains("    /**\n     * who may view\n     * (readers)\n     */\n    relation viewer: user"), "{out}");
+    assert!(
+        out.contains(
+            "    /**\n     * who may view\n     * (readers)\n     */\n    relation viewer: user"
+        ),
+        "{out}"
+    );
 }
 
 // ---- Property tests: formatter round trip, no panics on arbitrary input ----
@@ -277,19 +343,23 @@ fn expr_text() -> impl Strategy<Value = String> {
 }
 
 fn schema_text() -> impl Strategy<Value = String> {
-    let relation = (name(), prop::collection::vec(
-        prop_oneof![
-            Just("user".to_string()),
-            Just("user:*".to_string()),
-            Just("team#member".to_string()),
-            Just("ns/thing".to_string()),
-        ],
-        1..3,
-    ))
+    let relation = (
+        name(),
+        prop::collection::vec(
+            prop_oneof![
+                Just("user".to_string()),
+                Just("user:*".to_string()),
+                Just("team#member".to_string()),
+                Just("ns/thing".to_string()),
+            ],
+            1..3,
+        ),
+    )
         .prop_map(|(n, types)| format!("  relation {n}: {}\n", types.join(" | ")));
     let permission = (name(), expr_text()).prop_map(|(n, e)| format!("  permission {n} = {e}\n"));
     let member = prop_oneof![relation, permission];
-    let doc = prop::option::of("[a-z ]{1,10}").prop_map(|d| d.map(|t| format!("/** {t} */\n")).unwrap_or_default());
+    let doc = prop::option::of("[a-z ]{1,10}")
+        .prop_map(|d| d.map(|t| format!("/** {t} */\n")).unwrap_or_default());
     let def = (doc, name(), prop::collection::vec(member, 0..5))
         .prop_map(|(d, n, ms)| format!("{d}definition {n} {{\n{}}}\n", ms.concat()));
     prop::collection::vec(def, 1..4).prop_map(|ds| ds.join("\n"))

@@ -27,42 +27,31 @@ use crate::model::{ObjectRef, SubjectRef};
 use crate::schema::{ArrowKind, MemberKind, Rewrite};
 use crate::store::RelationshipFilter;
 
-/// The cycle cuts a result depended on: the shallowest and the deepest path
-/// node (depth, frame id) at which evaluation was cut.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub(crate) struct Cuts {
-    shallowest: Option<u32>,
-    deepest: Option<(u32, u64)>,
-}
+/// The path nodes (frame ids) a result assumed to be denied because
+/// evaluation was cut there. Empty: the result is exact.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub(crate) struct Cuts(BTreeSet<u64>);
 
 impl Cuts {
-    fn at(depth: u32, frame: u64) -> Self {
-        Cuts {
-            shallowest: Some(depth),
-            deepest: Some((depth, frame)),
-        }
+    fn at(frame: u64) -> Self {
+        Cuts(BTreeSet::from([frame]))
     }
 
-    fn merge(self, other: Cuts) -> Cuts {
-        Cuts {
-            shallowest: match (self.shallowest, other.shallowest) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            },
-            deepest: match (self.deepest, other.deepest) {
-                (Some(a), Some(b)) => Some(if a.0 >= b.0 { a } else { b }),
-                (a, b) => a.or(b),
-            },
+    fn merge(mut self, other: Cuts) -> Cuts {
+        if self.0.is_empty() {
+            return other;
         }
+        self.0.extend(other.0);
+        self
     }
 
     fn is_none(&self) -> bool {
-        self.shallowest.is_none()
+        self.0.is_empty()
     }
 }
 
 /// A result plus the cycle cuts it depended on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Outcome {
     pub decision: Decision,
     pub cuts: Cuts,
@@ -81,7 +70,6 @@ impl Outcome {
 pub(crate) struct Path<'p> {
     resource: &'p ObjectRef,
     member: &'p str,
-    depth: u32,
     /// Unique within the request: tells re-entries of the same node apart.
     frame: u64,
     parent: Option<&'p Path<'p>>,
@@ -97,34 +85,57 @@ impl Path<'_> {
             .find(|p| p.resource == resource && p.member == member)
     }
 
-    fn has_frame(&self, depth: u32, frame: u64) -> bool {
-        self.iter()
-            .find(|p| p.depth == depth)
-            .is_some_and(|p| p.frame == frame)
+    fn has_frame(&self, frame: u64) -> bool {
+        self.iter().any(|p| p.frame == frame)
     }
 }
 
 impl Evaluator<'_> {
     fn next_frame(&self) -> u64 {
-        self.frames.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        self.frames
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// A memoised outcome still valid on `path`: exact, or computed under
-    /// cuts whose nodes are all still on the path (the deepest one being
-    /// there implies every shallower one is).
+    /// A memoised outcome still valid on `path`. An outcome that assumed
+    /// some frames denied is valid while each of those frames is still on
+    /// the path (same assumption) or has completed denied — in which case
+    /// the assumption is replaced by that frame's own assumptions. A frame
+    /// that completed allowed invalidates it.
     fn memo_get(&self, key: &super::MemoKey, path: Option<&Path<'_>>) -> Option<Outcome> {
         let memo = self.memo.lock().ok()?;
-        let o = *memo.get(key)?;
-        match o.cuts.deepest {
-            None => Some(o),
-            Some((depth, frame)) if path.is_some_and(|p| p.has_frame(depth, frame)) => Some(o),
-            Some(_) => None,
+        let (decision, cuts) = memo.entries.get(key)?.clone();
+        if cuts.is_none() {
+            return Some(Outcome { decision, cuts });
         }
+        let path = path?;
+        let mut resolved = BTreeSet::new();
+        let mut seen = BTreeSet::new();
+        let mut todo: Vec<u64> = cuts.0.into_iter().collect();
+        while let Some(frame) = todo.pop() {
+            if !seen.insert(frame) {
+                continue;
+            }
+            if path.has_frame(frame) {
+                resolved.insert(frame);
+                continue;
+            }
+            match memo.frames.get(&frame) {
+                Some((Decision::Denied, assumed)) => todo.extend(assumed.0.iter().copied()),
+                _ => return None,
+            }
+        }
+        Some(Outcome {
+            decision,
+            cuts: Cuts(resolved),
+        })
     }
 
-    fn memo_put(&self, key: super::MemoKey, outcome: Outcome) {
+    fn memo_put(&self, key: super::MemoKey, frame: u64, outcome: &Outcome) {
         if let Ok(mut memo) = self.memo.lock() {
-            memo.insert(key, outcome);
+            memo.frames
+                .insert(frame, (outcome.decision, outcome.cuts.clone()));
+            memo.entries
+                .insert(key, (outcome.decision, outcome.cuts.clone()));
         }
     }
 
@@ -145,7 +156,7 @@ impl Evaluator<'_> {
             if let Some(node) = path.and_then(|p| p.find(resource, member)) {
                 return Ok(Outcome {
                     decision: Decision::Denied,
-                    cuts: Cuts::at(node.depth, node.frame),
+                    cuts: Cuts::at(node.frame),
                 });
             }
             if depth >= self.max_depth {
@@ -171,13 +182,13 @@ impl Evaluator<'_> {
             let here = Path {
                 resource,
                 member,
-                depth,
                 frame: self.next_frame(),
                 parent: path,
             };
-            let def = self.schema.definition(&resource.object_type).ok_or_else(|| {
-                Error::UnknownType(resource.object_type.clone())
-            })?;
+            let def = self
+                .schema
+                .definition(&resource.object_type)
+                .ok_or_else(|| Error::UnknownType(resource.object_type.clone()))?;
             let outcome = match def.member_kind(member) {
                 Some(MemberKind::Relation) => {
                     self.check_relation(resource, member, subject, depth, &here)
@@ -196,14 +207,13 @@ impl Evaluator<'_> {
                 }
             };
             let mut outcome = outcome;
-            if outcome.cuts.shallowest.is_some_and(|d| d >= depth) {
-                // Every cut hit this node or its own subtree: exact.
-                outcome.cuts = Cuts::default();
-            }
+            // A cut at this very node assumed it denied while computing it;
+            // the answer now stands on the other assumptions only.
+            outcome.cuts.0.remove(&here.frame);
             if !top && outcome.cuts.is_none() {
                 self.engine.cache.insert(key, outcome.decision).await;
             }
-            self.memo_put(memo_key, outcome);
+            self.memo_put(memo_key, here.frame, &outcome);
             Ok(outcome)
         })
     }
@@ -238,7 +248,9 @@ impl Evaluator<'_> {
         }
         let mut cuts = Cuts::default();
         for (object, r) in usersets {
-            let o = self.check(object, r, subject, depth + 1, Some(here)).await?;
+            let o = self
+                .check(object, r, subject, depth + 1, Some(here))
+                .await?;
             if o.decision == Decision::Allowed {
                 return Ok(Outcome::of(Decision::Allowed));
             }
@@ -268,7 +280,9 @@ impl Evaluator<'_> {
                 Rewrite::Union(children) => {
                     let mut acc = Outcome::of(Decision::Denied);
                     for c in children {
-                        let o = self.check_rewrite(resource, c, subject, depth, here).await?;
+                        let o = self
+                            .check_rewrite(resource, c, subject, depth, here)
+                            .await?;
                         acc.decision = acc.decision.or(o.decision);
                         acc.cuts = acc.cuts.merge(o.cuts);
                         if acc.decision == Decision::Allowed {
@@ -280,7 +294,9 @@ impl Evaluator<'_> {
                 Rewrite::Intersection(children) => {
                     let mut acc = Outcome::of(Decision::Allowed);
                     for c in children {
-                        let o = self.check_rewrite(resource, c, subject, depth, here).await?;
+                        let o = self
+                            .check_rewrite(resource, c, subject, depth, here)
+                            .await?;
                         acc.decision = acc.decision.and(o.decision);
                         acc.cuts = acc.cuts.merge(o.cuts);
                         if acc.decision == Decision::Denied {
@@ -290,7 +306,9 @@ impl Evaluator<'_> {
                     Ok(acc)
                 }
                 Rewrite::Exclusion(base, subtract) => {
-                    let b = self.check_rewrite(resource, base, subject, depth, here).await?;
+                    let b = self
+                        .check_rewrite(resource, base, subject, depth, here)
+                        .await?;
                     if b.decision == Decision::Denied {
                         return Ok(b);
                     }
@@ -367,4 +385,11 @@ impl Evaluator<'_> {
         };
         Ok(Outcome { decision, cuts })
     }
+}
+
+/// Per-request memo: outcomes by node, and how each frame completed.
+#[derive(Debug, Default)]
+pub(crate) struct Memo {
+    entries: std::collections::HashMap<super::MemoKey, (Decision, Cuts)>,
+    frames: std::collections::HashMap<u64, (Decision, Cuts)>,
 }

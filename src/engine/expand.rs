@@ -184,8 +184,14 @@ impl Evaluator<'_> {
                     }
                 }
                 Rewrite::Exclusion(a, b) => {
-                    children.push(self.expand_rewrite(resource, member, a, depth, frame).await?);
-                    children.push(self.expand_rewrite(resource, member, b, depth, frame).await?);
+                    children.push(
+                        self.expand_rewrite(resource, member, a, depth, frame)
+                            .await?,
+                    );
+                    children.push(
+                        self.expand_rewrite(resource, member, b, depth, frame)
+                            .await?,
+                    );
                     ExpandKind::Exclusion(children)
                 }
                 Rewrite::Arrow {

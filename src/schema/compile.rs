@@ -76,8 +76,9 @@ pub fn check(ast: &SchemaAst) -> (Schema, Vec<Diagnostic>) {
                     )
                 };
                 diags.push(
-                    Diagnostic::error(name.span, msg)
-                        .with_hint("relation and permission names must be unique within a definition"),
+                    Diagnostic::error(name.span, msg).with_hint(
+                        "relation and permission names must be unique within a definition",
+                    ),
                 );
             } else {
                 seen.insert(&name.name, (is_perm, name.span));
@@ -106,8 +107,11 @@ pub fn check(ast: &SchemaAst) -> (Schema, Vec<Diagnostic>) {
                     for a in &r.allowed {
                         if let Some(c) = &a.caveat {
                             diags.push(
-                                Diagnostic::error(c.span, format!("caveats are not supported yet (`with {}`)", c.name))
-                                    .with_hint("caveats arrive in phase 2; remove the `with` clause"),
+                                Diagnostic::error(
+                                    c.span,
+                                    format!("caveats are not supported yet (`with {}`)", c.name),
+                                )
+                                .with_hint("caveats arrive in phase 2; remove the `with` clause"),
                             );
                         }
                         if let Some(span) = a.expiration {
@@ -139,16 +143,21 @@ pub fn check(ast: &SchemaAst) -> (Schema, Vec<Diagnostic>) {
                             }
                         };
                         if allowed.contains(&at) {
-                            diags.push(Diagnostic::warning(a.span, format!("subject type `{at}` is listed twice")));
+                            diags.push(Diagnostic::warning(
+                                a.span,
+                                format!("subject type `{at}` is listed twice"),
+                            ));
                         } else {
                             allowed.push(at);
                         }
                     }
-                    def.relations.entry(r.name.name.clone()).or_insert(Relation {
-                        name: r.name.name.clone(),
-                        doc: r.doc.clone(),
-                        allowed,
-                    });
+                    def.relations
+                        .entry(r.name.name.clone())
+                        .or_insert(Relation {
+                            name: r.name.name.clone(),
+                            doc: r.doc.clone(),
+                            allowed,
+                        });
                 }
                 Member::Permission(p) => {
                     let mut cx = ExprCx {
@@ -165,11 +174,13 @@ pub fn check(ast: &SchemaAst) -> (Schema, Vec<Diagnostic>) {
                                 .with_hint("add a relation to the expression or use `nil`"),
                         );
                     }
-                    def.permissions.entry(p.name.name.clone()).or_insert(Permission {
-                        name: p.name.name.clone(),
-                        doc: p.doc.clone(),
-                        rewrite,
-                    });
+                    def.permissions
+                        .entry(p.name.name.clone())
+                        .or_insert(Permission {
+                            name: p.name.name.clone(),
+                            doc: p.doc.clone(),
+                            rewrite,
+                        });
                 }
             }
         }
@@ -183,10 +194,16 @@ pub fn check(ast: &SchemaAst) -> (Schema, Vec<Diagnostic>) {
                 && !used.contains(&(d.name.name.clone(), r.name.name.clone()))
                 && members.len() > 1
             {
-                diags.push(Diagnostic::warning(
-                    r.name.span,
-                    format!("relation `{}#{}` is not used by any permission", d.name.name, r.name.name),
-                ).with_hint("it can still be checked directly; remove it if it is left over"));
+                diags.push(
+                    Diagnostic::warning(
+                        r.name.span,
+                        format!(
+                            "relation `{}#{}` is not used by any permission",
+                            d.name.name, r.name.name
+                        ),
+                    )
+                    .with_hint("it can still be checked directly; remove it if it is left over"),
+                );
             }
         }
     }
@@ -263,17 +280,24 @@ impl ExprCx<'_, '_> {
                     let hint = suggest(
                         &id.name,
                         self.own().keys().copied(),
-                        &format!("add `relation {}: ...` to `{}` or fix the spelling", id.name, self.def.name.name),
+                        &format!(
+                            "add `relation {}: ...` to `{}` or fix the spelling",
+                            id.name, self.def.name.name
+                        ),
                     );
                     self.diags.push(
                         Diagnostic::error(
                             id.span,
-                            format!("relation or permission `{}` not found on definition `{}`", id.name, self.def.name.name),
+                            format!(
+                                "relation or permission `{}` not found on definition `{}`",
+                                id.name, self.def.name.name
+                            ),
                         )
                         .with_hint(hint),
                     );
                 }
-                self.used.insert((self.def.name.name.clone(), id.name.clone()));
+                self.used
+                    .insert((self.def.name.name.clone(), id.name.clone()));
                 Rewrite::Ref(id.name.clone())
             }
             Expr::Arrow {
@@ -283,7 +307,8 @@ impl ExprCx<'_, '_> {
                 span,
                 ..
             } => {
-                self.used.insert((self.def.name.name.clone(), relation.name.clone()));
+                self.used
+                    .insert((self.def.name.name.clone(), relation.name.clone()));
                 self.check_arrow(relation, target, *span);
                 Rewrite::Arrow {
                     relation: relation.name.clone(),
@@ -297,14 +322,24 @@ impl ExprCx<'_, '_> {
                 let l = self.lower(left);
                 let r = self.lower(right);
                 match op {
-                    BinOp::Union => flatten(l, r, |x| match x {
-                        Rewrite::Union(v) => Ok(v),
-                        o => Err(o),
-                    }, Rewrite::Union),
-                    BinOp::Intersection => flatten(l, r, |x| match x {
-                        Rewrite::Intersection(v) => Ok(v),
-                        o => Err(o),
-                    }, Rewrite::Intersection),
+                    BinOp::Union => flatten(
+                        l,
+                        r,
+                        |x| match x {
+                            Rewrite::Union(v) => Ok(v),
+                            o => Err(o),
+                        },
+                        Rewrite::Union,
+                    ),
+                    BinOp::Intersection => flatten(
+                        l,
+                        r,
+                        |x| match x {
+                            Rewrite::Intersection(v) => Ok(v),
+                            o => Err(o),
+                        },
+                        Rewrite::Intersection,
+                    ),
                     BinOp::Exclusion => Rewrite::Exclusion(Box::new(l), Box::new(r)),
                 }
             }
@@ -316,8 +351,14 @@ impl ExprCx<'_, '_> {
         match self.own().get(relation.name.as_str()) {
             None => {
                 self.diags.push(
-                    Diagnostic::error(relation.span, format!("relation `{}` not found on definition `{d}` (left side of arrow)", relation.name))
-                        .with_hint("the left side of an arrow must be a relation of this definition"),
+                    Diagnostic::error(
+                        relation.span,
+                        format!(
+                            "relation `{}` not found on definition `{d}` (left side of arrow)",
+                            relation.name
+                        ),
+                    )
+                    .with_hint("the left side of an arrow must be a relation of this definition"),
                 );
                 return;
             }
@@ -330,15 +371,10 @@ impl ExprCx<'_, '_> {
             }
             Some(false) => {}
         }
-        let Some(rel) = self
-            .def
-            .members
-            .iter()
-            .find_map(|m| match m {
-                Member::Relation(r) if r.name.name == relation.name => Some(r),
-                _ => None,
-            })
-        else {
+        let Some(rel) = self.def.members.iter().find_map(|m| match m {
+            Member::Relation(r) if r.name.name == relation.name => Some(r),
+            _ => None,
+        }) else {
             return;
         };
         let mut found = false;
@@ -359,10 +395,16 @@ impl ExprCx<'_, '_> {
                 && m.contains_key(target.name.as_str())
             {
                 found = true;
-                self.used.insert((a.type_name.name.clone(), target.name.clone()));
+                self.used
+                    .insert((a.type_name.name.clone(), target.name.clone()));
             }
         }
-        if !found && rel.allowed.iter().all(|a| self.defs.contains_key(&a.type_name.name)) {
+        if !found
+            && rel
+                .allowed
+                .iter()
+                .all(|a| self.defs.contains_key(&a.type_name.name))
+        {
             self.diags.push(
                 Diagnostic::warning(
                     span,

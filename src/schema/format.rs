@@ -24,11 +24,19 @@ pub fn format(ast: &SchemaAst) -> String {
                         Member::Relation(r) => {
                             doc(&mut out, &r.doc, "    ");
                             let types: Vec<String> = r.allowed.iter().map(allowed).collect();
-                            out.push_str(&format!("    relation {}: {}\n", r.name.name, types.join(" | ")));
+                            out.push_str(&format!(
+                                "    relation {}: {}\n",
+                                r.name.name,
+                                types.join(" | ")
+                            ));
                         }
                         Member::Permission(p) => {
                             doc(&mut out, &p.doc, "    ");
-                            out.push_str(&format!("    permission {} = {}\n", p.name.name, expr(&p.expr)));
+                            out.push_str(&format!(
+                                "    permission {} = {}\n",
+                                p.name.name,
+                                expr(&p.expr)
+                            ));
                         }
                     }
                 }
@@ -36,7 +44,10 @@ pub fn format(ast: &SchemaAst) -> String {
             }
             Item::Caveat(c) => {
                 doc(&mut out, &c.doc, "");
-                out.push_str(&format!("caveat {}({}) {{\n    {}\n}}\n", c.name.name, c.params, c.body));
+                out.push_str(&format!(
+                    "caveat {}({}) {{\n    {}\n}}\n",
+                    c.name.name, c.params, c.body
+                ));
             }
             Item::UseDirective(u) => out.push_str(&format!("use {}\n", u.name)),
         }
@@ -103,7 +114,9 @@ pub fn expr(e: &Expr) -> String {
             (ArrowKind::Any, true) => format!("{}.any({})", relation.name, target.name),
             (ArrowKind::All, _) => format!("{}.all({})", relation.name, target.name),
         },
-        Expr::Binary { op, left, right, .. } => {
+        Expr::Binary {
+            op, left, right, ..
+        } => {
             let l = operand(left, *op, false);
             let r = operand(right, *op, true);
             format!("{l} {} {r}", op.symbol())

@@ -204,7 +204,11 @@ impl<'a> Parser<'a> {
 
     /// Skips a balanced `open ... close` group and returns its inner text.
     fn balanced(&mut self, open: Tok, close: Tok, expected: &str) -> PResult<String> {
-        let open_span = self.expect(open.clone(), expected, "caveats are `caveat name(params) { expression }`")?;
+        let open_span = self.expect(
+            open.clone(),
+            expected,
+            "caveats are `caveat name(params) { expression }`",
+        )?;
         let mut depth = 1usize;
         loop {
             let t = self.bump();
@@ -216,8 +220,11 @@ impl<'a> Parser<'a> {
                     return Ok(self.src[open_span.end..t.span.start].trim().to_string());
                 }
             } else if t.tok == Tok::Eof {
-                return Err(Diagnostic::error(open_span, format!("{} is never closed", open.describe()))
-                    .with_hint(format!("add the matching {}", close.describe())));
+                return Err(Diagnostic::error(
+                    open_span,
+                    format!("{} is never closed", open.describe()),
+                )
+                .with_hint(format!("add the matching {}", close.describe())));
             }
         }
     }
@@ -372,7 +379,9 @@ impl<'a> Parser<'a> {
                     self.limits.max_expression_terms
                 ),
             )
-            .with_hint("split the permission into smaller ones or raise the expression size limit"));
+            .with_hint(
+                "split the permission into smaller ones or raise the expression size limit",
+            ));
         }
         if self.at(&Tok::LParen) {
             let open = self.bump().span;
@@ -387,10 +396,7 @@ impl<'a> Parser<'a> {
             let inner = self.expr()?;
             self.depth -= 1;
             if !self.at(&Tok::RParen) {
-                return Err(self.unexpected(
-                    "`)` or an operator",
-                    "every `(` needs a matching `)`",
-                ));
+                return Err(self.unexpected("`)` or an operator", "every `(` needs a matching `)`"));
             }
             self.bump();
             return Ok(inner);
@@ -418,7 +424,10 @@ impl<'a> Parser<'a> {
         }
         if self.at(&Tok::Dot) && matches!(self.peek_at(1), Tok::Ident(_)) {
             self.bump();
-            let func = self.ident("`any` or `all`", "write `relation.any(permission)` or `relation.all(permission)`")?;
+            let func = self.ident(
+                "`any` or `all`",
+                "write `relation.any(permission)` or `relation.all(permission)`",
+            )?;
             let kind = match func.name.as_str() {
                 "any" => ArrowKind::Any,
                 "all" => ArrowKind::All,
@@ -427,11 +436,20 @@ impl<'a> Parser<'a> {
                         func.span,
                         format!("unknown arrow function `{other}`"),
                     )
-                    .with_hint("the arrow functions are `.any(permission)` and `.all(permission)`"));
+                    .with_hint(
+                        "the arrow functions are `.any(permission)` and `.all(permission)`",
+                    ));
                 }
             };
-            self.expect(Tok::LParen, "`(` after the arrow function", "write `relation.all(permission)`")?;
-            let target = self.ident("a permission or relation name", "write `relation.all(permission)`")?;
+            self.expect(
+                Tok::LParen,
+                "`(` after the arrow function",
+                "write `relation.all(permission)`",
+            )?;
+            let target = self.ident(
+                "a permission or relation name",
+                "write `relation.all(permission)`",
+            )?;
             let close = self.expect(Tok::RParen, "`)`", "write `relation.all(permission)`")?;
             return Ok(Expr::Arrow {
                 relation: name.clone(),

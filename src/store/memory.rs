@@ -257,7 +257,10 @@ fn query_snapshot(snap: &Snapshot, filter: &RelationshipFilter, page: &Page) -> 
                     |r| {
                         r.resource.object_type == *t
                             && r.resource.object_id == *id
-                            && filter.relation.as_ref().is_none_or(|rel| r.relation == *rel)
+                            && filter
+                                .relation
+                                .as_ref()
+                                .is_none_or(|rel| r.relation == *rel)
                     },
                     filter,
                     &mut out,
@@ -363,7 +366,14 @@ impl Datastore for MemoryStore {
             return Err(StoreError::SchemaChanged);
         }
         for (index, p) in txn.preconditions.iter().enumerate() {
-            let found = query_snapshot(&snap, &p.filter, &Page { after: None, limit: Some(1) });
+            let found = query_snapshot(
+                &snap,
+                &p.filter,
+                &Page {
+                    after: None,
+                    limit: Some(1),
+                },
+            );
             match (p.kind, found.first()) {
                 (PreconditionKind::MustMatch, None) => {
                     return Err(StoreError::PreconditionFailed {
@@ -474,8 +484,7 @@ impl Datastore for MemoryStore {
                 oldest,
             });
         }
-        Ok(v
-            .log
+        Ok(v.log
             .iter()
             .filter(|t| t.revision > after)
             .take(limit)

@@ -1,0 +1,607 @@
+//! Engine semantics (DESIGN.md §4) and validated writes, through the public
+//! library API over the memory store.
+
+use kinbar::engine::{ExpandKind, ExpandTree};
+use kinbar::store::{
+    DeleteByFilter, Operation, Precondition, PreconditionKind, RelationshipFilter, StoreError,
+    TxnMetadata, Update,
+};
+use kinbar::{Decision, Engine, EngineConfig, Error, ObjectRef, Relationship, SubjectRef};
+
+fn obj(s: &str) -> ObjectRef {
+    s.parse().unwrap()
+}
+
+fn subj(s: &str) -> SubjectRef {
+    s.parse().unwrap()
+}
+
+fn touch(rels: &[&str]) -> Vec<Update> {
+    rels.iter()
+        .map(|r| Update {
+            operation: Operation::Touch,
+            relationship: r.parse().unwrap(),
+        })
+        .collect()
+}
+
+async fn engine_with(schema: &str, rels: &[&str]) -> Engine {
+    let e = Engine::in_memory();
+    e.write_schema(schema, TxnMetadata::default())
+        .await
+        .unwrap();
+    if !rels.is_empty() {
+        e.write_relationships(touch(rels), vec![], TxnMetadata::default())
+            .await
+            .unwrap();
+    }
+    e
+}
+
+async fn check(e: &Engine, rel: &str) -> Result<Decision, Error> {
+    let r: Relationship = rel.parse().unwrap();
+    e.check(&r.resource, &r.relation, &r.subject).await
+}
+
+const GROUPS: &str = "definition user {}
+definition group {
+    relation member: user | group#member
+}
+definition doc {
+    relation viewer: user | user:* | group#member
+    relation parent: doc
+    relation banned: user
+    permission view = viewer + parent->view
+    permission view_unbanned = view - banned
+    permission both = parent.all(view)
+    permission view_rev = parent->view_rev + viewer
+    permission both_rev = parent.all(view_rev)
+}";
+
+#[tokio::test]
+async fn data_cycles_are_least_fixpoint_not_errors() {
+    let e = engine_with(
+        GROUPS,
+        &[
+            "group:a#member@group:b#member",
+            "group:b#member@group:c#member",
+            "group:c#member@group:a#member",
+            "group:c#member@user:anna",
+            "doc:1#parent@doc:2",
+            "doc:2#parent@doc:1",
+        ],
+    )
+    .await;
+    for g in ["a", "b", "c"] {
+        assert_eq!(
+            check(&e, &format!("group:{g}#member@user:anna"))
+                .await
+                .unwrap(),
+            Decision::Allowed
+        );
+        assert_eq!(
+            check(&e, &format!("group:{g}#member@user:bob"))
+                .await
+                .unwrap(),
+            Decision::Denied
+        );
+    }
+    assert_eq!(
+        check(&e, "doc:1#view@user:anna").await.unwrap(),
+        Decision::Denied
+    );
+}
+
+#[tokio::test]
+async fn dense_cycles_finish() {
+    // Every group in every other: exponential if each path were explored.
+    let mut rels = Vec::new();
+    for a in 0..14 {
+        for b in 0..14 {
+            if a != b {
+                rels.push(format!("group:g{a}#member@group:g{b}#member"));
+            }
+        }
+    }
+    rels.push("group:g13#member@user:anna".into());
+    let refs: Vec<&str> = rels.iter().map(String::as_str).collect();
+    let e = engine_with(GROUPS, &refs).await;
+    assert_eq!(
+        check(&e, "group:g0#member@user:bob").await.unwrap(),
+        Decision::Denied
+    );
+    assert_eq!(
+        check(&e, "group:g0#member@user:anna").await.unwrap(),
+        Decision::Allowed
+    );
+}
+
+#[tokio::test]
+async fn result_cut_at_an_ancestor_is_recomputed_elsewhere() {
+    // doc:1 (A) and doc:3 (B) are parents of doc:0; doc:2 (X) cycles with A.
+    // Evaluating A visits X with A on the path (X looks denied); B later
+    // needs X's real answer, which goes through A.
+    let e = engine_with(
+        GROUPS,
+        &[
+            "doc:0#parent@doc:1",
+            "doc:0#parent@doc:3",
+            "doc:1#parent@doc:2",
+            "doc:2#parent@doc:1",
+            "doc:1#viewer@user:anna",
+            "doc:3#parent@doc:2",
+        ],
+    )
+    .await;
+    assert_eq!(
+        check(&e, "doc:0#both_rev@user:anna").await.unwrap(),
+        Decision::Allowed
+    );
+    assert_eq!(
+        check(&e, "doc:3#view_rev@user:anna").await.unwrap(),
+        Decision::Allowed
+    );
+    assert_eq!(
+        check(&e, "doc:0#both@user:anna").await.unwrap(),
+        Decision::Allowed
+    );
+}
+
+#[tokio::test]
+async fn depth_limit_is_an_error_not_an_answer() {
+    let mut rels: Vec<String> = (0..60)
+        .map(|i| format!("group:g{i}#member@group:g{}#member", i + 1))
+        .collect();
+    rels.push("group:g60#member@user:anna".into());
+    let refs: Vec<&str> = rels.iter().map(String::as_str).collect();
+    let e = engine_with(GROUPS, &refs).await;
+    match check(&e, "group:g0#member@user:anna").await {
+        Err(Error::DepthExceeded { depth: 50 }) => {}
+        other => panic!("expected depth exceeded, got {other:?}"),
+    }
+    // Within the limit it answers.
+    assert_eq!(
+        check(&e, "group:g20#member@user:anna").await.unwrap(),
+        Decision::Allowed
+    );
+    // A configurable limit.
+    let deep = Engine::new(
+        e.store().clone(),
+        EngineConfig {
+            max_depth: 100,
+            ..Default::default()
+        },
+    );
+    assert_eq!(
+        check(&deep, "group:g0#member@user:anna").await.unwrap(),
+        Decision::Allowed
+    );
+}
+
+#[tokio::test]
+async fn wildcards_usersets_and_exclusion() {
+    let e = engine_with(
+        GROUPS,
+        &[
+            "doc:pub#viewer@user:*",
+            "doc:pub#banned@user:eve",
+            "doc:team#viewer@group:eng#member",
+            "group:eng#member@user:anna",
+        ],
+    )
+    .await;
+    assert!(
+        check(&e, "doc:pub#view@user:anyone")
+            .await
+            .unwrap()
+            .is_allowed()
+    );
+    assert!(
+        check(&e, "doc:pub#view_unbanned@user:anyone")
+            .await
+            .unwrap()
+            .is_allowed()
+    );
+    assert!(
+        !check(&e, "doc:pub#view_unbanned@user:eve")
+            .await
+            .unwrap()
+            .is_allowed()
+    );
+    // A wildcard also matches userset subjects of its type.
+    assert!(
+        check(&e, "doc:team#view@user:anna")
+            .await
+            .unwrap()
+            .is_allowed()
+    );
+    // A userset is a member of itself, and of what it is granted.
+    assert!(
+        check(&e, "group:eng#member@group:eng#member")
+            .await
+            .unwrap()
+            .is_allowed()
+    );
+    assert!(
+        check(&e, "doc:team#view@group:eng#member")
+            .await
+            .unwrap()
+            .is_allowed()
+    );
+    assert!(
+        !check(&e, "doc:pub#view@group:eng#member")
+            .await
+            .unwrap()
+            .is_allowed()
+    );
+    // Checking the wildcard itself is a bad request.
+    assert!(matches!(
+        check(&e, "doc:pub#view@user:*").await,
+        Err(Error::InvalidArgument(_))
+    ));
+}
+
+#[tokio::test]
+async fn arrows_ignore_subject_relations() {
+    let e = engine_with(
+        "definition user {}
+         definition org { relation admin: user  relation member: user  permission manage = admin }
+         definition doc { relation owner_org: org | org#member  permission manage = owner_org->manage }",
+        &["doc:1#owner_org@org:acme#member", "org:acme#admin@user:ada"],
+    )
+    .await;
+    assert!(
+        check(&e, "doc:1#manage@user:ada")
+            .await
+            .unwrap()
+            .is_allowed()
+    );
+}
+
+#[tokio::test]
+async fn all_requires_at_least_one_object() {
+    let e = engine_with(
+        GROUPS,
+        &[
+            "doc:1#parent@doc:2",
+            "doc:1#parent@doc:3",
+            "doc:2#viewer@user:a",
+            "doc:3#viewer@user:a",
+            "doc:3#viewer@user:b",
+        ],
+    )
+    .await;
+    assert!(check(&e, "doc:1#both@user:a").await.unwrap().is_allowed());
+    assert!(!check(&e, "doc:1#both@user:b").await.unwrap().is_allowed());
+    assert!(!check(&e, "doc:9#both@user:a").await.unwrap().is_allowed());
+}
+
+#[tokio::test]
+async fn unknown_names_in_requests_are_errors() {
+    let e = engine_with(GROUPS, &[]).await;
+    assert!(
+        matches!(check(&e, "nope:1#view@user:a").await, Err(Error::UnknownType(t)) if t == "nope")
+    );
+    assert!(matches!(
+        check(&e, "doc:1#nope@user:a").await,
+        Err(Error::UnknownMember { .. })
+    ));
+    assert!(matches!(
+        check(&e, "doc:1#view@nope:a").await,
+        Err(Error::UnknownType(_))
+    ));
+    assert!(matches!(
+        check(&e, "doc:1#view@group:a#nope").await,
+        Err(Error::UnknownMember { .. })
+    ));
+    let empty = Engine::in_memory();
+    assert!(matches!(
+        check(&empty, "doc:1#view@user:a").await,
+        Err(Error::NoSchema)
+    ));
+}
+
+#[tokio::test]
+async fn writes_are_validated_against_the_schema() {
+    let e = engine_with(GROUPS, &[]).await;
+    let write = |rels: &[&str]| e.write_relationships(touch(rels), vec![], TxnMetadata::default());
+    let msg = |r: Result<_, Error>| r.map(|_| ()).unwrap_err().to_string();
+    assert!(msg(write(&["doc:1#view@user:a"]).await).contains("is a permission"));
+    assert!(msg(write(&["doc:1#nope@user:a"]).await).contains("relation `nope` not found"));
+    assert!(msg(write(&["doc:1#banned@user:*"]).await).contains("`user:*` are not allowed"));
+    assert!(msg(write(&["doc:1#banned@group:x#member"]).await).contains("allowed: user"));
+    assert!(msg(write(&["nope:1#viewer@user:a"]).await).contains("`nope` not found"));
+    // Nothing of a failed write is applied.
+    let bad = write(&[
+        "doc:1#viewer@user:a",
+        "doc:1#viewer@user:*",
+        "doc:1#nope@user:a",
+    ])
+    .await;
+    assert!(bad.is_err());
+    assert!(!check(&e, "doc:1#view@user:a").await.unwrap().is_allowed());
+    // Duplicates in one request are refused.
+    assert!(
+        msg(write(&["doc:1#viewer@user:a", "doc:1#viewer@user:a"]).await)
+            .contains("more than once")
+    );
+}
+
+#[tokio::test]
+async fn create_touch_delete_and_preconditions() {
+    let e = engine_with(GROUPS, &["doc:1#viewer@user:a"]).await;
+    let update = |op, r: &str| Update {
+        operation: op,
+        relationship: r.parse().unwrap(),
+    };
+    let meta = TxnMetadata::default;
+    // CREATE of an existing relationship fails; TOUCH does not.
+    let r = e
+        .write_relationships(
+            vec![update(Operation::Create, "doc:1#viewer@user:a")],
+            vec![],
+            meta(),
+        )
+        .await;
+    assert!(matches!(r, Err(Error::Store(StoreError::AlreadyExists(_)))));
+    e.write_relationships(
+        vec![update(Operation::Touch, "doc:1#viewer@user:a")],
+        vec![],
+        meta(),
+    )
+    .await
+    .unwrap();
+    // Preconditions.
+    let must = |kind, f: &str| Precondition {
+        kind,
+        filter: RelationshipFilter::exact(&f.parse().unwrap()),
+    };
+    let r = e
+        .write_relationships(
+            vec![update(Operation::Touch, "doc:1#viewer@user:b")],
+            vec![must(PreconditionKind::MustMatch, "doc:1#banned@user:x")],
+            meta(),
+        )
+        .await;
+    assert!(matches!(
+        r,
+        Err(Error::Store(StoreError::PreconditionFailed {
+            index: 0,
+            ..
+        }))
+    ));
+    assert!(!check(&e, "doc:1#view@user:b").await.unwrap().is_allowed());
+    e.write_relationships(
+        vec![update(Operation::Touch, "doc:1#viewer@user:b")],
+        vec![
+            must(PreconditionKind::MustMatch, "doc:1#viewer@user:a"),
+            must(PreconditionKind::MustNotMatch, "doc:1#banned@user:b"),
+        ],
+        meta(),
+    )
+    .await
+    .unwrap();
+    assert!(check(&e, "doc:1#view@user:b").await.unwrap().is_allowed());
+    // DELETE.
+    e.write_relationships(
+        vec![update(Operation::Delete, "doc:1#viewer@user:b")],
+        vec![],
+        meta(),
+    )
+    .await
+    .unwrap();
+    assert!(!check(&e, "doc:1#view@user:b").await.unwrap().is_allowed());
+    // Delete by filter, with a limit.
+    e.write_relationships(
+        touch(&["doc:2#viewer@user:a", "doc:3#viewer@user:a"]),
+        vec![],
+        meta(),
+    )
+    .await
+    .unwrap();
+    let filter = RelationshipFilter {
+        resource_type: Some("doc".into()),
+        relation: Some("viewer".into()),
+        ..Default::default()
+    };
+    let r = e
+        .delete_relationships(
+            DeleteByFilter {
+                filter: filter.clone(),
+                limit: Some(2),
+                allow_partial: false,
+            },
+            vec![],
+            meta(),
+        )
+        .await;
+    assert!(matches!(
+        r,
+        Err(Error::Store(StoreError::TooManyToDelete {
+            matched: 3,
+            limit: 2
+        }))
+    ));
+    let c = e
+        .delete_relationships(
+            DeleteByFilter {
+                filter: filter.clone(),
+                limit: Some(2),
+                allow_partial: true,
+            },
+            vec![],
+            meta(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(c.changes.len(), 2);
+    let c = e
+        .delete_relationships(
+            DeleteByFilter {
+                filter,
+                limit: None,
+                allow_partial: false,
+            },
+            vec![],
+            meta(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(c.changes.len(), 1);
+}
+
+#[tokio::test]
+async fn schema_change_that_orphans_relationships_is_refused() {
+    let e = engine_with(GROUPS, &["doc:1#banned@user:eve", "doc:1#viewer@user:*"]).await;
+    let without_banned = GROUPS
+        .replace("    relation banned: user\n", "")
+        .replace("    permission view_unbanned = view - banned\n", "");
+    let err = e
+        .write_schema(&without_banned, TxnMetadata::default())
+        .await
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, Error::SchemaWouldOrphan(_)));
+    assert!(
+        msg.contains("doc#banned") && msg.contains("doc:1#banned@user:eve"),
+        "{msg}"
+    );
+    let without_wildcard = GROUPS.replace("user | user:* | group#member", "user | group#member");
+    let msg = e
+        .write_schema(&without_wildcard, TxnMetadata::default())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("`user:*`") && msg.contains("doc:1#viewer@user:*"),
+        "{msg}"
+    );
+    // Compatible changes pass; after deleting, the removal passes too.
+    let with_more = GROUPS.replace(
+        "relation banned: user",
+        "relation banned: user | group#member",
+    );
+    e.write_schema(&with_more, TxnMetadata::default())
+        .await
+        .unwrap();
+    e.write_relationships(
+        vec![Update {
+            operation: Operation::Delete,
+            relationship: "doc:1#banned@user:eve".parse().unwrap(),
+        }],
+        vec![],
+        TxnMetadata::default(),
+    )
+    .await
+    .unwrap();
+    e.write_schema(&without_banned, TxnMetadata::default())
+        .await
+        .unwrap();
+    // Invalid schemas are refused with diagnostics.
+    assert!(matches!(
+        e.write_schema("definition {", TxnMetadata::default()).await,
+        Err(Error::Schema(_))
+    ));
+}
+
+#[tokio::test]
+async fn expand_returns_the_userset_tree() {
+    let e = engine_with(
+        GROUPS,
+        &[
+            "doc:1#viewer@user:a",
+            "doc:1#viewer@group:eng#member",
+            "doc:1#parent@doc:2",
+            "doc:2#viewer@user:b",
+            "doc:1#banned@user:a",
+        ],
+    )
+    .await;
+    let tree = e.expand(&obj("doc:1"), "view_unbanned").await.unwrap();
+    let leaf = |o: &str, r: &str, s: &[&str]| ExpandTree {
+        object: obj(o),
+        relation: r.into(),
+        kind: ExpandKind::Leaf(s.iter().map(|x| subj(x)).collect()),
+    };
+    let expected = ExpandTree {
+        object: obj("doc:1"),
+        relation: "view_unbanned".into(),
+        kind: ExpandKind::Exclusion(vec![
+            ExpandTree {
+                object: obj("doc:1"),
+                relation: "view".into(),
+                kind: ExpandKind::Union(vec![
+                    leaf("doc:1", "viewer", &["group:eng#member", "user:a"]),
+                    ExpandTree {
+                        object: obj("doc:1"),
+                        relation: "view".into(),
+                        kind: ExpandKind::Union(vec![ExpandTree {
+                            object: obj("doc:2"),
+                            relation: "view".into(),
+                            kind: ExpandKind::Union(vec![
+                                leaf("doc:2", "viewer", &["user:b"]),
+                                ExpandTree {
+                                    object: obj("doc:2"),
+                                    relation: "view".into(),
+                                    kind: ExpandKind::Union(vec![]),
+                                },
+                            ]),
+                        }]),
+                    },
+                ]),
+            },
+            leaf("doc:1", "banned", &["user:a"]),
+        ]),
+    };
+    assert_eq!(tree, expected, "{}", tree.render());
+    assert!(tree.render().contains("doc:1#view_unbanned (exclusion)"));
+}
+
+#[tokio::test]
+async fn concurrent_checks_and_writes_see_consistent_snapshots() {
+    let e = std::sync::Arc::new(engine_with(GROUPS, &[]).await);
+    let mut tasks = Vec::new();
+    for w in 0..4 {
+        let e = e.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..50 {
+                // Each write adds a pair atomically: viewer and banned for the same user.
+                let rels = [
+                    format!("doc:{w}#viewer@user:u{i}"),
+                    format!("doc:{w}#banned@user:u{i}"),
+                ];
+                let refs: Vec<&str> = rels.iter().map(String::as_str).collect();
+                e.write_relationships(touch(&refs), vec![], TxnMetadata::default())
+                    .await
+                    .unwrap();
+                // Never see half of a write: view_unbanned is never granted.
+                let at = e.head_revision().await.unwrap();
+                for j in 0..=i {
+                    let d = e
+                        .check_at(
+                            at,
+                            &obj(&format!("doc:{w}")),
+                            "view_unbanned",
+                            &subj(&format!("user:u{j}")),
+                        )
+                        .await
+                        .unwrap();
+                    assert_eq!(d, Decision::Denied);
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    for w in 0..4 {
+        for i in 0..50 {
+            assert!(
+                check(&e, &format!("doc:{w}#view@user:u{i}"))
+                    .await
+                    .unwrap()
+                    .is_allowed()
+            );
+        }
+    }
+}
