@@ -167,7 +167,17 @@ impl Relationship {
                 "caveats and expiration arrive in phase 2; write the relationship without the `[...]` suffix",
             ));
         }
-        let (resource_part, subject_part) = trimmed.split_once('@').ok_or_else(|| {
+        // Ids may contain `@` and `:` but never `#`, and relation names
+        // contain neither: split at the first `#`, then at the next `@`.
+        let (object_text, rest) = trimmed.split_once('#').ok_or_else(|| {
+            ParseError::new(
+                trimmed,
+                trimmed.find('@').unwrap_or(trimmed.len()),
+                "missing `#relation` on the resource",
+                "a relationship is `type:id#relation@subject_type:subject_id`",
+            )
+        })?;
+        let (relation, subject_part) = rest.split_once('@').ok_or_else(|| {
             ParseError::new(
                 trimmed,
                 trimmed.len(),
@@ -175,14 +185,7 @@ impl Relationship {
                 "a relationship is `type:id#relation@subject_type:subject_id`",
             )
         })?;
-        let (object_text, relation) = resource_part.split_once('#').ok_or_else(|| {
-            ParseError::new(
-                trimmed,
-                resource_part.len(),
-                "missing `#relation` on the resource",
-                "a relationship is `type:id#relation@subject_type:subject_id`",
-            )
-        })?;
+        let resource_part_len = object_text.len() + 1 + relation.len();
         let resource = ObjectRef::parse(object_text)?;
         if resource.object_id == WILDCARD_ID {
             return Err(ParseError::new(
@@ -195,7 +198,7 @@ impl Relationship {
         validate_name(relation)
             .map_err(|m| ParseError::new(trimmed, object_text.len() + 1, m, RELATION_HINT))?;
         let subject = SubjectRef::parse(subject_part).map_err(|mut e| {
-            e.column += resource_part.len() + 1;
+            e.column += resource_part_len + 1;
             e.input = trimmed.to_string();
             e
         })?;

@@ -195,12 +195,24 @@ async fn run(
             "{display}:{line}: assertCaveated: caveats are not supported yet"
         ));
     }
-    for (list, expect) in [
-        (assertions.assert_true.unwrap_or_default(), true),
-        (assertions.assert_false.unwrap_or_default(), false),
+    for (list, expect, key) in [
+        (
+            assertions.assert_true.unwrap_or_default(),
+            true,
+            "assertTrue",
+        ),
+        (
+            assertions.assert_false.unwrap_or_default(),
+            false,
+            "assertFalse",
+        ),
     ] {
+        // Items are found in order after their list's key, so repeated
+        // assertion texts get their own lines.
+        let mut from = line_of(raw, key, assert_line).unwrap_or(assert_line);
         for text in list {
-            let line = line_of(raw, &text, assert_line).unwrap_or(assert_line);
+            let line = line_of(raw, &text, from).unwrap_or(from);
+            from = line + 1;
             if text.contains(" with ") || text.contains('[') {
                 return Err(format!(
                     "{display}:{line}: assertion `{text}` has caveat context: caveats are not supported yet"

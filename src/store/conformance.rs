@@ -1,0 +1,417 @@
+//! The datastore conformance suite: one set of behaviours every backend must
+//! show, run by `tests/store.rs` against each of them. Each check takes a
+//! fresh, empty store and panics with a message on a violation (it is test
+//! code that lives here so every backend's tests can call it).
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use crate::model::{Relationship, Revision};
+use crate::store::*;
+
+fn rel(s: &str) -> Relationship {
+    // The suite's literals are valid relationships.
+    #[allow(clippy::expect_used)]
+    Relationship::parse(s).expect("valid relationship literal")
+}
+
+fn touch(rels: &[&str]) -> WriteTxn {
+    WriteTxn {
+        updates: rels
+            .iter()
+            .map(|r| Update {
+                operation: Operation::Touch,
+                relationship: rel(r),
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+fn all() -> RelationshipFilter {
+    RelationshipFilter::default()
+}
+
+async fn read(store: &dyn Datastore, at: Revision, filter: &RelationshipFilter) -> Vec<String> {
+    store
+        .query(at, filter, &Page::default())
+        .await
+        .unwrap_or_else(|e| panic!("query failed: {e}"))
+        .iter()
+        .map(|r| r.to_string())
+        .collect()
+}
+
+async fn write(store: &dyn Datastore, txn: WriteTxn) -> CommittedTxn {
+    store
+        .write(txn)
+        .await
+        .unwrap_or_else(|e| panic!("write failed: {e}"))
+}
+
+/// A read at revision R sees exactly the writes committed up to R.
+pub async fn snapshot_isolation(store: Arc<dyn Datastore>) {
+    let r1 = write(&*store, touch(&["doc:1#viewer@user:a"]))
+        .await
+        .revision;
+    let r2 = write(&*store, touch(&["doc:1#viewer@user:b"]))
+        .await
+        .revision;
+    let mut del = touch(&[]);
+    del.updates.push(Update {
+        operation: Operation::Delete,
+        relationship: rel("doc:1#viewer@user:a"),
+    });
+    let r3 = write(&*store, del).await.revision;
+    assert!(r1 < r2 && r2 < r3, "revisions increase: {r1} {r2} {r3}");
+    assert_eq!(read(&*store, r1, &all()).await, ["doc:1#viewer@user:a"]);
+    assert_eq!(
+        read(&*store, r2, &all()).await,
+        ["doc:1#viewer@user:a", "doc:1#viewer@user:b"]
+    );
+    assert_eq!(read(&*store, r3, &all()).await, ["doc:1#viewer@user:b"]);
+    assert_eq!(store.head_revision().await.ok(), Some(r3));
+    let future = Revision(r3.0 + 1000);
+    assert!(matches!(
+        store.query(future, &all(), &Page::default()).await,
+        Err(StoreError::RevisionInFuture(_))
+    ));
+}
+
+/// Create fails on an existing relationship; touch does not; nothing of a
+/// failed transaction is applied.
+pub async fn create_touch_conflicts(store: Arc<dyn Datastore>) {
+    write(&*store, touch(&["doc:1#viewer@user:a"])).await;
+    let head = store.head_revision().await.ok();
+    let txn = WriteTxn {
+        updates: vec![
+            Update {
+                operation: Operation::Touch,
+                relationship: rel("doc:2#viewer@user:a"),
+            },
+            Update {
+                operation: Operation::Create,
+                relationship: rel("doc:1#viewer@user:a"),
+            },
+        ],
+        ..Default::default()
+    };
+    assert!(matches!(
+        store.write(txn).await,
+        Err(StoreError::AlreadyExists(_))
+    ));
+    assert_eq!(
+        store.head_revision().await.ok(),
+        head,
+        "a failed write makes no revision"
+    );
+    let at = store.head_revision().await.unwrap_or_default();
+    assert_eq!(read(&*store, at, &all()).await, ["doc:1#viewer@user:a"]);
+    // Touching an existing relationship is a no-op change.
+    let c = write(&*store, touch(&["doc:1#viewer@user:a"])).await;
+    assert!(c.changes.is_empty());
+}
+
+/// MUST_MATCH / MUST_NOT_MATCH are checked against the state before the write.
+pub async fn preconditions(store: Arc<dyn Datastore>) {
+    write(&*store, touch(&["doc:1#viewer@user:a"])).await;
+    let pre = |kind, r: &str| Precondition {
+        kind,
+        filter: RelationshipFilter::exact(&rel(r)),
+    };
+    let mut txn = touch(&["doc:1#viewer@user:b"]);
+    txn.preconditions = vec![pre(PreconditionKind::MustNotMatch, "doc:1#viewer@user:a")];
+    match store.write(txn).await {
+        Err(StoreError::PreconditionFailed {
+            index: 0,
+            example: Some(e),
+            ..
+        }) => {
+            assert_eq!(e.to_string(), "doc:1#viewer@user:a")
+        }
+        other => panic!("expected precondition failure, got {other:?}"),
+    }
+    let mut txn = touch(&["doc:1#viewer@user:b"]);
+    txn.preconditions = vec![
+        pre(PreconditionKind::MustMatch, "doc:1#viewer@user:a"),
+        pre(PreconditionKind::MustNotMatch, "doc:1#viewer@user:b"),
+    ];
+    write(&*store, txn).await;
+}
+
+/// Delete by filter, with and without a limit; filters by subject use the
+/// reverse index and agree with a full scan.
+pub async fn delete_and_filters(store: Arc<dyn Datastore>) {
+    write(
+        &*store,
+        touch(&[
+            "doc:1#viewer@user:a",
+            "doc:2#viewer@user:a",
+            "doc:2#editor@user:a",
+            "doc:3#viewer@team:x#member",
+            "doc:3#viewer@user:*",
+            "folder:1#viewer@user:a",
+        ]),
+    )
+    .await;
+    let at = store.head_revision().await.unwrap_or_default();
+    let by_subject = RelationshipFilter {
+        subject: Some(SubjectFilter {
+            subject_type: "user".into(),
+            subject_ids: vec!["a".into()],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let got = read(&*store, at, &by_subject).await;
+    let everything = store
+        .query(at, &all(), &Page::default())
+        .await
+        .unwrap_or_default();
+    let expected: Vec<String> = everything
+        .iter()
+        .filter(|r| by_subject.matches(r))
+        .map(|r| r.to_string())
+        .collect();
+    assert_eq!(got, expected);
+    assert_eq!(got.len(), 4);
+    let usersets = RelationshipFilter {
+        subject: Some(SubjectFilter {
+            subject_type: "team".into(),
+            relation: Some(Some("member".into())),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    assert_eq!(
+        read(&*store, at, &usersets).await,
+        ["doc:3#viewer@team:x#member"]
+    );
+    let no_wildcard = RelationshipFilter {
+        resource_type: Some("doc".into()),
+        resource_ids: vec!["3".into()],
+        subject: Some(SubjectFilter {
+            subject_type: "user".into(),
+            exclude_wildcard: true,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    assert!(read(&*store, at, &no_wildcard).await.is_empty());
+    let prefix = RelationshipFilter {
+        resource_type: Some("doc".into()),
+        resource_id_prefix: Some("2".into()),
+        ..Default::default()
+    };
+    assert_eq!(
+        read(&*store, at, &prefix).await,
+        ["doc:2#editor@user:a", "doc:2#viewer@user:a"]
+    );
+
+    let docs = RelationshipFilter {
+        resource_type: Some("doc".into()),
+        relation: Some("viewer".into()),
+        ..Default::default()
+    };
+    let txn = WriteTxn {
+        deletes: vec![DeleteByFilter {
+            filter: docs.clone(),
+            limit: Some(2),
+            allow_partial: false,
+        }],
+        ..Default::default()
+    };
+    assert!(matches!(
+        store.write(txn).await,
+        Err(StoreError::TooManyToDelete {
+            matched: 3,
+            limit: 2
+        })
+    ));
+    let txn = WriteTxn {
+        deletes: vec![DeleteByFilter {
+            filter: docs.clone(),
+            limit: None,
+            allow_partial: false,
+        }],
+        ..Default::default()
+    };
+    let c = write(&*store, txn).await;
+    assert_eq!(c.changes.len(), 4);
+    assert!(c.changes.iter().all(|ch| ch.operation == Operation::Delete));
+    let at = store.head_revision().await.unwrap_or_default();
+    assert_eq!(
+        read(&*store, at, &all()).await,
+        ["doc:2#editor@user:a", "folder:1#viewer@user:a"]
+    );
+}
+
+/// Paging with `after` and `limit` visits every relationship exactly once.
+pub async fn paging(store: Arc<dyn Datastore>) {
+    let rels: Vec<String> = (0..57)
+        .map(|i| format!("doc:{:03}#viewer@user:u{}", i % 19, i))
+        .collect();
+    let refs: Vec<&str> = rels.iter().map(String::as_str).collect();
+    write(&*store, touch(&refs)).await;
+    let at = store.head_revision().await.unwrap_or_default();
+    let mut seen = Vec::new();
+    let mut page = Page {
+        after: None,
+        limit: Some(10),
+    };
+    loop {
+        let batch = store.query(at, &all(), &page).await.unwrap_or_default();
+        if batch.is_empty() {
+            break;
+        }
+        assert!(batch.len() <= 10);
+        page.after = batch.last().cloned();
+        seen.extend(batch.into_iter().map(|r| r.to_string()));
+    }
+    let unique: BTreeSet<&String> = seen.iter().collect();
+    assert_eq!(seen.len(), 57);
+    assert_eq!(unique.len(), 57);
+}
+
+/// A thousand updates in one transaction; ids and names at their maximum
+/// lengths; odd but legal characters.
+pub async fn large_and_odd_writes(store: Arc<dyn Datastore>) {
+    let rels: Vec<String> = (0..1000)
+        .map(|i| format!("doc:{i}#viewer@user:u{i}"))
+        .collect();
+    let refs: Vec<&str> = rels.iter().map(String::as_str).collect();
+    let c = write(&*store, touch(&refs)).await;
+    assert_eq!(c.changes.len(), 1000);
+    let long_id = "x".repeat(crate::model::MAX_OBJECT_ID_LEN);
+    let long_name = format!("a{}", "b".repeat(crate::model::MAX_NAME_LEN - 1));
+    let odd = [
+        format!("doc:{long_id}#{long_name}@user:{long_id}"),
+        "ns/doc:a/b|c-d=e+f@g.h:i_j#viewer@ns/user:--=base64YWZ==".to_string(),
+    ];
+    let refs: Vec<&str> = odd.iter().map(String::as_str).collect();
+    write(&*store, touch(&refs)).await;
+    let at = store.head_revision().await.unwrap_or_default();
+    for o in &odd {
+        let r = rel(o);
+        assert_eq!(
+            read(&*store, at, &RelationshipFilter::exact(&r)).await,
+            [o.clone()]
+        );
+    }
+}
+
+/// Concurrent writers: no lost write, distinct revisions, and a log of
+/// changes in commit order with no gap and no duplicate.
+pub async fn concurrent_writers_and_changes(store: Arc<dyn Datastore>) {
+    let before = store.head_revision().await.unwrap_or_default();
+    let mut tasks = Vec::new();
+    for w in 0..8 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut revs = Vec::new();
+            for i in 0..25 {
+                let r = format!("doc:w{w}#viewer@user:u{i}");
+                revs.push(write(&*store, touch(&[r.as_str()])).await.revision);
+            }
+            revs
+        }));
+    }
+    let mut all_revs = Vec::new();
+    for t in tasks {
+        all_revs.extend(t.await.unwrap_or_default());
+    }
+    let distinct: BTreeSet<Revision> = all_revs.iter().copied().collect();
+    assert_eq!(distinct.len(), 200, "every commit has its own revision");
+    let at = store.head_revision().await.unwrap_or_default();
+    assert_eq!(read(&*store, at, &all()).await.len(), 200);
+    let changes = store
+        .changes_since(before, 10_000)
+        .await
+        .unwrap_or_default();
+    let revs: Vec<Revision> = changes.iter().map(|c| c.revision).collect();
+    let mut sorted = revs.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(revs, sorted, "changes in commit order, no duplicates");
+    assert_eq!(revs.len(), 200);
+    let mid = revs[99];
+    let rest = store.changes_since(mid, 10_000).await.unwrap_or_default();
+    assert_eq!(
+        rest.len(),
+        100,
+        "resuming after a revision continues without gap"
+    );
+    assert_eq!(rest[0].revision, revs[100]);
+}
+
+/// Schema text is versioned like relationships; a stale expected schema is refused.
+pub async fn schema_versions(store: Arc<dyn Datastore>) {
+    assert!(
+        store
+            .read_schema(Revision(0))
+            .await
+            .ok()
+            .flatten()
+            .is_none()
+    );
+    let c1 = write(
+        &*store,
+        WriteTxn {
+            schema: Some(SchemaWrite {
+                text: "definition a {}".into(),
+            }),
+            ..Default::default()
+        },
+    )
+    .await;
+    let c2 = write(
+        &*store,
+        WriteTxn {
+            schema: Some(SchemaWrite {
+                text: "definition b {}".into(),
+            }),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(
+        c2.schema_change,
+        Some((Some("definition a {}".into()), "definition b {}".into()))
+    );
+    let s1 = store
+        .read_schema(c1.revision)
+        .await
+        .ok()
+        .flatten()
+        .map(|s| s.text.to_string());
+    assert_eq!(s1.as_deref(), Some("definition a {}"));
+    let stale = WriteTxn {
+        expected_schema: Some(Some(c1.revision)),
+        ..touch(&["a:1#r@b:2"])
+    };
+    assert!(matches!(
+        store.write(stale).await,
+        Err(StoreError::SchemaChanged)
+    ));
+    let fresh = WriteTxn {
+        expected_schema: Some(Some(c2.revision)),
+        ..touch(&["a:1#r@b:2"])
+    };
+    write(&*store, fresh).await;
+}
+
+/// Runs every check, each on a fresh store from `new_store`.
+pub async fn run_all<F, Fut>(new_store: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Arc<dyn Datastore>>,
+{
+    snapshot_isolation(new_store().await).await;
+    create_touch_conflicts(new_store().await).await;
+    preconditions(new_store().await).await;
+    delete_and_filters(new_store().await).await;
+    paging(new_store().await).await;
+    large_and_odd_writes(new_store().await).await;
+    concurrent_writers_and_changes(new_store().await).await;
+    schema_versions(new_store().await).await;
+}

@@ -1,0 +1,137 @@
+//! The `kinbar` binary: `validate` output and exit codes, `schema check|fmt`.
+
+use std::process::Command;
+
+fn kinbar(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_kinbar"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("run kinbar");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn our_validation_files_pass_exhaustively() {
+    let mut files: Vec<String> =
+        std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/validation"))
+            .unwrap()
+            .map(|e| e.unwrap().path().display().to_string())
+            .collect();
+    files.sort();
+    assert!(files.len() >= 3);
+    files.push("examples/crm/crm.yaml".into());
+    let mut args = vec!["validate", "--exhaustive"];
+    args.extend(files.iter().map(String::as_str));
+    let (code, out, err) = kinbar(&args);
+    assert_eq!(code, 0, "{out}{err}");
+    for f in &files {
+        assert!(out.contains(&format!("ok  {f}  (")), "{out}");
+    }
+    let last = out.lines().last().unwrap();
+    assert!(last.ends_with(" passed, 0 failed"), "{last}");
+}
+
+#[test]
+fn failing_assertions_exit_1_with_file_and_line() {
+    let (code, out, _) = kinbar(&["validate", "tests/validation_bad/failing_assertion.yaml"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("FAIL  tests/validation_bad/failing_assertion.yaml  (1 passed, 2 failed)"),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "tests/validation_bad/failing_assertion.yaml:12: assertTrue doc:1#view@user:bob failed"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains("failing_assertion.yaml:14: assertFalse doc:1#view@user:anna failed"),
+        "{out}"
+    );
+    assert_eq!(out.lines().last().unwrap(), "1 passed, 2 failed");
+}
+
+#[test]
+fn unparseable_files_exit_2_with_compiler_style_errors() {
+    let (code, out, _) = kinbar(&["validate", "tests/validation_bad/bad_schema.yaml"]);
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("ERROR  tests/validation_bad/bad_schema.yaml"),
+        "{out}"
+    );
+    assert!(out.contains("error: unknown type `usr`"), "{out}");
+    assert!(out.contains("3 |   relation viewer: usr"), "{out}");
+    assert!(out.contains("hint: did you mean `user`?"), "{out}");
+
+    let (code, out, _) = kinbar(&["validate", "tests/validation_bad/bad_relationship.yaml"]);
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("relation `editor` not found on definition `doc`"),
+        "{out}"
+    );
+
+    let (code, out, _) = kinbar(&["validate", "tests/validation_bad/no_such_file.yaml"]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("cannot read"), "{out}");
+}
+
+#[test]
+fn caveats_fail_cleanly() {
+    let (code, out, err) = kinbar(&["validate", "tests/validation_bad/caveated.yaml"]);
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(out.contains("caveats are not supported yet"), "{out}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn errors_in_one_file_do_not_hide_others() {
+    let (code, out, _) = kinbar(&[
+        "validate",
+        "tests/validation/deep_arrows.yaml",
+        "tests/validation_bad/failing_assertion.yaml",
+        "tests/validation_bad/bad_schema.yaml",
+    ]);
+    assert_eq!(code, 2);
+    assert!(
+        out.contains("ok  tests/validation/deep_arrows.yaml  (4 assertions)"),
+        "{out}"
+    );
+    assert_eq!(out.lines().last().unwrap(), "5 passed, 2 failed");
+}
+
+#[test]
+fn schema_check_and_fmt() {
+    let (code, out, err) = kinbar(&["schema", "check", "examples/crm/schema.zed"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.starts_with("ok  examples/crm/schema.zed  (6 definitions"),
+        "{out}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let messy = dir.path().join("messy.zed");
+    std::fs::write(&messy, "definition user{}  definition doc{relation viewer:user|user:*\npermission view=viewer+  (viewer&viewer)}").unwrap();
+    let (code, out, err) = kinbar(&["schema", "fmt", messy.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        out,
+        "definition user {}\n\ndefinition doc {\n    relation viewer: user | user:*\n    permission view = viewer + (viewer & viewer)\n}\n"
+    );
+    let (code, _, _) = kinbar(&["schema", "fmt", "--write", messy.to_str().unwrap()]);
+    assert_eq!(code, 0);
+    assert_eq!(std::fs::read_to_string(&messy).unwrap(), out);
+
+    std::fs::write(&messy, "definition doc { relation viewer: nope }").unwrap();
+    let (code, _, err) = kinbar(&["schema", "check", messy.to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("error: unknown type `nope`") && err.contains("messy.zed:1:35"),
+        "{err}"
+    );
+}
