@@ -46,7 +46,7 @@ impl Decision {
     pub fn and(self, other: Decision) -> Decision {
         self.min(other)
     }
-    pub fn not(self) -> Decision {
+    pub fn negate(self) -> Decision {
         match self {
             Decision::Denied => Decision::Allowed,
             Decision::Conditional => Decision::Conditional,

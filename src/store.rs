@@ -240,12 +240,12 @@ pub enum StoreError {
     #[error("revision {0} is in the future of this datastore")]
     RevisionInFuture(Revision),
     #[error("relationship `{0}` already exists (CREATE of an existing relationship)")]
-    AlreadyExists(Relationship),
+    AlreadyExists(Box<Relationship>),
     #[error("precondition {index} failed: {reason}")]
     PreconditionFailed {
         index: usize,
         reason: String,
-        example: Option<Relationship>,
+        example: Option<Box<Relationship>>,
     },
     #[error(
         "{matched} relationships match the delete filter, more than the limit of {limit}, and partial deletion was not allowed"

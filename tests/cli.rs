@@ -1,4 +1,5 @@
 //! The `kinbar` binary: `validate` output and exit codes, `schema check|fmt`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
 
 use std::process::Command;
 

@@ -1,5 +1,6 @@
 //! Engine semantics (DESIGN.md §4) and validated writes, through the public
 //! library API over the memory store.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
 
 use kinbar::engine::{ExpandKind, ExpandTree};
 use kinbar::store::{

@@ -8,6 +8,7 @@
 //! is monotone and the iteration reaches the least fixpoint — the semantics of
 //! DESIGN.md §4. Data cycles (group in group, doc parent of itself) are
 //! generated on purpose.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
 
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -1,5 +1,6 @@
 //! Schema language: one test per error kind (message and location), warnings,
 //! precedence, formatter round trips, and fuzzing for panics.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
 
 use kinbar::schema::{self, Limits, Rewrite, Schema, SchemaError, Severity, format};
 use proptest::prelude::*;

@@ -1,5 +1,6 @@
 //! The datastore conformance suite against the memory store, plus
 //! memory-specific retention (GC) tests and relationship-parser fuzzing.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -316,7 +316,7 @@ impl Evaluator<'_> {
                         .check_rewrite(resource, subtract, subject, depth, here)
                         .await?;
                     Ok(Outcome {
-                        decision: b.decision.and(s.decision.not()),
+                        decision: b.decision.and(s.decision.negate()),
                         cuts: b.cuts.merge(s.cuts),
                     })
                 }

@@ -80,13 +80,11 @@ pub fn lex(src: &str) -> Vec<Token> {
         } else if c.is_ascii_alphabetic() || c == b'_' {
             while i < bytes.len() {
                 let b = bytes[i];
-                if b.is_ascii_alphanumeric() || b == b'_' {
-                    i += 1;
-                } else if b == b'/'
+                let prefix_slash = b == b'/'
                     && bytes
                         .get(i + 1)
-                        .is_some_and(|n| n.is_ascii_alphabetic() || *n == b'_')
-                {
+                        .is_some_and(|n| n.is_ascii_alphabetic() || *n == b'_');
+                if b.is_ascii_alphanumeric() || b == b'_' || prefix_slash {
                     i += 1;
                 } else {
                     break;

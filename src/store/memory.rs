@@ -386,7 +386,7 @@ impl Datastore for MemoryStore {
                     return Err(StoreError::PreconditionFailed {
                         index,
                         reason: format!("relationship `{rel}` matches the MUST_NOT_MATCH filter"),
-                        example: Some(rel.clone()),
+                        example: Some(Box::new(rel.clone())),
                     });
                 }
                 _ => {}
@@ -424,7 +424,7 @@ impl Datastore for MemoryStore {
                 Operation::Create | Operation::Touch => {
                     if snap.forward.contains(rel) {
                         if u.operation == Operation::Create {
-                            return Err(StoreError::AlreadyExists(rel.clone()));
+                            return Err(StoreError::AlreadyExists(Box::new(rel.clone())));
                         }
                         continue;
                     }
