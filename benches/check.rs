@@ -44,21 +44,38 @@ fn dataset() -> Vec<String> {
 }
 
 fn engine(store: Arc<dyn Datastore>, cache: u64) -> Engine {
-    Engine::new(store, EngineConfig { cache_capacity: cache, ..Default::default() })
+    Engine::new(
+        store,
+        EngineConfig {
+            cache_capacity: cache,
+            ..Default::default()
+        },
+    )
 }
 
 fn bench(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
     let store: Arc<dyn Datastore> = Arc::new(MemoryStore::default());
     let setup = engine(store.clone(), 0);
     rt.block_on(async {
-        setup.write_schema(SCHEMA, TxnMetadata::default()).await.unwrap();
+        setup
+            .write_schema(SCHEMA, TxnMetadata::default())
+            .await
+            .unwrap();
         let updates: Vec<Update> = dataset()
             .iter()
-            .map(|r| Update { operation: Operation::Touch, relationship: r.parse::<Relationship>().unwrap() })
+            .map(|r| Update {
+                operation: Operation::Touch,
+                relationship: r.parse::<Relationship>().unwrap(),
+            })
             .collect();
         for chunk in updates.chunks(1000) {
-            setup.write_relationships(chunk.to_vec(), vec![], TxnMetadata::default()).await.unwrap();
+            setup
+                .write_relationships(chunk.to_vec(), vec![], TxnMetadata::default())
+                .await
+                .unwrap();
         }
     });
     let head = rt.block_on(store.head_revision()).unwrap();
@@ -66,20 +83,36 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("check");
     let baseline = RelationshipFilter::exact(&"customer:c7#owner@user:o7".parse().unwrap());
     g.bench_function("baseline_store_read", |b| {
-        b.iter(|| rt.block_on(store.query(head, &baseline, &Page::default())).unwrap())
+        b.iter(|| {
+            rt.block_on(store.query(head, &baseline, &Page::default()))
+                .unwrap()
+        })
     });
     let cases = [
         ("direct_owner", "customer:c42#view@user:o42", true),
-        ("deep_nesting_10", "customer:wide#add_friend@user:deep", true),
-        ("wide_relation_miss", "customer:wide#view@user:nobody", false),
-        ("exclusion_arrow_chain", "customer:wide#delete@user:boss", false),
+        (
+            "deep_nesting_10",
+            "customer:wide#add_friend@user:deep",
+            true,
+        ),
+        (
+            "wide_relation_miss",
+            "customer:wide#view@user:nobody",
+            false,
+        ),
+        (
+            "exclusion_arrow_chain",
+            "customer:wide#delete@user:boss",
+            false,
+        ),
         ("arrow_chain_5", "customer:wide#edit@user:boss", true),
     ];
     for (cache, label) in [(0, "uncached"), (100_000, "cached")] {
         let e = engine(store.clone(), cache);
         for (name, text, expected) in cases {
             let r: Relationship = text.parse().unwrap();
-            let (res, perm, subj): (ObjectRef, String, SubjectRef) = (r.resource, r.relation, r.subject);
+            let (res, perm, subj): (ObjectRef, String, SubjectRef) =
+                (r.resource, r.relation, r.subject);
             let got = rt.block_on(e.check_at(head, &res, &perm, &subj)).unwrap();
             assert_eq!(got.is_allowed(), expected, "{text}");
             g.bench_function(format!("{name}/{label}"), |b| {

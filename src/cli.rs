@@ -1,12 +1,19 @@
-//! The `kinbar` command line: argument parsing and the offline commands
-//! (`validate`, `schema check|fmt`). Each command is a thin layer over the
-//! library; exit status 0 = success/allowed, 1 = failed/denied, 2 = error.
+//! The `kinbar` command line: argument parsing, the server (`serve`), the
+//! offline commands (`validate`, `schema check|fmt`) and the client commands
+//! (`schema read|write`, `check`, `expand`, `rel ...`). Each command is a thin
+//! layer over the library; exit status 0 = success/allowed, 1 =
+//! failed/denied, 2 = error.
+
+pub mod client;
 
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+use crate::model::{ObjectRef, Relationship, SubjectRef};
 use crate::schema::{self, Severity};
+use crate::store::Operation;
+use client::{Connection, describe};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -17,10 +24,35 @@ use crate::schema::{self, Severity};
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    #[command(flatten)]
+    pub connection: Connection,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the gRPC server (embedded memory datastore by default).
+    Serve(crate::config::ServeArgs),
+    /// Check a permission on a server: RESOURCE PERMISSION SUBJECT.
+    /// Exit status 0 = allowed, 1 = denied, 2 = error.
+    Check {
+        resource: String,
+        permission: String,
+        subject: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the userset tree of RESOURCE PERMISSION.
+    Expand {
+        resource: String,
+        permission: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write, delete and read relationships on a server.
+    Rel {
+        #[command(subcommand)]
+        command: RelCommand,
+    },
     /// Check SpiceDB validation files: assertions and expected relations.
     Validate {
         #[arg(required = true)]
@@ -37,7 +69,27 @@ pub enum Command {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum RelCommand {
+    /// Create relationships (fails if one exists): `doc:1#viewer@user:anna`...
+    Create { relationships: Vec<String> },
+    /// Create or keep relationships.
+    Touch { relationships: Vec<String> },
+    /// Delete relationships.
+    Delete { relationships: Vec<String> },
+    /// Read relationships matching `type[:id][#relation][@subject_type[:id][#relation]]`.
+    Read {
+        filter: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum SchemaCommand {
+    /// Print the schema stored on a server.
+    Read,
+    /// Write a schema file to a server.
+    Write { file: PathBuf },
     /// Type-check a schema file; prints errors and warnings.
     Check { file: PathBuf },
     /// Print a schema file in canonical layout.
@@ -58,7 +110,287 @@ pub async fn run(cli: Cli) -> i32 {
             print!("{out}");
             code
         }
+        Command::Serve(args) => serve(args).await,
+        Command::Schema {
+            command: SchemaCommand::Read,
+        } => schema_read(&cli.connection).await,
+        Command::Schema {
+            command: SchemaCommand::Write { file },
+        } => schema_write(&cli.connection, &file).await,
         Command::Schema { command } => schema_command(command),
+        Command::Check {
+            resource,
+            permission,
+            subject,
+            json,
+        } => check(&cli.connection, &resource, &permission, &subject, json).await,
+        Command::Expand {
+            resource,
+            permission,
+            json,
+        } => expand(&cli.connection, &resource, &permission, json).await,
+        Command::Rel { command } => rel(&cli.connection, command).await,
+    }
+}
+
+async fn serve(args: crate::config::ServeArgs) -> i32 {
+    let config = match crate::config::Config::load(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 2;
+        }
+    };
+    crate::telemetry::init_logging(&config.log_format);
+    let listener = match tokio::net::TcpListener::bind(config.grpc_addr).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: cannot listen on {}: {e}", config.grpc_addr);
+            return 2;
+        }
+    };
+    match crate::server::run(config, listener, shutdown_signal()).await {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {e}");
+            2
+        }
+    }
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+    tracing::info!("shutdown requested; finishing in-flight requests");
+}
+
+fn fail(msg: impl std::fmt::Display) -> i32 {
+    eprintln!("error: {msg}");
+    2
+}
+
+async fn schema_read(conn: &Connection) -> i32 {
+    let mut c = match conn.connect().await {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    match c
+        .schema
+        .read_schema(crate::api::proto::authzed::api::v1::ReadSchemaRequest {})
+        .await
+    {
+        Ok(r) => {
+            print!("{}", r.get_ref().schema_text);
+            0
+        }
+        Err(s) => fail(describe(&s)),
+    }
+}
+
+async fn schema_write(conn: &Connection, file: &PathBuf) -> i32 {
+    let text = match read(file) {
+        Ok(t) => t,
+        Err(code) => return code,
+    };
+    let mut c = match conn.connect().await {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    let req = crate::api::proto::authzed::api::v1::WriteSchemaRequest { schema: text };
+    match c.schema.write_schema(req).await {
+        Ok(r) => {
+            let token = r
+                .get_ref()
+                .written_at
+                .as_ref()
+                .map(|t| t.token.clone())
+                .unwrap_or_default();
+            println!("schema written at {token}");
+            0
+        }
+        Err(s) => fail(describe(&s)),
+    }
+}
+
+async fn check(
+    conn: &Connection,
+    resource: &str,
+    permission: &str,
+    subject: &str,
+    json: bool,
+) -> i32 {
+    let (resource, subject) = match (resource.parse::<ObjectRef>(), subject.parse::<SubjectRef>()) {
+        (Ok(r), Ok(s)) => (r, s),
+        (Err(e), _) | (_, Err(e)) => return fail(e),
+    };
+    let mut c = match conn.connect().await {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    match c
+        .permissions
+        .check_permission(client::check_request(&resource, permission, &subject))
+        .await
+    {
+        Ok(r) => {
+            use crate::api::proto::authzed::api::v1::check_permission_response::Permissionship as P;
+            let r = r.into_inner();
+            let p = P::try_from(r.permissionship).unwrap_or(P::Unspecified);
+            let token = r.checked_at.map(|t| t.token).unwrap_or_default();
+            let allowed = p == P::HasPermission;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"permissionship": p.as_str_name(), "allowed": allowed, "checked_at": token})
+                );
+            } else {
+                println!(
+                    "{}",
+                    if allowed {
+                        "allowed"
+                    } else if p == P::ConditionalPermission {
+                        "conditional"
+                    } else {
+                        "denied"
+                    }
+                );
+            }
+            if allowed { 0 } else { 1 }
+        }
+        Err(s) => fail(describe(&s)),
+    }
+}
+
+async fn expand(conn: &Connection, resource: &str, permission: &str, json: bool) -> i32 {
+    let resource = match resource.parse::<ObjectRef>() {
+        Ok(r) => r,
+        Err(e) => return fail(e),
+    };
+    let mut c = match conn.connect().await {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    let req = crate::api::proto::authzed::api::v1::ExpandPermissionTreeRequest {
+        consistency: client::fully_consistent(),
+        resource: Some(crate::api::convert::object_pb(&resource)),
+        permission: permission.to_string(),
+    };
+    match c.permissions.expand_permission_tree(req).await {
+        Ok(r) => {
+            let mut out = String::new();
+            if let Some(t) = &r.get_ref().tree_root {
+                client::render_tree(t, 0, &mut out);
+            }
+            if json {
+                println!("{}", serde_json::json!({"tree": out}));
+            } else {
+                print!("{out}");
+            }
+            0
+        }
+        Err(s) => fail(describe(&s)),
+    }
+}
+
+async fn rel(conn: &Connection, command: RelCommand) -> i32 {
+    let (op, texts) = match command {
+        RelCommand::Create { relationships } => (Operation::Create, relationships),
+        RelCommand::Touch { relationships } => (Operation::Touch, relationships),
+        RelCommand::Delete { relationships } => (Operation::Delete, relationships),
+        RelCommand::Read { filter, json } => return rel_read(conn, &filter, json).await,
+    };
+    if texts.is_empty() {
+        return fail("give at least one relationship, e.g. doc:1#viewer@user:anna");
+    }
+    let mut updates = Vec::new();
+    for t in &texts {
+        match t.parse::<Relationship>() {
+            Ok(r) => updates.push(client::update(op, &r)),
+            Err(e) => return fail(e),
+        }
+    }
+    let mut c = match conn.connect().await {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    let req = crate::api::proto::authzed::api::v1::WriteRelationshipsRequest {
+        updates,
+        optional_preconditions: vec![],
+        optional_transaction_metadata: None,
+    };
+    match c.permissions.write_relationships(req).await {
+        Ok(r) => {
+            let token = r
+                .get_ref()
+                .written_at
+                .as_ref()
+                .map(|t| t.token.clone())
+                .unwrap_or_default();
+            let done = match op {
+                Operation::Create => "created",
+                Operation::Touch => "touched",
+                Operation::Delete => "deleted",
+            };
+            println!("{} relationship(s) {done} at {token}", texts.len());
+            0
+        }
+        Err(s) => fail(describe(&s)),
+    }
+}
+
+async fn rel_read(conn: &Connection, filter: &str, json: bool) -> i32 {
+    let filter = match client::parse_filter(filter) {
+        Ok(f) => f,
+        Err(e) => return fail(e),
+    };
+    let mut c = match conn.connect().await {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    let req = crate::api::proto::authzed::api::v1::ReadRelationshipsRequest {
+        consistency: client::fully_consistent(),
+        relationship_filter: Some(filter),
+        optional_limit: 0,
+        optional_cursor: None,
+    };
+    let mut stream = match c.permissions.read_relationships(req).await {
+        Ok(s) => s.into_inner(),
+        Err(s) => return fail(describe(&s)),
+    };
+    loop {
+        match stream.message().await {
+            Ok(Some(r)) => {
+                let Some(rel) = r.relationship.as_ref() else {
+                    continue;
+                };
+                match crate::api::convert::relationship(Some(rel), "relationship") {
+                    Ok(rel) if json => {
+                        println!("{}", serde_json::json!({"relationship": rel.to_string()}))
+                    }
+                    Ok(rel) => println!("{rel}"),
+                    Err(s) => return fail(describe(&s)),
+                }
+            }
+            Ok(None) => return 0,
+            Err(s) => return fail(describe(&s)),
+        }
     }
 }
 
@@ -71,6 +403,9 @@ fn read(file: &PathBuf) -> Result<String, i32> {
 
 fn schema_command(command: SchemaCommand) -> i32 {
     match command {
+        SchemaCommand::Read | SchemaCommand::Write { .. } => {
+            fail("schema read/write talk to a server; they are handled in `run`")
+        }
         SchemaCommand::Check { file } => {
             let src = match read(&file) {
                 Ok(s) => s,

@@ -137,6 +137,8 @@ pub struct Engine {
     cache: Cache<CacheKey, Decision>,
     /// The last compiled schema, by the revision that wrote it.
     compiled: Mutex<Option<(Revision, Arc<Schema>)>>,
+    /// The latest revision this engine committed (wakes Watch streams).
+    commits: tokio::sync::watch::Sender<Revision>,
     pub metrics: EngineMetrics,
 }
 
@@ -188,8 +190,18 @@ impl Engine {
             config,
             cache,
             compiled: Mutex::new(None),
+            commits: tokio::sync::watch::Sender::new(Revision(0)),
             metrics: EngineMetrics::default(),
         }
+    }
+
+    /// Notified with each revision this engine commits.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<Revision> {
+        self.commits.subscribe()
+    }
+
+    fn committed(&self, revision: Revision) {
+        self.commits.send_replace(revision);
     }
 
     /// An engine over a fresh embedded memory store with default settings.
@@ -286,6 +298,7 @@ impl Engine {
             };
             match self.store.write(txn).await {
                 Ok(c) => {
+                    self.committed(c.revision);
                     return Ok(SchemaWriteResult {
                         revision: c.revision,
                         warnings,
@@ -394,7 +407,11 @@ impl Engine {
             txn.expected_schema = Some(Some(stored.written_at));
             match self.store.write(txn.clone()).await {
                 Err(StoreError::SchemaChanged) if attempt < 5 => continue,
-                other => return Ok(other?),
+                Ok(c) => {
+                    self.committed(c.revision);
+                    return Ok(c);
+                }
+                Err(e) => return Err(e.into()),
             }
         }
         Err(Error::Store(StoreError::SchemaChanged))

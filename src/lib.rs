@@ -50,11 +50,15 @@
 //! Errors fail closed: a store error or an exceeded limit is an error, never
 //! a `true` or a `false`.
 
+pub mod api;
 pub mod cli;
+pub mod config;
 pub mod engine;
 pub mod model;
 pub mod schema;
+pub mod server;
 pub mod store;
+pub mod telemetry;
 pub mod validate;
 
 pub use engine::{Decision, Engine, EngineConfig, Error};

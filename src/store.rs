@@ -269,6 +269,14 @@ pub trait Datastore: Send + Sync + 'static {
     /// The newest committed revision.
     async fn head_revision(&self) -> Result<Revision, StoreError>;
 
+    /// A recent revision chosen so that many requests share it (and the
+    /// cache): the newest revision committed at or before the start of the
+    /// current `quantum`-long window; the head if `quantum` is zero.
+    async fn optimized_revision(
+        &self,
+        quantum: std::time::Duration,
+    ) -> Result<Revision, StoreError>;
+
     /// Fails if `at` is not readable (garbage-collected or in the future).
     async fn check_revision(&self, at: Revision) -> Result<(), StoreError>;
 

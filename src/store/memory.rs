@@ -331,6 +331,25 @@ impl Datastore for MemoryStore {
         Ok(self.versions.read().map_err(|_| poisoned())?.head)
     }
 
+    async fn optimized_revision(&self, quantum: Duration) -> Result<Revision, StoreError> {
+        let v = self.versions.read().map_err(|_| poisoned())?;
+        let q = quantum.as_millis() as u64;
+        if q == 0 {
+            return Ok(v.head);
+        }
+        let now = now_ms();
+        let window_start = now - now % q;
+        let chosen = v
+            .snapshots
+            .iter()
+            .rev()
+            .find(|(_, (_, at_ms))| *at_ms <= window_start)
+            .or_else(|| v.snapshots.iter().next())
+            .map(|(rev, _)| *rev)
+            .unwrap_or(v.head);
+        Ok(chosen)
+    }
+
     async fn check_revision(&self, at: Revision) -> Result<(), StoreError> {
         self.snapshot(at).map(|_| ())
     }

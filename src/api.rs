@@ -1,0 +1,154 @@
+//! The gRPC API: SpiceDB-compatible `authzed.api.v1` services over the engine.
+//!
+//! The only layer that sees protobuf types and `tonic::Status`: `convert`
+//! turns wire messages into model types (validating them), `status` turns
+//! engine errors into statuses, `token` makes ZedTokens and `auth` checks
+//! preshared keys. Each service method states the scope it needs.
+
+pub mod auth;
+pub mod codec;
+pub mod convert;
+mod permissions;
+pub mod proto;
+mod schema_service;
+pub mod status;
+pub mod token;
+mod watch;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tonic::{Request, Status};
+
+pub use permissions::PermissionsApi;
+pub use schema_service::SchemaApi;
+pub use watch::WatchApi;
+
+use crate::engine::Engine;
+use crate::model::Revision;
+use crate::store::TxnMetadata;
+use auth::{Authenticator, Scope};
+use proto::authzed::api::v1 as pb;
+
+/// Request limits of the API.
+#[derive(Debug, Clone)]
+pub struct ApiLimits {
+    pub max_checks_per_bulk: usize,
+    pub max_preconditions: usize,
+    pub max_read_page: usize,
+    /// minimize_latency picks a revision quantized to this window.
+    pub revision_quantum: Duration,
+}
+
+impl Default for ApiLimits {
+    fn default() -> Self {
+        ApiLimits {
+            max_checks_per_bulk: 1_000,
+            max_preconditions: 1_000,
+            max_read_page: 1_000,
+            revision_quantum: Duration::from_secs(5),
+        }
+    }
+}
+
+/// State shared by every service.
+#[derive(Clone)]
+pub struct Api {
+    pub engine: Arc<Engine>,
+    pub auth: Authenticator,
+    pub limits: ApiLimits,
+}
+
+impl Api {
+    pub fn new(engine: Arc<Engine>, auth: Authenticator, limits: ApiLimits) -> Self {
+        Api {
+            engine,
+            auth,
+            limits,
+        }
+    }
+
+    fn datastore_id(&self) -> &str {
+        self.engine.store().id()
+    }
+
+    pub(crate) fn token(&self, revision: Revision) -> pb::ZedToken {
+        pb::ZedToken {
+            token: token::encode(revision, self.datastore_id()),
+        }
+    }
+
+    fn decode_token(&self, t: &pb::ZedToken) -> Result<Revision, Status> {
+        token::decode(&t.token, self.datastore_id()).map_err(Status::invalid_argument)
+    }
+
+    /// The revision a read with `consistency` happens at (DESIGN.md §7).
+    pub(crate) async fn revision(
+        &self,
+        consistency: Option<&pb::Consistency>,
+    ) -> Result<Revision, Status> {
+        use pb::consistency::Requirement as R;
+        let store = self.engine.store();
+        let optimized = || async {
+            store
+                .optimized_revision(self.limits.revision_quantum)
+                .await
+                .map_err(status::from_store)
+        };
+        let rev = match consistency.and_then(|c| c.requirement.as_ref()) {
+            None | Some(R::MinimizeLatency(_)) => optimized().await?,
+            Some(R::FullyConsistent(_)) => {
+                store.head_revision().await.map_err(status::from_store)?
+            }
+            Some(R::AtLeastAsFresh(t)) => {
+                let wanted = self.decode_token(t)?;
+                let opt = optimized().await?;
+                let head = store.head_revision().await.map_err(status::from_store)?;
+                if wanted > head {
+                    return Err(Status::invalid_argument(
+                        "ZedToken is newer than this datastore's head",
+                    ));
+                }
+                wanted.max(opt)
+            }
+            Some(R::AtExactSnapshot(t)) => self.decode_token(t)?,
+        };
+        store
+            .check_revision(rev)
+            .await
+            .map_err(status::from_store)?;
+        Ok(rev)
+    }
+
+    /// Authorizes a request and builds the transaction metadata of a write.
+    pub(crate) fn authorize<T>(
+        &self,
+        request: &Request<T>,
+        scope: Scope,
+    ) -> Result<String, Status> {
+        self.auth.authorize(request, scope)
+    }
+
+    pub(crate) fn write_metadata<T>(
+        &self,
+        request: &Request<T>,
+        actor: String,
+        fields: Option<&prost_types::Struct>,
+    ) -> TxnMetadata {
+        let request_id = request
+            .metadata()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("{:032x}", rand::random::<u128>()));
+        TxnMetadata {
+            actor,
+            request_id,
+            fields: convert::metadata(fields),
+        }
+    }
+}
+
+fn engine_err(e: crate::engine::Error) -> Status {
+    status::from_engine(e)
+}

@@ -1,0 +1,438 @@
+//! `authzed.api.v1.PermissionsService`.
+
+use std::pin::Pin;
+
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::auth::Scope;
+use super::proto::authzed::api::v1 as pb;
+use super::proto::authzed::api::v1::permissions_service_server::PermissionsService;
+use super::{Api, convert, engine_err, status};
+use crate::model::{Relationship, Revision};
+use crate::store::{DeleteByFilter, Page, RelationshipFilter, Update};
+
+type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+/// The PermissionsService implementation.
+#[derive(Clone)]
+pub struct PermissionsApi(pub Api);
+
+fn refuse_context(ctx: Option<&prost_types::Struct>) -> Result<(), Status> {
+    if ctx.is_some_and(|c| !c.fields.is_empty()) {
+        return Err(Status::invalid_argument(
+            "caveat context is not supported yet (caveats arrive in phase 2)",
+        ));
+    }
+    Ok(())
+}
+
+/// Cursors pin the revision of the first page and the last relationship sent.
+fn encode_cursor(rev: Revision, after: &Relationship) -> pb::Cursor {
+    use base64::Engine as _;
+    let text = format!("1|{}|{}", rev.0, after);
+    pb::Cursor {
+        token: base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text),
+    }
+}
+
+fn decode_cursor(c: &pb::Cursor) -> Result<(Revision, Relationship), Status> {
+    use base64::Engine as _;
+    let invalid = || {
+        status::with_reason(
+            tonic::Code::InvalidArgument,
+            "invalid cursor",
+            pb::ErrorReason::InvalidCursor,
+        )
+    };
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(&c.token)
+        .map_err(|_| invalid())?;
+    let text = String::from_utf8(bytes).map_err(|_| invalid())?;
+    let mut parts = text.splitn(3, '|');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some("1"), Some(rev), Some(rel)) => {
+            let rev = rev.parse::<u64>().map_err(|_| invalid())?;
+            let rel = rel.parse::<Relationship>().map_err(|_| invalid())?;
+            Ok((Revision(rev), rel))
+        }
+        _ => Err(invalid()),
+    }
+}
+
+impl PermissionsApi {
+    async fn check_one(
+        &self,
+        at: Revision,
+        item: &pb::CheckBulkPermissionsRequestItem,
+    ) -> Result<i32, Status> {
+        refuse_context(item.context.as_ref())?;
+        let resource = convert::object(item.resource.as_ref(), "resource")?;
+        let permission = convert::name(&item.permission, "permission")?;
+        let subject = convert::subject(item.subject.as_ref(), "subject")?;
+        let d = self
+            .0
+            .engine
+            .check_at(at, &resource, &permission, &subject)
+            .await
+            .map_err(engine_err)?;
+        Ok(convert::permissionship(d))
+    }
+
+    /// Streams relationships matching `filter` at `at` in pages, sending
+    /// each through `emit`.
+    fn stream_relationships<T: Send + 'static>(
+        &self,
+        at: Revision,
+        filter: RelationshipFilter,
+        after: Option<Relationship>,
+        limit: Option<usize>,
+        emit: impl Fn(Vec<Relationship>, Revision) -> Vec<T> + Send + 'static,
+    ) -> ResponseStream<T> {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let engine = self.0.engine.clone();
+        let page_size = self.0.limits.max_read_page;
+        tokio::spawn(async move {
+            let mut after = after;
+            let mut remaining = limit.unwrap_or(usize::MAX);
+            while remaining > 0 {
+                let page = Page {
+                    after: after.clone(),
+                    limit: Some(page_size.min(remaining)),
+                };
+                let batch = match engine.read_relationships(at, &filter, &page).await {
+                    Ok(b) => b,
+                    Err(e) => {
+                        let _ = tx.send(Err(engine_err(e))).await;
+                        return;
+                    }
+                };
+                if batch.is_empty() {
+                    return;
+                }
+                remaining -= batch.len();
+                after = batch.last().cloned();
+                let full = batch.len() == page.limit.unwrap_or(0);
+                for item in emit(batch, at) {
+                    if tx.send(Ok(item)).await.is_err() {
+                        return;
+                    }
+                }
+                if !full {
+                    return;
+                }
+            }
+        });
+        Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+    }
+}
+
+#[tonic::async_trait]
+impl PermissionsService for PermissionsApi {
+    type ReadRelationshipsStream = ResponseStream<pb::ReadRelationshipsResponse>;
+    type LookupResourcesStream = ResponseStream<pb::LookupResourcesResponse>;
+    type LookupSubjectsStream = ResponseStream<pb::LookupSubjectsResponse>;
+    type ExportBulkRelationshipsStream = ResponseStream<pb::ExportBulkRelationshipsResponse>;
+
+    async fn read_relationships(
+        &self,
+        request: Request<pb::ReadRelationshipsRequest>,
+    ) -> Result<Response<Self::ReadRelationshipsStream>, Status> {
+        self.0.authorize(&request, Scope::Check)?;
+        let req = request.get_ref();
+        let filter = convert::filter(
+            req.relationship_filter.as_ref(),
+            "relationship_filter",
+            false,
+        )?;
+        let (at, after) = match &req.optional_cursor {
+            Some(c) => {
+                let (rev, after) = decode_cursor(c)?;
+                self.0
+                    .engine
+                    .store()
+                    .check_revision(rev)
+                    .await
+                    .map_err(status::from_store)?;
+                (rev, Some(after))
+            }
+            None => (self.0.revision(req.consistency.as_ref()).await?, None),
+        };
+        let limit = match req.optional_limit {
+            0 => None,
+            n => Some(n as usize),
+        };
+        let token = self.0.token(at);
+        let stream = self.stream_relationships(at, filter, after, limit, move |batch, rev| {
+            batch
+                .iter()
+                .map(|r| pb::ReadRelationshipsResponse {
+                    read_at: Some(token.clone()),
+                    relationship: Some(convert::relationship_pb(r)),
+                    after_result_cursor: Some(encode_cursor(rev, r)),
+                })
+                .collect()
+        });
+        Ok(Response::new(stream))
+    }
+
+    async fn write_relationships(
+        &self,
+        request: Request<pb::WriteRelationshipsRequest>,
+    ) -> Result<Response<pb::WriteRelationshipsResponse>, Status> {
+        let actor = self.0.authorize(&request, Scope::Write)?;
+        let req = request.get_ref();
+        let max = self.0.engine.config().max_updates_per_write;
+        if req.updates.len() > max {
+            return Err(status::with_reason(
+                tonic::Code::InvalidArgument,
+                format!(
+                    "{} updates in one request, more than the limit of {max}",
+                    req.updates.len()
+                ),
+                pb::ErrorReason::TooManyUpdatesInRequest,
+            ));
+        }
+        let updates = req
+            .updates
+            .iter()
+            .enumerate()
+            .map(|(i, u)| {
+                Ok(Update {
+                    operation: convert::operation(u.operation, &format!("updates[{i}].operation"))?,
+                    relationship: convert::relationship(
+                        u.relationship.as_ref(),
+                        &format!("updates[{i}].relationship"),
+                    )?,
+                })
+            })
+            .collect::<Result<Vec<_>, Status>>()?;
+        let preconditions =
+            convert::preconditions(&req.optional_preconditions, self.0.limits.max_preconditions)?;
+        let metadata =
+            self.0
+                .write_metadata(&request, actor, req.optional_transaction_metadata.as_ref());
+        let committed = self
+            .0
+            .engine
+            .write_relationships(updates, preconditions, metadata)
+            .await
+            .map_err(engine_err)?;
+        Ok(Response::new(pb::WriteRelationshipsResponse {
+            written_at: Some(self.0.token(committed.revision)),
+        }))
+    }
+
+    async fn delete_relationships(
+        &self,
+        request: Request<pb::DeleteRelationshipsRequest>,
+    ) -> Result<Response<pb::DeleteRelationshipsResponse>, Status> {
+        let actor = self.0.authorize(&request, Scope::Write)?;
+        let req = request.get_ref();
+        let filter = convert::filter(
+            req.relationship_filter.as_ref(),
+            "relationship_filter",
+            true,
+        )?;
+        let preconditions =
+            convert::preconditions(&req.optional_preconditions, self.0.limits.max_preconditions)?;
+        let limit = match req.optional_limit {
+            0 => None,
+            n => Some(n as usize),
+        };
+        let metadata =
+            self.0
+                .write_metadata(&request, actor, req.optional_transaction_metadata.as_ref());
+        let committed = self
+            .0
+            .engine
+            .delete_relationships(
+                DeleteByFilter {
+                    filter: filter.clone(),
+                    limit,
+                    allow_partial: req.optional_allow_partial_deletions,
+                },
+                preconditions,
+                metadata,
+            )
+            .await
+            .map_err(engine_err)?;
+        let deleted = committed.changes.len();
+        let partial = match limit {
+            Some(l) if deleted == l => !self
+                .0
+                .engine
+                .read_relationships(
+                    committed.revision,
+                    &filter,
+                    &Page {
+                        after: None,
+                        limit: Some(1),
+                    },
+                )
+                .await
+                .map_err(engine_err)?
+                .is_empty(),
+            _ => false,
+        };
+        use pb::delete_relationships_response::DeletionProgress as P;
+        Ok(Response::new(pb::DeleteRelationshipsResponse {
+            deleted_at: Some(self.0.token(committed.revision)),
+            deletion_progress: if partial {
+                P::Partial as i32
+            } else {
+                P::Complete as i32
+            },
+            relationships_deleted_count: deleted as u64,
+        }))
+    }
+
+    async fn check_permission(
+        &self,
+        request: Request<pb::CheckPermissionRequest>,
+    ) -> Result<Response<pb::CheckPermissionResponse>, Status> {
+        self.0.authorize(&request, Scope::Check)?;
+        let req = request.get_ref();
+        let at = self.0.revision(req.consistency.as_ref()).await?;
+        let item = pb::CheckBulkPermissionsRequestItem {
+            resource: req.resource.clone(),
+            permission: req.permission.clone(),
+            subject: req.subject.clone(),
+            context: req.context.clone(),
+        };
+        let permissionship = self.check_one(at, &item).await?;
+        Ok(Response::new(pb::CheckPermissionResponse {
+            checked_at: Some(self.0.token(at)),
+            permissionship,
+            partial_caveat_info: None,
+            debug_trace: None,
+            optional_expires_at: None,
+        }))
+    }
+
+    async fn check_bulk_permissions(
+        &self,
+        request: Request<pb::CheckBulkPermissionsRequest>,
+    ) -> Result<Response<pb::CheckBulkPermissionsResponse>, Status> {
+        self.0.authorize(&request, Scope::Check)?;
+        let req = request.get_ref();
+        let max = self.0.limits.max_checks_per_bulk;
+        if req.items.len() > max {
+            return Err(status::with_reason(
+                tonic::Code::InvalidArgument,
+                format!(
+                    "{} checks in one request, more than the limit of {max}",
+                    req.items.len()
+                ),
+                pb::ErrorReason::TooManyChecksInRequest,
+            ));
+        }
+        let at = self.0.revision(req.consistency.as_ref()).await?;
+        let mut pairs = Vec::with_capacity(req.items.len());
+        for item in &req.items {
+            use pb::check_bulk_permissions_pair::Response as R;
+            let response = match self.check_one(at, item).await {
+                Ok(permissionship) => R::Item(pb::CheckBulkPermissionsResponseItem {
+                    permissionship,
+                    partial_caveat_info: None,
+                    debug_trace: None,
+                }),
+                Err(s) => R::Error(super::proto::google::rpc::Status {
+                    code: s.code() as i32,
+                    message: s.message().to_string(),
+                    details: vec![],
+                }),
+            };
+            pairs.push(pb::CheckBulkPermissionsPair {
+                request: Some(item.clone()),
+                response: Some(response),
+            });
+        }
+        Ok(Response::new(pb::CheckBulkPermissionsResponse {
+            checked_at: Some(self.0.token(at)),
+            pairs,
+        }))
+    }
+
+    async fn expand_permission_tree(
+        &self,
+        request: Request<pb::ExpandPermissionTreeRequest>,
+    ) -> Result<Response<pb::ExpandPermissionTreeResponse>, Status> {
+        self.0.authorize(&request, Scope::Check)?;
+        let req = request.get_ref();
+        let at = self.0.revision(req.consistency.as_ref()).await?;
+        let resource = convert::object(req.resource.as_ref(), "resource")?;
+        let permission = convert::name(&req.permission, "permission")?;
+        let tree = self
+            .0
+            .engine
+            .expand_at(at, &resource, &permission)
+            .await
+            .map_err(engine_err)?;
+        Ok(Response::new(pb::ExpandPermissionTreeResponse {
+            expanded_at: Some(self.0.token(at)),
+            tree_root: Some(convert::tree_pb(&tree)),
+        }))
+    }
+
+    async fn lookup_resources(
+        &self,
+        request: Request<pb::LookupResourcesRequest>,
+    ) -> Result<Response<Self::LookupResourcesStream>, Status> {
+        self.0.authorize(&request, Scope::Check)?;
+        Err(Status::unimplemented(
+            "LookupResources is not available in this Kinbar version yet",
+        ))
+    }
+
+    async fn lookup_subjects(
+        &self,
+        request: Request<pb::LookupSubjectsRequest>,
+    ) -> Result<Response<Self::LookupSubjectsStream>, Status> {
+        self.0.authorize(&request, Scope::Check)?;
+        Err(Status::unimplemented(
+            "LookupSubjects is not available in this Kinbar version yet",
+        ))
+    }
+
+    async fn import_bulk_relationships(
+        &self,
+        request: Request<Streaming<pb::ImportBulkRelationshipsRequest>>,
+    ) -> Result<Response<pb::ImportBulkRelationshipsResponse>, Status> {
+        self.0.authorize(&request, Scope::Write)?;
+        Err(Status::unimplemented(
+            "ImportBulkRelationships is not available in this Kinbar version yet",
+        ))
+    }
+
+    async fn export_bulk_relationships(
+        &self,
+        request: Request<pb::ExportBulkRelationshipsRequest>,
+    ) -> Result<Response<Self::ExportBulkRelationshipsStream>, Status> {
+        self.0.authorize(&request, Scope::Check)?;
+        let req = request.get_ref();
+        let filter = match &req.optional_relationship_filter {
+            Some(f) => convert::filter(Some(f), "optional_relationship_filter", false)?,
+            None => RelationshipFilter::default(),
+        };
+        let (at, after) = match &req.optional_cursor {
+            Some(c) => {
+                let (rev, after) = decode_cursor(c)?;
+                (rev, Some(after))
+            }
+            None => (self.0.revision(req.consistency.as_ref()).await?, None),
+        };
+        let limit = match req.optional_limit {
+            0 => None,
+            n => Some(n as usize),
+        };
+        let stream = self.stream_relationships(at, filter, after, limit, |batch, rev| {
+            let cursor = batch.last().map(|r| encode_cursor(rev, r));
+            vec![pb::ExportBulkRelationshipsResponse {
+                after_result_cursor: cursor,
+                relationships: batch.iter().map(convert::relationship_pb).collect(),
+            }]
+        });
+        Ok(Response::new(stream))
+    }
+}

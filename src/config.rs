@@ -1,0 +1,184 @@
+//! The server's configuration: one typed [`Config`], filled from defaults,
+//! then an optional TOML file, then environment variables `KINBAR_*` and
+//! flags (flags win over env, env over the file). Parsed here, apart from
+//! the code that uses it.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+/// Everything `kinbar serve` needs.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// gRPC listen address.
+    pub grpc_addr: SocketAddr,
+    /// `memory` (embedded) or a `postgres://` URL.
+    pub datastore: String,
+    /// `NAME:KEY:SCOPES` entries.
+    pub preshared_keys: Vec<String>,
+    /// Serve without keys on a non-loopback address.
+    pub insecure_allow_unauthenticated: bool,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// Require client certificates signed by this CA (mTLS).
+    pub tls_client_ca: Option<PathBuf>,
+    /// Largest accepted request message.
+    pub max_message_bytes: usize,
+    pub max_updates_per_write: usize,
+    pub max_checks_per_bulk: usize,
+    pub max_preconditions: usize,
+    pub max_read_page: usize,
+    pub max_depth: u32,
+    /// minimize_latency quantization window, in milliseconds.
+    pub revision_quantum_ms: u64,
+    pub max_schema_bytes: usize,
+    pub max_expression_terms: usize,
+    pub cache_capacity: u64,
+    /// HTTP/2 streams per connection.
+    pub max_concurrent_streams: u32,
+    /// Requests in flight per connection.
+    pub concurrency_limit_per_connection: usize,
+    /// Unary request timeout, in seconds.
+    pub request_timeout_secs: u64,
+    /// `text` or `json`.
+    pub log_format: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let engine = crate::engine::EngineConfig::default();
+        let api = crate::api::ApiLimits::default();
+        Config {
+            grpc_addr: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            datastore: "memory".into(),
+            preshared_keys: Vec::new(),
+            insecure_allow_unauthenticated: false,
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
+            max_message_bytes: 4 * 1024 * 1024,
+            max_updates_per_write: engine.max_updates_per_write,
+            max_checks_per_bulk: api.max_checks_per_bulk,
+            max_preconditions: api.max_preconditions,
+            max_read_page: api.max_read_page,
+            max_depth: engine.max_depth,
+            revision_quantum_ms: api.revision_quantum.as_millis() as u64,
+            max_schema_bytes: engine.schema_limits.max_schema_bytes,
+            max_expression_terms: engine.schema_limits.max_expression_terms,
+            cache_capacity: engine.cache_capacity,
+            max_concurrent_streams: 200,
+            concurrency_limit_per_connection: 256,
+            request_timeout_secs: 30,
+            log_format: "text".into(),
+        }
+    }
+}
+
+/// `kinbar serve` flags; each also reads `KINBAR_<NAME>`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ServeArgs {
+    /// TOML configuration file (keys as the flags, with underscores).
+    #[arg(long, env = "KINBAR_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[arg(long, env = "KINBAR_GRPC_ADDR")]
+    pub grpc_addr: Option<SocketAddr>,
+    /// `memory` or `postgres://…`.
+    #[arg(long, env = "KINBAR_DATASTORE")]
+    pub datastore: Option<String>,
+    /// NAME:KEY:SCOPES (scopes: check, write, admin); repeatable.
+    #[arg(
+        long = "preshared-key",
+        env = "KINBAR_PRESHARED_KEY",
+        value_delimiter = ';'
+    )]
+    pub preshared_keys: Vec<String>,
+    #[arg(long, env = "KINBAR_INSECURE_ALLOW_UNAUTHENTICATED")]
+    pub insecure_allow_unauthenticated: bool,
+    #[arg(long, env = "KINBAR_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    #[arg(long, env = "KINBAR_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    #[arg(long, env = "KINBAR_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
+    #[arg(long, env = "KINBAR_MAX_UPDATES_PER_WRITE")]
+    pub max_updates_per_write: Option<usize>,
+    #[arg(long, env = "KINBAR_MAX_DEPTH")]
+    pub max_depth: Option<u32>,
+    #[arg(long, env = "KINBAR_REVISION_QUANTUM_MS")]
+    pub revision_quantum_ms: Option<u64>,
+    #[arg(long, env = "KINBAR_LOG_FORMAT")]
+    pub log_format: Option<String>,
+}
+
+impl Config {
+    /// Defaults ← file ← env/flags.
+    pub fn load(args: &ServeArgs) -> Result<Config, String> {
+        let mut c = match &args.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
+                toml::from_str::<Config>(&text)
+                    .map_err(|e| format!("config file {}: {e}", path.display()))?
+            }
+            None => Config::default(),
+        };
+        if let Some(v) = args.grpc_addr {
+            c.grpc_addr = v;
+        }
+        if let Some(v) = &args.datastore {
+            c.datastore = v.clone();
+        }
+        if !args.preshared_keys.is_empty() {
+            c.preshared_keys = args.preshared_keys.clone();
+        }
+        c.insecure_allow_unauthenticated |= args.insecure_allow_unauthenticated;
+        if args.tls_cert.is_some() {
+            c.tls_cert = args.tls_cert.clone();
+        }
+        if args.tls_key.is_some() {
+            c.tls_key = args.tls_key.clone();
+        }
+        if args.tls_client_ca.is_some() {
+            c.tls_client_ca = args.tls_client_ca.clone();
+        }
+        if let Some(v) = args.max_updates_per_write {
+            c.max_updates_per_write = v;
+        }
+        if let Some(v) = args.max_depth {
+            c.max_depth = v;
+        }
+        if let Some(v) = args.revision_quantum_ms {
+            c.revision_quantum_ms = v;
+        }
+        if let Some(v) = &args.log_format {
+            c.log_format = v.clone();
+        }
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Checks values that no type can: pairs that go together, ranges.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err("--tls-cert and --tls-key must be given together".into());
+        }
+        if self.tls_client_ca.is_some() && self.tls_cert.is_none() {
+            return Err("--tls-client-ca (mTLS) needs --tls-cert and --tls-key".into());
+        }
+        if self.max_depth == 0 || self.max_updates_per_write == 0 || self.max_read_page == 0 {
+            return Err("limits must be positive".into());
+        }
+        if !matches!(self.log_format.as_str(), "text" | "json") {
+            return Err(format!(
+                "log_format must be `text` or `json`, not `{}`",
+                self.log_format
+            ));
+        }
+        for k in &self.preshared_keys {
+            crate::api::auth::PresharedKey::parse(k)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,167 @@
+//! The gRPC server: `run(config, listener, shutdown)` serves every service
+//! on an already-bound listener until `shutdown` completes, then lets
+//! in-flight requests finish. Tests start it on `127.0.0.1:0`.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+
+use crate::api::auth::{Authenticator, PresharedKey};
+use crate::api::proto::authzed::api::v1::permissions_service_server::PermissionsServiceServer;
+use crate::api::proto::authzed::api::v1::schema_service_server::SchemaServiceServer;
+use crate::api::proto::authzed::api::v1::watch_service_server::WatchServiceServer;
+use crate::api::{Api, ApiLimits, PermissionsApi, SchemaApi, WatchApi};
+use crate::config::Config;
+use crate::engine::{Engine, EngineConfig};
+use crate::schema::Limits;
+use crate::store::Datastore;
+use crate::store::memory::MemoryStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("{0}")]
+    Config(String),
+    #[error("transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Opens the datastore named by the configuration.
+pub fn open_datastore(config: &Config) -> Result<Arc<dyn Datastore>, ServerError> {
+    match config.datastore.as_str() {
+        "memory" => Ok(Arc::new(MemoryStore::default())),
+        other if other.starts_with("postgres://") || other.starts_with("postgresql://") => {
+            Err(ServerError::Config(
+                "the Postgres datastore is not available in this build yet; use `--datastore memory`".into(),
+            ))
+        }
+        other => Err(ServerError::Config(format!(
+            "unknown datastore `{other}`: use `memory` or a `postgres://` URL"
+        ))),
+    }
+}
+
+/// The engine and API state a configuration describes.
+pub fn build_api(config: &Config, store: Arc<dyn Datastore>) -> Result<Api, ServerError> {
+    let keys = config
+        .preshared_keys
+        .iter()
+        .map(|k| PresharedKey::parse(k))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(ServerError::Config)?;
+    let engine = Engine::new(
+        store,
+        EngineConfig {
+            max_depth: config.max_depth,
+            max_updates_per_write: config.max_updates_per_write,
+            cache_capacity: config.cache_capacity,
+            schema_limits: Limits {
+                max_schema_bytes: config.max_schema_bytes,
+                max_expression_terms: config.max_expression_terms,
+                ..Limits::default()
+            },
+            ..EngineConfig::default()
+        },
+    );
+    Ok(Api::new(
+        Arc::new(engine),
+        Authenticator::new(keys),
+        ApiLimits {
+            max_checks_per_bulk: config.max_checks_per_bulk,
+            max_preconditions: config.max_preconditions,
+            max_read_page: config.max_read_page,
+            revision_quantum: Duration::from_millis(config.revision_quantum_ms),
+        },
+    ))
+}
+
+/// Serves until `shutdown` completes; in-flight requests then finish.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServerError> {
+    config.validate().map_err(ServerError::Config)?;
+    let local = listener.local_addr()?;
+    if config.preshared_keys.is_empty()
+        && !config.insecure_allow_unauthenticated
+        && !local.ip().is_loopback()
+    {
+        return Err(ServerError::Config(format!(
+            "refusing to serve without authentication on {local}: configure --preshared-key, \
+             listen on a loopback address, or pass --insecure-allow-unauthenticated"
+        )));
+    }
+    let store = open_datastore(&config)?;
+    let api = build_api(&config, store)?;
+    serve(config, api, listener, shutdown).await
+}
+
+/// Serves an already-built API (tests use it to share an engine).
+pub async fn serve(
+    config: Config,
+    api: Api,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServerError> {
+    let max = config.max_message_bytes;
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<PermissionsServiceServer<PermissionsApi>>()
+        .await;
+    health_reporter
+        .set_serving::<SchemaServiceServer<SchemaApi>>()
+        .await;
+    health_reporter
+        .set_serving::<WatchServiceServer<WatchApi>>()
+        .await;
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::api::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::api::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+
+    let mut builder = Server::builder()
+        .max_concurrent_streams(Some(config.max_concurrent_streams))
+        .concurrency_limit_per_connection(config.concurrency_limit_per_connection)
+        .timeout(Duration::from_secs(config.request_timeout_secs))
+        .http2_keepalive_interval(Some(Duration::from_secs(60)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)));
+    if let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) {
+        let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(
+            std::fs::read(cert)?,
+            std::fs::read(key)?,
+        ));
+        if let Some(ca) = &config.tls_client_ca {
+            tls = tls.client_ca_root(Certificate::from_pem(std::fs::read(ca)?));
+        }
+        builder = builder.tls_config(tls)?;
+    }
+    tracing::info!(addr = %listener.local_addr()?, datastore = %config.datastore, "kinbar serving");
+    builder
+        .add_service(health)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(
+            PermissionsServiceServer::new(PermissionsApi(api.clone()))
+                .max_decoding_message_size(max),
+        )
+        .add_service(
+            SchemaServiceServer::new(SchemaApi(api.clone())).max_decoding_message_size(max),
+        )
+        .add_service(WatchServiceServer::new(WatchApi(api)).max_decoding_message_size(max))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await?;
+    tracing::info!("kinbar stopped");
+    Ok(())
+}
