@@ -57,6 +57,8 @@ pub struct Api {
     pub engine: Arc<Engine>,
     pub auth: Authenticator,
     pub limits: ApiLimits,
+    /// Set when the server starts shutting down: long-lived streams end.
+    closing: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl Api {
@@ -65,7 +67,17 @@ impl Api {
             engine,
             auth,
             limits,
+            closing: Arc::new(tokio::sync::watch::Sender::new(false)),
         }
+    }
+
+    /// Ends long-lived streams (Watch) so a graceful shutdown can complete.
+    pub fn begin_shutdown(&self) {
+        self.closing.send_replace(true);
+    }
+
+    pub(crate) fn closing(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.closing.subscribe()
     }
 
     fn datastore_id(&self) -> &str {

@@ -148,6 +148,11 @@ pub async fn serve(
         builder = builder.tls_config(tls)?;
     }
     tracing::info!(addr = %listener.local_addr()?, datastore = %config.datastore, "kinbar serving");
+    let closing = api.clone();
+    let shutdown = async move {
+        shutdown.await;
+        closing.begin_shutdown();
+    };
     builder
         .add_service(health)
         .add_service(reflection_v1)

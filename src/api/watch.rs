@@ -51,6 +51,7 @@ impl WatchService for WatchApi {
             .await
             .map_err(status::from_store)?;
         let mut commits = self.0.engine.subscribe();
+        let mut closing = self.0.closing();
         let api = self.0.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         tokio::spawn(async move {
@@ -95,9 +96,18 @@ impl WatchService for WatchApi {
                         return;
                     }
                 }
+                if *closing.borrow() {
+                    let _ = tx
+                        .send(Err(Status::unavailable(
+                            "the server is shutting down; resume from the last token",
+                        )))
+                        .await;
+                    return;
+                }
                 if batch.is_empty() {
                     tokio::select! {
                         _ = commits.changed() => {}
+                        _ = closing.changed() => {}
                         _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                         _ = tx.closed() => return,
                     }

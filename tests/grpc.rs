@@ -1,0 +1,1008 @@
+//! The gRPC API end to end: a real server on 127.0.0.1:0 and real tonic
+//! clients, for every method, every scope/key combination and each class of
+//! bad input.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use kinbar::api::proto::authzed::api::v1 as pb;
+use kinbar::api::proto::authzed::api::v1::permissions_service_client::PermissionsServiceClient;
+use kinbar::api::proto::authzed::api::v1::schema_service_client::SchemaServiceClient;
+use kinbar::api::proto::authzed::api::v1::watch_service_client::WatchServiceClient;
+use kinbar::config::Config;
+use tonic::transport::Channel;
+use tonic::{Code, Request};
+
+const SCHEMA: &str = "definition user {}
+definition team {
+    relation member: user | team#member
+}
+definition doc {
+    relation viewer: user | user:* | team#member
+    relation banned: user
+    relation parent: doc
+    permission view = viewer + parent->view
+    permission view_unbanned = view - banned
+}";
+
+struct Server {
+    addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    handle: tokio::task::JoinHandle<Result<(), kinbar::server::ServerError>>,
+}
+
+impl Server {
+    async fn start(config: Config) -> Server {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let handle = tokio::spawn(kinbar::server::run(config, listener, async {
+            let _ = rx.await;
+        }));
+        Server {
+            addr,
+            stop: Some(tx),
+            handle,
+        }
+    }
+
+    async fn channel(&self) -> Channel {
+        for _ in 0..50 {
+            if let Ok(c) = Channel::from_shared(format!("http://{}", self.addr))
+                .unwrap()
+                .connect()
+                .await
+            {
+                return c;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("server did not come up");
+    }
+
+    async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        self.handle.await.unwrap().unwrap();
+    }
+}
+
+fn with_token<T>(msg: T, token: Option<&str>) -> Request<T> {
+    let mut r = Request::new(msg);
+    if let Some(t) = token {
+        r.metadata_mut()
+            .insert("authorization", format!("Bearer {t}").parse().unwrap());
+    }
+    r
+}
+
+fn obj(t: &str, id: &str) -> Option<pb::ObjectReference> {
+    Some(pb::ObjectReference {
+        object_type: t.into(),
+        object_id: id.into(),
+    })
+}
+
+fn subj(t: &str, id: &str, rel: &str) -> Option<pb::SubjectReference> {
+    Some(pb::SubjectReference {
+        object: obj(t, id),
+        optional_relation: rel.into(),
+    })
+}
+
+fn rel(text: &str) -> pb::Relationship {
+    let r: kinbar::Relationship = text.parse().unwrap();
+    kinbar::api::convert::relationship_pb(&r)
+}
+
+fn update(op: pb::relationship_update::Operation, text: &str) -> pb::RelationshipUpdate {
+    pb::RelationshipUpdate {
+        operation: op as i32,
+        relationship: Some(rel(text)),
+    }
+}
+
+fn touch(texts: &[&str]) -> pb::WriteRelationshipsRequest {
+    pb::WriteRelationshipsRequest {
+        updates: texts
+            .iter()
+            .map(|t| update(pb::relationship_update::Operation::Touch, t))
+            .collect(),
+        optional_preconditions: vec![],
+        optional_transaction_metadata: None,
+    }
+}
+
+fn full() -> Option<pb::Consistency> {
+    Some(pb::Consistency {
+        requirement: Some(pb::consistency::Requirement::FullyConsistent(true)),
+    })
+}
+
+fn fresh(token: &pb::ZedToken) -> Option<pb::Consistency> {
+    Some(pb::Consistency {
+        requirement: Some(pb::consistency::Requirement::AtLeastAsFresh(token.clone())),
+    })
+}
+
+fn exact(token: &pb::ZedToken) -> Option<pb::Consistency> {
+    Some(pb::Consistency {
+        requirement: Some(pb::consistency::Requirement::AtExactSnapshot(token.clone())),
+    })
+}
+
+fn check_req(
+    resource: &str,
+    perm: &str,
+    subject: &str,
+    consistency: Option<pb::Consistency>,
+) -> pb::CheckPermissionRequest {
+    let r: kinbar::ObjectRef = resource.parse().unwrap();
+    let s: kinbar::SubjectRef = subject.parse().unwrap();
+    pb::CheckPermissionRequest {
+        consistency,
+        resource: Some(kinbar::api::convert::object_pb(&r)),
+        permission: perm.into(),
+        subject: Some(kinbar::api::convert::subject_pb(&s)),
+        context: None,
+        with_tracing: false,
+    }
+}
+
+const HAS: i32 = pb::check_permission_response::Permissionship::HasPermission as i32;
+const NO: i32 = pb::check_permission_response::Permissionship::NoPermission as i32;
+
+/// A server with the schema and a few relationships; long quantum so that
+/// only tokens make writes visible deterministically.
+async fn seeded() -> (
+    Server,
+    PermissionsServiceClient<Channel>,
+    SchemaServiceClient<Channel>,
+    pb::ZedToken,
+) {
+    let server = Server::start(Config {
+        revision_quantum_ms: 60_000,
+        ..Config::default()
+    })
+    .await;
+    let ch = server.channel().await;
+    let mut schema = SchemaServiceClient::new(ch.clone());
+    let mut perms = PermissionsServiceClient::new(ch);
+    schema
+        .write_schema(pb::WriteSchemaRequest {
+            schema: SCHEMA.into(),
+        })
+        .await
+        .unwrap();
+    let written = perms
+        .write_relationships(touch(&[
+            "doc:1#viewer@user:anna",
+            "doc:1#viewer@team:eng#member",
+            "team:eng#member@user:bob",
+            "doc:2#parent@doc:1",
+            "doc:pub#viewer@user:*",
+            "doc:pub#banned@user:eve",
+        ]))
+        .await
+        .unwrap()
+        .into_inner()
+        .written_at
+        .unwrap();
+    (server, perms, schema, written)
+}
+
+#[tokio::test]
+async fn check_allowed_denied_and_tokens() {
+    let (server, mut perms, _, written) = seeded().await;
+    let check = |p: &mut PermissionsServiceClient<Channel>, req| {
+        let mut p = p.clone();
+        async move { p.check_permission(req).await.map(|r| r.into_inner()) }
+    };
+    for (res, perm, s, want) in [
+        ("doc:1", "view", "user:anna", HAS),
+        ("doc:1", "view", "user:bob", HAS),
+        ("doc:2", "view", "user:bob", HAS),
+        ("doc:1", "view", "user:carl", NO),
+        ("doc:pub", "view_unbanned", "user:zed", HAS),
+        ("doc:pub", "view_unbanned", "user:eve", NO),
+        ("doc:1", "view", "team:eng#member", HAS),
+    ] {
+        let r = check(&mut perms, check_req(res, perm, s, fresh(&written)))
+            .await
+            .unwrap();
+        assert_eq!(r.permissionship, want, "{res}#{perm}@{s}");
+        assert!(r.checked_at.is_some());
+    }
+    // A later write is seen at its token and not at an older exact snapshot.
+    let w2 = perms
+        .write_relationships(touch(&["doc:3#viewer@user:carl"]))
+        .await
+        .unwrap()
+        .into_inner()
+        .written_at
+        .unwrap();
+    let r = check(
+        &mut perms,
+        check_req("doc:3", "view", "user:carl", fresh(&w2)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.permissionship, HAS);
+    let r = check(
+        &mut perms,
+        check_req("doc:3", "view", "user:carl", exact(&written)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.permissionship, NO);
+    assert_eq!(r.checked_at.unwrap(), written);
+    let r = check(&mut perms, check_req("doc:3", "view", "user:carl", full()))
+        .await
+        .unwrap();
+    assert_eq!(r.permissionship, HAS);
+    // Garbage and foreign tokens are INVALID_ARGUMENT.
+    let bad = pb::ZedToken {
+        token: "not-a-token".into(),
+    };
+    assert_eq!(
+        check(
+            &mut perms,
+            check_req("doc:1", "view", "user:anna", fresh(&bad))
+        )
+        .await
+        .unwrap_err()
+        .code(),
+        Code::InvalidArgument
+    );
+    let foreign = pb::ZedToken {
+        token: kinbar::api::token::encode(kinbar::Revision(1), "another-store"),
+    };
+    let e = check(
+        &mut perms,
+        check_req("doc:1", "view", "user:anna", fresh(&foreign)),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("another datastore"), "{}", e.message());
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn bulk_checks_mix_results_and_errors() {
+    let (server, mut perms, _, written) = seeded().await;
+    let item = |r: &str, p: &str, s: &str| {
+        let c = check_req(r, p, s, None);
+        pb::CheckBulkPermissionsRequestItem {
+            resource: c.resource,
+            permission: c.permission,
+            subject: c.subject,
+            context: None,
+        }
+    };
+    let req = pb::CheckBulkPermissionsRequest {
+        consistency: fresh(&written),
+        items: vec![
+            item("doc:1", "view", "user:anna"),
+            item("doc:1", "view", "user:carl"),
+            item("doc:1", "nope", "user:anna"),
+            item("nope:1", "view", "user:anna"),
+        ],
+        with_tracing: false,
+    };
+    let r = perms
+        .check_bulk_permissions(req)
+        .await
+        .unwrap()
+        .into_inner();
+    use pb::check_bulk_permissions_pair::Response as R;
+    let got: Vec<_> = r
+        .pairs
+        .iter()
+        .map(|p| match p.response.as_ref().unwrap() {
+            R::Item(i) => Ok(i.permissionship),
+            R::Error(e) => Err(e.code),
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            Ok(HAS),
+            Ok(NO),
+            Err(Code::FailedPrecondition as i32),
+            Err(Code::FailedPrecondition as i32)
+        ]
+    );
+    assert_eq!(r.pairs[0].request.as_ref().unwrap().permission, "view");
+    // Too many items is refused as a whole.
+    let many = pb::CheckBulkPermissionsRequest {
+        consistency: None,
+        items: vec![item("doc:1", "view", "user:anna"); 1001],
+        with_tracing: false,
+    };
+    assert_eq!(
+        perms.check_bulk_permissions(many).await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn expand_returns_a_tree() {
+    let (server, mut perms, _, written) = seeded().await;
+    let r = perms
+        .expand_permission_tree(pb::ExpandPermissionTreeRequest {
+            consistency: fresh(&written),
+            resource: obj("doc", "1"),
+            permission: "view".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut text = String::new();
+    kinbar::cli::client::render_tree(r.tree_root.as_ref().unwrap(), 0, &mut text);
+    assert_eq!(
+        text,
+        "doc:1#view (union)\n  doc:1#viewer: [team:eng#member, user:anna]\n  doc:1#view (union)\n"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn writes_with_preconditions_create_and_delete() {
+    use pb::precondition::Operation as P;
+    use pb::relationship_update::Operation as O;
+    let (server, mut perms, _, _) = seeded().await;
+    let pre = |op: P, f: &str| {
+        let r: kinbar::Relationship = f.parse().unwrap();
+        pb::Precondition {
+            operation: op as i32,
+            filter: Some(pb::RelationshipFilter {
+                resource_type: r.resource.object_type.clone(),
+                optional_resource_id: r.resource.object_id.clone(),
+                optional_resource_id_prefix: String::new(),
+                optional_relation: r.relation.clone(),
+                optional_subject_filter: Some(pb::SubjectFilter {
+                    subject_type: r.subject.object.object_type.clone(),
+                    optional_subject_id: r.subject.object.object_id.clone(),
+                    optional_relation: None,
+                }),
+            }),
+        }
+    };
+    let write = |pres: Vec<pb::Precondition>| pb::WriteRelationshipsRequest {
+        updates: vec![update(O::Touch, "doc:9#viewer@user:zoe")],
+        optional_preconditions: pres,
+        optional_transaction_metadata: None,
+    };
+    let e = perms
+        .write_relationships(write(vec![pre(P::MustMatch, "doc:1#banned@user:anna")]))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    assert_eq!(
+        kinbar::api::status::reason_of(&e).as_deref(),
+        Some("ERROR_REASON_WRITE_OR_DELETE_PRECONDITION_FAILURE")
+    );
+    let e = perms
+        .write_relationships(write(vec![pre(P::MustNotMatch, "doc:1#viewer@user:anna")]))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    perms
+        .write_relationships(write(vec![
+            pre(P::MustMatch, "doc:1#viewer@user:anna"),
+            pre(P::MustNotMatch, "doc:1#banned@user:anna"),
+        ]))
+        .await
+        .unwrap();
+    // CREATE of an existing relationship.
+    let create = pb::WriteRelationshipsRequest {
+        updates: vec![update(O::Create, "doc:9#viewer@user:zoe")],
+        optional_preconditions: vec![],
+        optional_transaction_metadata: None,
+    };
+    let e = perms.write_relationships(create).await.unwrap_err();
+    assert_eq!(e.code(), Code::AlreadyExists);
+    // Schema violations.
+    let e = perms
+        .write_relationships(touch(&["doc:1#view@user:anna"]))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    assert!(e.message().contains("is a permission"), "{}", e.message());
+    // Too many updates.
+    let many: Vec<String> = (0..1001)
+        .map(|i| format!("doc:{i}#viewer@user:x"))
+        .collect();
+    let refs: Vec<&str> = many.iter().map(String::as_str).collect();
+    let e = perms.write_relationships(touch(&refs)).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert_eq!(
+        kinbar::api::status::reason_of(&e).as_deref(),
+        Some("ERROR_REASON_TOO_MANY_UPDATES_IN_REQUEST")
+    );
+    // Delete by filter: partial, then complete.
+    perms
+        .write_relationships(touch(&[
+            "doc:7#viewer@user:a",
+            "doc:7#viewer@user:b",
+            "doc:7#viewer@user:c",
+        ]))
+        .await
+        .unwrap();
+    let del = |limit, partial| pb::DeleteRelationshipsRequest {
+        relationship_filter: Some(pb::RelationshipFilter {
+            resource_type: "doc".into(),
+            optional_resource_id: "7".into(),
+            ..Default::default()
+        }),
+        optional_preconditions: vec![],
+        optional_limit: limit,
+        optional_allow_partial_deletions: partial,
+        optional_transaction_metadata: None,
+    };
+    assert_eq!(
+        perms
+            .delete_relationships(del(2, false))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::FailedPrecondition
+    );
+    let r = perms
+        .delete_relationships(del(2, true))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.relationships_deleted_count, 2);
+    assert_eq!(
+        r.deletion_progress,
+        pb::delete_relationships_response::DeletionProgress::Partial as i32
+    );
+    let r = perms
+        .delete_relationships(del(0, false))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.relationships_deleted_count, 1);
+    assert_eq!(
+        r.deletion_progress,
+        pb::delete_relationships_response::DeletionProgress::Complete as i32
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn read_relationships_pages_with_cursors() {
+    let (server, mut perms, _, _) = seeded().await;
+    let rels: Vec<String> = (0..25)
+        .map(|i| format!("doc:page{i:02}#viewer@user:u{i}"))
+        .collect();
+    let refs: Vec<&str> = rels.iter().map(String::as_str).collect();
+    let w = perms
+        .write_relationships(touch(&refs))
+        .await
+        .unwrap()
+        .into_inner()
+        .written_at
+        .unwrap();
+    let filter = Some(pb::RelationshipFilter {
+        resource_type: "doc".into(),
+        optional_resource_id_prefix: "page".into(),
+        ..Default::default()
+    });
+    let mut seen = Vec::new();
+    let mut cursor = None;
+    loop {
+        let req = pb::ReadRelationshipsRequest {
+            consistency: fresh(&w),
+            relationship_filter: filter.clone(),
+            optional_limit: 10,
+            optional_cursor: cursor.clone(),
+        };
+        let mut stream = perms.read_relationships(req).await.unwrap().into_inner();
+        let mut n = 0;
+        while let Some(r) = stream.message().await.unwrap() {
+            n += 1;
+            cursor = r.after_result_cursor.clone();
+            seen.push(
+                kinbar::api::convert::relationship(r.relationship.as_ref(), "r")
+                    .unwrap()
+                    .to_string(),
+            );
+        }
+        if n < 10 {
+            break;
+        }
+    }
+    assert_eq!(seen, rels);
+    let bad = pb::ReadRelationshipsRequest {
+        consistency: None,
+        relationship_filter: filter,
+        optional_limit: 0,
+        optional_cursor: Some(pb::Cursor {
+            token: "???".into(),
+        }),
+    };
+    assert_eq!(
+        perms.read_relationships(bad).await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn schema_read_write_reflect_diff_and_refusals() {
+    let (server, perms, mut schema, _) = seeded().await;
+    let text = schema
+        .read_schema(pb::ReadSchemaRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .schema_text;
+    assert_eq!(text, SCHEMA);
+    // Orphaning change refused, naming the relationships.
+    let e = schema
+        .write_schema(pb::WriteSchemaRequest {
+            schema: SCHEMA
+                .replace("    relation banned: user\n", "")
+                .replace("    permission view_unbanned = view - banned\n", ""),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    assert!(
+        e.message().contains("doc:pub#banned@user:eve"),
+        "{}",
+        e.message()
+    );
+    // Syntax and type errors.
+    let e = schema
+        .write_schema(pb::WriteSchemaRequest {
+            schema: "definition user {".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert_eq!(
+        kinbar::api::status::reason_of(&e).as_deref(),
+        Some("ERROR_REASON_SCHEMA_PARSE_ERROR")
+    );
+    assert!(e.message().contains("schema:1:18"), "{}", e.message());
+    let e = schema
+        .write_schema(pb::WriteSchemaRequest {
+            schema: "definition doc { relation v: usr }".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        kinbar::api::status::reason_of(&e).as_deref(),
+        Some("ERROR_REASON_SCHEMA_TYPE_ERROR")
+    );
+    // Reflect and diff.
+    let r = schema
+        .reflect_schema(pb::ReflectSchemaRequest {
+            consistency: full(),
+            optional_filters: vec![],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let names: Vec<&str> = r.definitions.iter().map(|d| d.name.as_str()).collect();
+    assert_eq!(names, ["doc", "team", "user"]);
+    let doc = &r.definitions[0];
+    assert_eq!(
+        doc.relations
+            .iter()
+            .map(|r| r.name.as_str())
+            .collect::<Vec<_>>(),
+        ["banned", "parent", "viewer"]
+    );
+    assert_eq!(doc.permissions.len(), 2);
+    let d = schema
+        .diff_schema(pb::DiffSchemaRequest {
+            consistency: full(),
+            comparison_schema: format!("{SCHEMA}\ndefinition extra {{}}"),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(d.diffs.len(), 1);
+    assert!(
+        matches!(d.diffs[0].diff, Some(pb::reflection_schema_diff::Diff::DefinitionAdded(ref x)) if x.name == "extra")
+    );
+    // An empty server has no schema.
+    let empty = Server::start(Config::default()).await;
+    let mut s2 = SchemaServiceClient::new(empty.channel().await);
+    assert_eq!(
+        s2.read_schema(pb::ReadSchemaRequest {})
+            .await
+            .unwrap_err()
+            .code(),
+        Code::NotFound
+    );
+    let mut p2 = PermissionsServiceClient::new(empty.channel().await);
+    assert_eq!(
+        p2.check_permission(check_req("doc:1", "view", "user:a", full()))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::FailedPrecondition
+    );
+    empty.stop().await;
+    drop(perms);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn bad_input_maps_to_precise_codes() {
+    let (server, mut perms, _, _) = seeded().await;
+    let c = |req| {
+        let mut p = perms.clone();
+        async move { p.check_permission(req).await.unwrap_err() }
+    };
+    let mut missing = check_req("doc:1", "view", "user:a", full());
+    missing.resource = None;
+    assert_eq!(c(missing).await.code(), Code::InvalidArgument);
+    let mut bad_id = check_req("doc:1", "view", "user:a", full());
+    bad_id.resource = obj("doc", "has space");
+    let e = c(bad_id).await;
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(
+        e.message().contains("resource.object_id"),
+        "{}",
+        e.message()
+    );
+    let e = c(check_req("nope:1", "view", "user:a", full())).await;
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    assert_eq!(
+        kinbar::api::status::reason_of(&e).as_deref(),
+        Some("ERROR_REASON_UNKNOWN_DEFINITION")
+    );
+    let e = c(check_req("doc:1", "nope", "user:a", full())).await;
+    assert_eq!(
+        kinbar::api::status::reason_of(&e).as_deref(),
+        Some("ERROR_REASON_UNKNOWN_RELATION_OR_PERMISSION")
+    );
+    let mut wildcard = check_req("doc:1", "view", "user:a", full());
+    wildcard.subject = subj("user", "*", "");
+    assert_eq!(c(wildcard).await.code(), Code::InvalidArgument);
+    let mut ctx = check_req("doc:1", "view", "user:a", full());
+    ctx.context = Some(prost_types::Struct {
+        fields: [(
+            "k".to_string(),
+            prost_types::Value {
+                kind: Some(prost_types::value::Kind::BoolValue(true)),
+            },
+        )]
+        .into(),
+    });
+    assert_eq!(c(ctx).await.code(), Code::InvalidArgument);
+    // Depth exceeded.
+    let chain: Vec<String> = (0..60)
+        .map(|i| format!("team:t{i}#member@team:t{}#member", i + 1))
+        .collect();
+    let refs: Vec<&str> = chain.iter().map(String::as_str).collect();
+    perms.write_relationships(touch(&refs)).await.unwrap();
+    let mut deep = check_req("team:t0", "member", "user:a", full());
+    deep.consistency = full();
+    let e = perms.check_permission(deep).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    assert_eq!(
+        kinbar::api::status::reason_of(&e).as_deref(),
+        Some("ERROR_REASON_MAXIMUM_DEPTH_EXCEEDED")
+    );
+    assert!(e.message().contains("50"), "{}", e.message());
+    // A request that cannot be decoded.
+    let ch = server.channel().await;
+    let mut raw = tonic::client::Grpc::new(ch);
+    raw.ready().await.unwrap();
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static(
+        "/authzed.api.v1.PermissionsService/CheckPermission",
+    );
+    let e = raw
+        .unary::<Vec<u8>, Vec<u8>, RawCodec>(
+            Request::new(vec![0xff, 0xff, 0xff, 0x0f, 0x01]),
+            path,
+            RawCodec,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    server.stop().await;
+}
+
+/// Sends raw bytes as a gRPC message (to test undecodable requests).
+#[derive(Clone, Copy)]
+struct RawCodec;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+    fn encoder(&mut self) -> Self::Encoder {
+        RawCodec
+    }
+    fn decoder(&mut self) -> Self::Decoder {
+        RawCodec
+    }
+}
+
+impl tonic::codec::Encoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        use bytes::BufMut;
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Vec<u8>>, tonic::Status> {
+        use bytes::Buf;
+        Ok(Some(src.copy_to_bytes(src.remaining()).to_vec()))
+    }
+}
+
+#[tokio::test]
+async fn every_scope_and_key_combination() {
+    let keys = vec![
+        "reader:reader-secret:check".to_string(),
+        "writer:writer-secret:write".to_string(),
+        "root:root-secret-1:admin".to_string(),
+        "both:both-secret:check,write".to_string(),
+    ];
+    let server = Server::start(Config {
+        preshared_keys: keys,
+        ..Config::default()
+    })
+    .await;
+    let ch = server.channel().await;
+    let mut schema = SchemaServiceClient::new(ch.clone());
+    let mut perms = PermissionsServiceClient::new(ch);
+    schema
+        .write_schema(with_token(
+            pb::WriteSchemaRequest {
+                schema: SCHEMA.into(),
+            },
+            Some("root-secret-1"),
+        ))
+        .await
+        .unwrap();
+    let tokens = [
+        None,
+        Some("wrong-secret"),
+        Some("reader-secret"),
+        Some("writer-secret"),
+        Some("root-secret-1"),
+        Some("both-secret"),
+    ];
+    for token in tokens {
+        let code = |r: Result<(), tonic::Status>| r.err().map(|e| e.code()).unwrap_or(Code::Ok);
+        let check = code(
+            perms
+                .check_permission(with_token(
+                    check_req("doc:1", "view", "user:a", full()),
+                    token,
+                ))
+                .await
+                .map(|_| ()),
+        );
+        let write = code(
+            perms
+                .write_relationships(with_token(touch(&["doc:1#viewer@user:a"]), token))
+                .await
+                .map(|_| ()),
+        );
+        let schema_w = code(
+            schema
+                .write_schema(with_token(
+                    pb::WriteSchemaRequest {
+                        schema: SCHEMA.into(),
+                    },
+                    token,
+                ))
+                .await
+                .map(|_| ()),
+        );
+        let read = code(
+            schema
+                .read_schema(with_token(pb::ReadSchemaRequest {}, token))
+                .await
+                .map(|_| ()),
+        );
+        let expected = match token {
+            None | Some("wrong-secret") => [Code::Unauthenticated; 4],
+            Some("reader-secret") => [
+                Code::Ok,
+                Code::PermissionDenied,
+                Code::PermissionDenied,
+                Code::Ok,
+            ],
+            Some("writer-secret") => [
+                Code::PermissionDenied,
+                Code::Ok,
+                Code::PermissionDenied,
+                Code::PermissionDenied,
+            ],
+            Some("root-secret-1") => [Code::Ok; 4],
+            Some("both-secret") => [Code::Ok, Code::Ok, Code::PermissionDenied, Code::Ok],
+            Some(_) => unreachable!(),
+        };
+        assert_eq!([check, write, schema_w, read], expected, "token {token:?}");
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn unauthenticated_servers_only_listen_on_loopback() {
+    let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
+    let e = kinbar::server::run(Config::default(), listener, async {})
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("refusing to serve without authentication"),
+        "{e}"
+    );
+    let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
+    let ok = Config {
+        insecure_allow_unauthenticated: true,
+        ..Config::default()
+    };
+    kinbar::server::run(ok, listener, async {}).await.unwrap();
+    let e = kinbar::server::run(
+        Config {
+            preshared_keys: vec!["x:short:check".into()],
+            ..Config::default()
+        },
+        tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        async {},
+    )
+    .await
+    .unwrap_err();
+    assert!(e.to_string().contains("shorter than 8"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_streams_changes_with_metadata() {
+    let (server, mut perms, _, written) = seeded().await;
+    let mut watch = WatchServiceClient::new(server.channel().await);
+    let writer = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut req = touch(&["doc:w#viewer@user:wendy"]);
+        req.optional_transaction_metadata = Some(prost_types::Struct {
+            fields: [(
+                "reason".to_string(),
+                prost_types::Value {
+                    kind: Some(prost_types::value::Kind::StringValue("onboarding".into())),
+                },
+            )]
+            .into(),
+        });
+        perms.write_relationships(req).await.unwrap();
+    });
+    let mut stream = tokio::time::timeout(
+        Duration::from_secs(5),
+        watch.watch(pb::WatchRequest {
+            optional_object_types: vec![],
+            optional_start_cursor: Some(written),
+            optional_relationship_filters: vec![],
+            optional_update_kinds: vec![],
+        }),
+    )
+    .await
+    .unwrap()
+    .unwrap()
+    .into_inner();
+    writer.await.unwrap();
+    let msg = tokio::time::timeout(Duration::from_secs(5), stream.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(msg.updates.len(), 1);
+    assert_eq!(
+        msg.updates[0].operation,
+        pb::relationship_update::Operation::Touch as i32
+    );
+    let meta = msg.optional_transaction_metadata.unwrap();
+    assert!(
+        matches!(meta.fields["reason"].kind, Some(prost_types::value::Kind::StringValue(ref s)) if s == "onboarding")
+    );
+    assert!(
+        matches!(meta.fields["actor"].kind, Some(prost_types::value::Kind::StringValue(ref s)) if s == "anonymous")
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn health_and_graceful_shutdown() {
+    let server = Server::start(Config::default()).await;
+    let ch = server.channel().await;
+    let mut health = tonic_health::pb::health_client::HealthClient::new(ch);
+    let r = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "authzed.api.v1.PermissionsService".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        r.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writers_and_checkers_see_no_torn_writes() {
+    let (server, perms, _, _) = seeded().await;
+    let mut tasks = Vec::new();
+    for w in 0..4 {
+        let mut p = perms.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..30 {
+                // Viewer and banned land together or not at all.
+                p.write_relationships(touch(&[
+                    &format!("doc:c{w}#viewer@user:u{i}"),
+                    &format!("doc:c{w}#banned@user:u{i}"),
+                ]))
+                .await
+                .unwrap();
+            }
+        }));
+    }
+    for w in 0..4 {
+        let mut p = perms.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..30 {
+                let r = p
+                    .check_permission(check_req(
+                        &format!("doc:c{w}"),
+                        "view_unbanned",
+                        &format!("user:u{i}"),
+                        full(),
+                    ))
+                    .await
+                    .unwrap()
+                    .into_inner();
+                assert_eq!(r.permissionship, NO, "a torn write was visible");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let mut p = perms.clone();
+    for w in 0..4 {
+        for i in 0..30 {
+            let r = p
+                .check_permission(check_req(
+                    &format!("doc:c{w}"),
+                    "view",
+                    &format!("user:u{i}"),
+                    full(),
+                ))
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(r.permissionship, HAS, "lost write doc:c{w} u{i}");
+        }
+    }
+    server.stop().await;
+}
