@@ -1,0 +1,242 @@
+//! Load generator: CheckPermission throughput and latency over loopback at
+//! several concurrencies, beside an empty-RPC baseline (gRPC health check)
+//! measured in the same run against the same server.
+//!
+//! By default it starts an in-process server on 127.0.0.1:0 with the CRM
+//! example schema and a seeded dataset; `--endpoint` targets a running
+//! server instead (loopback only). Request loops are bounded by count.
+//!
+//! `cargo run --release --bin kinbar-load -- [--requests N] [--concurrency 1,8,32,64]`
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a benchmark tool: failing loudly is right
+
+use std::time::{Duration, Instant};
+
+use kinbar::api::proto::authzed::api::v1 as pb;
+use kinbar::api::proto::authzed::api::v1::permissions_service_client::PermissionsServiceClient;
+use kinbar::api::proto::authzed::api::v1::schema_service_client::SchemaServiceClient;
+use tonic::transport::Channel;
+
+struct Args {
+    requests: usize,
+    concurrency: Vec<usize>,
+    endpoint: Option<String>,
+}
+
+fn args() -> Args {
+    let mut a = Args {
+        requests: 20_000,
+        concurrency: vec![1, 8, 32, 64],
+        endpoint: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        match flag.as_str() {
+            "--requests" => {
+                a.requests = it
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .expect("--requests N")
+            }
+            "--concurrency" => {
+                a.concurrency = it
+                    .next()
+                    .expect("--concurrency 1,8,32")
+                    .split(',')
+                    .map(|c| c.parse().expect("number"))
+                    .collect()
+            }
+            "--endpoint" => a.endpoint = it.next(),
+            other => panic!(
+                "unknown flag {other}; flags: --requests N --concurrency 1,8,32 --endpoint URL"
+            ),
+        }
+    }
+    a
+}
+
+async fn seed(channel: Channel) -> Option<pb::ZedToken> {
+    let mut schema = SchemaServiceClient::new(channel.clone());
+    schema
+        .write_schema(pb::WriteSchemaRequest {
+            schema: include_str!("../../examples/crm/schema.zed").into(),
+        })
+        .await
+        .expect("write schema");
+    let mut perms = PermissionsServiceClient::new(channel);
+    let mut texts = vec![
+        "team:sales#member@team:juniors#member".to_string(),
+        "team:juniors#member@user:jules".to_string(),
+    ];
+    for i in 0..1000 {
+        texts.push(format!("customer:c{i}#sales_rep@team:sales#membership"));
+        texts.push(format!("customer:c{i}#owner@user:o{i}"));
+        texts.push(format!("customer:c{i}#signed@user:*"));
+    }
+    let mut token = None;
+    for chunk in texts.chunks(1000) {
+        let updates = chunk
+            .iter()
+            .map(|t| pb::RelationshipUpdate {
+                operation: pb::relationship_update::Operation::Touch as i32,
+                relationship: Some(kinbar::api::convert::relationship_pb(&t.parse().unwrap())),
+            })
+            .collect();
+        token = perms
+            .write_relationships(pb::WriteRelationshipsRequest {
+                updates,
+                optional_preconditions: vec![],
+                optional_transaction_metadata: None,
+            })
+            .await
+            .expect("seed relationships")
+            .into_inner()
+            .written_at;
+    }
+    token
+}
+
+struct Stats {
+    rps: f64,
+    p50: Duration,
+    p99: Duration,
+}
+
+async fn measure<F, Fut>(concurrency: usize, requests: usize, call: F) -> Stats
+where
+    F: Fn(usize) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let per_task = requests / concurrency;
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for t in 0..concurrency {
+        let call = call.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(per_task);
+            for i in 0..per_task {
+                let s = Instant::now();
+                call(t * per_task + i).await;
+                lat.push(s.elapsed());
+            }
+            lat
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    let elapsed = start.elapsed();
+    all.sort();
+    Stats {
+        rps: all.len() as f64 / elapsed.as_secs_f64(),
+        p50: all[all.len() / 2],
+        p99: all[(all.len() * 99 / 100).min(all.len() - 1)],
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let a = args();
+    let (endpoint, _server) = match &a.endpoint {
+        Some(e) => (e.clone(), None),
+        None => {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let config = kinbar::config::Config {
+                revision_quantum_ms: 5_000,
+                ..Default::default()
+            };
+            let handle = tokio::spawn(kinbar::server::run(
+                config,
+                listener,
+                std::future::pending(),
+            ));
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            (format!("http://{addr}"), Some(handle))
+        }
+    };
+    let channel = Channel::from_shared(endpoint.clone())
+        .unwrap()
+        .connect()
+        .await
+        .expect("connect");
+    // Checks are at least as fresh as the seed (then the quantized revision).
+    let consistency = if a.endpoint.is_none() {
+        seed(channel.clone()).await.map(|t| pb::Consistency {
+            requirement: Some(pb::consistency::Requirement::AtLeastAsFresh(t)),
+        })
+    } else {
+        Some(pb::Consistency {
+            requirement: Some(pb::consistency::Requirement::MinimizeLatency(true)),
+        })
+    };
+    println!("| concurrency | RPC | requests/s | p50 | p99 | × baseline p50 |");
+    println!("|---|---|---|---|---|---|");
+    for &c in &a.concurrency {
+        // Several HTTP/2 connections, as a real client pool would use.
+        let conns = c.clamp(1, 4);
+        let mut channels = Vec::new();
+        for _ in 0..conns {
+            channels.push(
+                Channel::from_shared(endpoint.clone())
+                    .unwrap()
+                    .connect()
+                    .await
+                    .unwrap(),
+            );
+        }
+        let health_chs = channels.clone();
+        let base = measure(c, a.requests, move |i| {
+            let mut h = tonic_health::pb::health_client::HealthClient::new(
+                health_chs[i % health_chs.len()].clone(),
+            );
+            async move {
+                h.check(tonic_health::pb::HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await
+                .unwrap();
+            }
+        })
+        .await;
+        let check_chs = channels.clone();
+        let consistency = consistency.clone();
+        let check = measure(c, a.requests, move |i| {
+            let mut p = PermissionsServiceClient::new(check_chs[i % check_chs.len()].clone());
+            let req = pb::CheckPermissionRequest {
+                consistency: consistency.clone(),
+                resource: Some(pb::ObjectReference {
+                    object_type: "customer".into(),
+                    object_id: format!("c{}", i % 1000),
+                }),
+                permission: "add_friend".into(),
+                subject: Some(pb::SubjectReference {
+                    object: Some(pb::ObjectReference {
+                        object_type: "user".into(),
+                        object_id: if i % 2 == 0 {
+                            "jules".into()
+                        } else {
+                            format!("u{i}")
+                        },
+                    }),
+                    optional_relation: String::new(),
+                }),
+                context: None,
+                with_tracing: false,
+            };
+            async move {
+                p.check_permission(req).await.unwrap();
+            }
+        })
+        .await;
+        for (name, s) in [("health (baseline)", &base), ("CheckPermission", &check)] {
+            println!(
+                "| {c} | {name} | {:.0} | {:.0} µs | {:.0} µs | {:.2} |",
+                s.rps,
+                s.p50.as_secs_f64() * 1e6,
+                s.p99.as_secs_f64() * 1e6,
+                s.p50.as_secs_f64() / base.p50.as_secs_f64()
+            );
+        }
+    }
+}
