@@ -33,6 +33,63 @@ pub enum ServerError {
     Io(#[from] std::io::Error),
 }
 
+/// tonic reports a request over the message-size limit as OUT_OF_RANGE;
+/// DESIGN.md §6 says RESOURCE_EXHAUSTED. The status travels in the headers
+/// (trailers-only responses) or in the trailers, so both are rewritten.
+fn oversized_is_resource_exhausted(
+    response: http::Response<tonic::body::Body>,
+) -> http::Response<tonic::body::Body> {
+    let mut response = response.map(|b| tonic::body::Body::new(OversizedStatus(b)));
+    fix_status(response.headers_mut());
+    response
+}
+
+fn fix_status(headers: &mut http::HeaderMap) {
+    let out_of_range = headers
+        .get("grpc-status")
+        .is_some_and(|v| v.as_bytes() == b"11");
+    let too_large = headers.get("grpc-message").is_some_and(|m| {
+        String::from_utf8_lossy(m.as_bytes()).contains("message%20length%20too%20large")
+            || String::from_utf8_lossy(m.as_bytes()).contains("message length too large")
+    });
+    if out_of_range && too_large {
+        headers.insert("grpc-status", http::HeaderValue::from_static("8"));
+    }
+}
+
+/// A response body whose trailers go through [`fix_status`].
+struct OversizedStatus(tonic::body::Body);
+
+impl http_body::Body for OversizedStatus {
+    type Data = bytes::Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.0).poll_frame(cx).map(|frame| {
+            frame.map(|f| {
+                f.map(|frame| match frame.into_trailers() {
+                    Ok(mut trailers) => {
+                        fix_status(&mut trailers);
+                        http_body::Frame::trailers(trailers)
+                    }
+                    Err(frame) => frame,
+                })
+            })
+        })
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.0.size_hint()
+    }
+}
+
 /// Opens the datastore named by the configuration.
 pub fn open_datastore(config: &Config) -> Result<Arc<dyn Datastore>, ServerError> {
     match config.datastore.as_str() {
@@ -132,6 +189,9 @@ pub async fn serve(
         .build_v1alpha()?;
 
     let mut builder = Server::builder()
+        .layer(tower::util::MapResponseLayer::new(
+            oversized_is_resource_exhausted,
+        ))
         .max_concurrent_streams(Some(config.max_concurrent_streams))
         .concurrency_limit_per_connection(config.concurrency_limit_per_connection)
         .timeout(Duration::from_secs(config.request_timeout_secs))

@@ -696,6 +696,15 @@ async fn bad_input_maps_to_precise_codes() {
         Some("ERROR_REASON_MAXIMUM_DEPTH_EXCEEDED")
     );
     assert!(e.message().contains("50"), "{}", e.message());
+    // An oversized request (over the 4 MiB default).
+    let mut schema = SchemaServiceClient::new(server.channel().await);
+    let e = schema
+        .write_schema(pb::WriteSchemaRequest {
+            schema: "x".repeat(5 * 1024 * 1024),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
     // A request that cannot be decoded.
     let ch = server.channel().await;
     let mut raw = tonic::client::Grpc::new(ch);

@@ -124,6 +124,14 @@ class AuthzedPythonClient(unittest.TestCase):
         cls.proc.terminate()
         cls.proc.wait(timeout=10)
 
+    def test_zz_sigterm_stops_gracefully(self):
+        """Runs last: SIGTERM ends the server with exit status 0 after a clean drain."""
+        self.proc.terminate()
+        code = self.proc.wait(timeout=10)
+        err = self.proc.stderr.read().decode()
+        self.assertEqual(code, 0, err)
+        self.assertIn("kinbar stopped", err)
+
     def test_read_schema(self):
         resp = self.client.ReadSchema(ReadSchemaRequest())
         self.assertEqual(resp.schema_text, SCHEMA)
