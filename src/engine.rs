@@ -169,6 +169,20 @@ impl Evaluator<'_> {
             .await?)
     }
 
+    /// The relationships of `resource#relation` at this evaluator's revision.
+    async fn read_relation(
+        &self,
+        resource: &ObjectRef,
+        relation: &str,
+    ) -> Result<Vec<Relationship>, Error> {
+        self.read(&RelationshipFilter::resource_relation(
+            &resource.object_type,
+            &resource.object_id,
+            relation,
+        ))
+        .await
+    }
+
     fn cache_key(&self, resource: &ObjectRef, member: &str, subject: &SubjectRef) -> CacheKey {
         (
             self.at,

@@ -25,7 +25,6 @@ use futures::future::BoxFuture;
 use super::{Decision, Error, Evaluator};
 use crate::model::{ObjectRef, SubjectRef};
 use crate::schema::{ArrowKind, MemberKind, Rewrite};
-use crate::store::RelationshipFilter;
 
 /// The path nodes (frame ids) a result assumed to be denied because
 /// evaluation was cut there. Empty: the result is exact.
@@ -227,12 +226,7 @@ impl Evaluator<'_> {
         depth: u32,
         here: &Path<'_>,
     ) -> Result<Outcome, Error> {
-        let filter = RelationshipFilter::resource_relation(
-            &resource.object_type,
-            &resource.object_id,
-            relation,
-        );
-        let rels = self.read(&filter).await?;
+        let rels = self.read_relation(resource, relation).await?;
         let mut usersets = Vec::new();
         for rel in &rels {
             let s = &rel.subject;
@@ -343,12 +337,7 @@ impl Evaluator<'_> {
         depth: u32,
         here: &Path<'_>,
     ) -> Result<Outcome, Error> {
-        let filter = RelationshipFilter::resource_relation(
-            &resource.object_type,
-            &resource.object_id,
-            relation,
-        );
-        let rels = self.read(&filter).await?;
+        let rels = self.read_relation(resource, relation).await?;
         // Arrows follow relationships to their objects, ignoring subject relations.
         let objects: BTreeSet<&ObjectRef> = rels.iter().map(|r| &r.subject.object).collect();
         let mut cuts = Cuts::default();

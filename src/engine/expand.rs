@@ -14,7 +14,6 @@ use futures::future::BoxFuture;
 use super::{Error, Evaluator};
 use crate::model::{ObjectRef, SubjectRef};
 use crate::schema::{ArrowKind, MemberKind, Rewrite};
-use crate::store::RelationshipFilter;
 
 /// A node of an expand tree.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -126,13 +125,7 @@ impl Evaluator<'_> {
             };
             match def.member_kind(member) {
                 Some(MemberKind::Relation) => {
-                    let rels = self
-                        .read(&RelationshipFilter::resource_relation(
-                            &resource.object_type,
-                            &resource.object_id,
-                            member,
-                        ))
-                        .await?;
+                    let rels = self.read_relation(resource, member).await?;
                     Ok(leaf(rels.into_iter().map(|r| r.subject).collect()))
                 }
                 Some(MemberKind::Permission) => {
@@ -199,13 +192,7 @@ impl Evaluator<'_> {
                     target,
                     kind,
                 } => {
-                    let rels = self
-                        .read(&RelationshipFilter::resource_relation(
-                            &resource.object_type,
-                            &resource.object_id,
-                            relation,
-                        ))
-                        .await?;
+                    let rels = self.read_relation(resource, relation).await?;
                     let objects: BTreeSet<ObjectRef> =
                         rels.into_iter().map(|r| r.subject.object).collect();
                     for object in &objects {
