@@ -23,8 +23,10 @@ use std::collections::BTreeSet;
 use futures::future::BoxFuture;
 
 use super::{Decision, Error, Evaluator};
+use crate::model::WILDCARD_ID;
 use crate::model::{ObjectRef, SubjectRef};
-use crate::schema::{ArrowKind, MemberKind, Rewrite};
+use crate::schema::{AllowedType, ArrowKind, MemberKind, Rewrite};
+use crate::store::{RelationshipFilter, SubjectFilter};
 
 /// The path nodes (frame ids) a result assumed to be denied because
 /// evaluation was cut there. Empty: the result is exact.
@@ -217,7 +219,8 @@ impl Evaluator<'_> {
         })
     }
 
-    /// Direct relationships, wildcards, then usersets one by one.
+    /// The subject itself or a wildcard of its type (one indexed lookup),
+    /// then the usersets the schema allows on the relation, one by one.
     async fn check_relation(
         &self,
         resource: &ObjectRef,
@@ -226,29 +229,47 @@ impl Evaluator<'_> {
         depth: u32,
         here: &Path<'_>,
     ) -> Result<Outcome, Error> {
-        let rels = self.read_relation(resource, relation).await?;
-        let mut usersets = Vec::new();
-        for rel in &rels {
-            let s = &rel.subject;
-            if s == subject {
-                return Ok(Outcome::of(Decision::Allowed));
-            }
-            if s.is_wildcard() && s.object.object_type == subject.object.object_type {
-                return Ok(Outcome::of(Decision::Allowed));
-            }
-            if let Some(r) = &s.relation {
-                usersets.push((&s.object, r.as_str()));
-            }
+        let mut filter = RelationshipFilter::resource_relation(
+            &resource.object_type,
+            &resource.object_id,
+            relation,
+        );
+        filter.subject = Some(SubjectFilter {
+            subject_type: subject.object.object_type.clone(),
+            subject_ids: vec![subject.object.object_id.clone(), WILDCARD_ID.to_string()],
+            ..Default::default()
+        });
+        let direct = self.read(&filter).await?;
+        if direct
+            .iter()
+            .any(|r| r.subject == *subject || r.subject.is_wildcard())
+        {
+            return Ok(Outcome::of(Decision::Allowed));
         }
+        let allowed = self
+            .schema
+            .relation(&resource.object_type, relation)
+            .map(|r| r.allowed.as_slice())
+            .unwrap_or_default();
         let mut cuts = Cuts::default();
-        for (object, r) in usersets {
-            let o = self
-                .check(object, r, subject, depth + 1, Some(here))
-                .await?;
-            if o.decision == Decision::Allowed {
-                return Ok(Outcome::of(Decision::Allowed));
+        for a in allowed {
+            let AllowedType::Userset(t, r) = a else {
+                continue;
+            };
+            filter.subject = Some(SubjectFilter {
+                subject_type: t.clone(),
+                relation: Some(Some(r.clone())),
+                ..Default::default()
+            });
+            for rel in self.read(&filter).await? {
+                let o = self
+                    .check(&rel.subject.object, r, subject, depth + 1, Some(here))
+                    .await?;
+                if o.decision == Decision::Allowed {
+                    return Ok(Outcome::of(Decision::Allowed));
+                }
+                cuts = cuts.merge(o.cuts);
             }
-            cuts = cuts.merge(o.cuts);
         }
         Ok(Outcome {
             decision: Decision::Denied,

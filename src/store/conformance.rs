@@ -199,6 +199,30 @@ pub async fn delete_and_filters(store: Arc<dyn Datastore>) {
         ..Default::default()
     };
     assert!(read(&*store, at, &no_wildcard).await.is_empty());
+    // resource#relation@subject seeks (the engine's direct check).
+    let mut seek = RelationshipFilter::resource_relation("doc", "3", "viewer");
+    seek.subject = Some(SubjectFilter {
+        subject_type: "user".into(),
+        subject_ids: vec!["a".into(), "*".into()],
+        ..Default::default()
+    });
+    assert_eq!(read(&*store, at, &seek).await, ["doc:3#viewer@user:*"]);
+    seek.subject = Some(SubjectFilter {
+        subject_type: "team".into(),
+        relation: Some(Some("member".into())),
+        ..Default::default()
+    });
+    assert_eq!(
+        read(&*store, at, &seek).await,
+        ["doc:3#viewer@team:x#member"]
+    );
+    let mut seek = RelationshipFilter::resource_relation("doc", "2", "viewer");
+    seek.subject = Some(SubjectFilter {
+        subject_type: "user".into(),
+        subject_ids: vec!["a".into()],
+        ..Default::default()
+    });
+    assert_eq!(read(&*store, at, &seek).await, ["doc:2#viewer@user:a"]);
     let prefix = RelationshipFilter {
         resource_type: Some("doc".into()),
         resource_id_prefix: Some("2".into()),

@@ -250,22 +250,62 @@ fn query_snapshot(snap: &Snapshot, filter: &RelationshipFilter, page: &Page) -> 
             ids.sort();
             ids.dedup();
             for id in ids {
-                scan(
-                    &snap.forward,
-                    lower_bound(filter, Some(id)),
-                    after,
-                    |r| {
-                        r.resource.object_type == *t
-                            && r.resource.object_id == *id
-                            && filter
-                                .relation
-                                .as_ref()
-                                .is_none_or(|rel| r.relation == *rel)
-                    },
-                    filter,
-                    &mut out,
-                    limit,
-                );
+                match (&filter.relation, &filter.subject) {
+                    // resource#relation@subject_type[:ids]: the key order lets
+                    // us seek straight to those subjects.
+                    (Some(rel), Some(sf)) => {
+                        let mut sids: Vec<&str> =
+                            sf.subject_ids.iter().map(String::as_str).collect();
+                        sids.sort();
+                        sids.dedup();
+                        let seeks: Vec<Option<&str>> = if sids.is_empty() {
+                            vec![None]
+                        } else {
+                            sids.into_iter().map(Some).collect()
+                        };
+                        for sid in seeks {
+                            let lo = Relationship::new(
+                                ObjectRef::new(t.clone(), id.clone()),
+                                rel.clone(),
+                                SubjectRef::object(ObjectRef::new(
+                                    sf.subject_type.clone(),
+                                    sid.unwrap_or_default(),
+                                )),
+                            );
+                            scan(
+                                &snap.forward,
+                                lo,
+                                after,
+                                |r| {
+                                    r.resource.object_type == *t
+                                        && r.resource.object_id == *id
+                                        && r.relation == *rel
+                                        && r.subject.object.object_type == sf.subject_type
+                                        && sid.is_none_or(|s| r.subject.object.object_id == s)
+                                },
+                                filter,
+                                &mut out,
+                                limit,
+                            );
+                        }
+                    }
+                    _ => scan(
+                        &snap.forward,
+                        lower_bound(filter, Some(id)),
+                        after,
+                        |r| {
+                            r.resource.object_type == *t
+                                && r.resource.object_id == *id
+                                && filter
+                                    .relation
+                                    .as_ref()
+                                    .is_none_or(|rel| r.relation == *rel)
+                        },
+                        filter,
+                        &mut out,
+                        limit,
+                    ),
+                }
             }
         }
     } else if let Some(s) = &filter.subject {
