@@ -36,6 +36,8 @@ pub struct ApiLimits {
     pub max_checks_per_bulk: usize,
     pub max_preconditions: usize,
     pub max_read_page: usize,
+    /// Relationships in one ImportBulkRelationships stream.
+    pub max_import: usize,
     /// minimize_latency picks a revision quantized to this window.
     pub revision_quantum: Duration,
 }
@@ -46,6 +48,7 @@ impl Default for ApiLimits {
             max_checks_per_bulk: 1_000,
             max_preconditions: 1_000,
             max_read_page: 1_000,
+            max_import: 1_000_000,
             revision_quantum: Duration::from_secs(5),
         }
     }

@@ -379,6 +379,37 @@ impl Engine {
         .await
     }
 
+    /// Creates many relationships in one transaction (ImportBulkRelationships):
+    /// all or nothing; an existing relationship fails the import.
+    pub async fn import_relationships(
+        &self,
+        relationships: Vec<Relationship>,
+        metadata: TxnMetadata,
+    ) -> Result<CommittedTxn, Error> {
+        let mut seen = std::collections::HashSet::new();
+        for r in &relationships {
+            validate_relationship(r)?;
+            if !seen.insert(r) {
+                return Err(Error::InvalidArgument(format!(
+                    "relationship `{r}` appears more than once in the import"
+                )));
+            }
+        }
+        let updates = relationships
+            .into_iter()
+            .map(|relationship| Update {
+                operation: crate::store::Operation::Create,
+                relationship,
+            })
+            .collect();
+        self.write_validated(WriteTxn {
+            updates,
+            metadata,
+            ..Default::default()
+        })
+        .await
+    }
+
     /// Deletes relationships matching `filter` (DeleteRelationships).
     pub async fn delete_relationships(
         &self,

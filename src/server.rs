@@ -135,6 +135,7 @@ pub fn build_api(config: &Config, store: Arc<dyn Datastore>) -> Result<Api, Serv
             max_preconditions: config.max_preconditions,
             max_read_page: config.max_read_page,
             revision_quantum: Duration::from_millis(config.revision_quantum_ms),
+            ..ApiLimits::default()
         },
     ))
 }

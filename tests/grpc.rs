@@ -1015,3 +1015,79 @@ async fn concurrent_writers_and_checkers_see_no_torn_writes() {
     }
     server.stop().await;
 }
+
+#[tokio::test]
+async fn import_then_export_round_trips() {
+    let (server, mut perms, _, _) = seeded().await;
+    let texts: Vec<String> = (0..2500)
+        .map(|i| format!("doc:imp{i:04}#viewer@user:u{}", i % 7))
+        .collect();
+    let batches: Vec<pb::ImportBulkRelationshipsRequest> = texts
+        .chunks(1000)
+        .map(|c| pb::ImportBulkRelationshipsRequest {
+            relationships: c.iter().map(|t| rel(t)).collect(),
+        })
+        .collect();
+    let r = perms
+        .import_bulk_relationships(tokio_stream::iter(batches))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.num_loaded, 2500);
+    // Importing an existing relationship fails the whole import.
+    let again = vec![pb::ImportBulkRelationshipsRequest {
+        relationships: vec![rel("doc:new#viewer@user:a"), rel(&texts[0])],
+    }];
+    assert_eq!(
+        perms
+            .import_bulk_relationships(tokio_stream::iter(again))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::AlreadyExists
+    );
+    let r = perms
+        .check_permission(check_req("doc:new", "view", "user:a", full()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        r.permissionship, NO,
+        "nothing of a failed import is applied"
+    );
+    // Export everything under the prefix, in pages, resuming from cursors.
+    let mut got = Vec::new();
+    let mut cursor = None;
+    loop {
+        let req = pb::ExportBulkRelationshipsRequest {
+            consistency: full(),
+            optional_limit: 1000,
+            optional_cursor: cursor.clone(),
+            optional_relationship_filter: Some(pb::RelationshipFilter {
+                resource_type: "doc".into(),
+                optional_resource_id_prefix: "imp".into(),
+                ..Default::default()
+            }),
+        };
+        let mut stream = perms
+            .export_bulk_relationships(req)
+            .await
+            .unwrap()
+            .into_inner();
+        let mut n = 0;
+        while let Some(batch) = stream.message().await.unwrap() {
+            n += batch.relationships.len();
+            cursor = batch.after_result_cursor.clone();
+            got.extend(batch.relationships.iter().map(|r| {
+                kinbar::api::convert::relationship(Some(r), "r")
+                    .unwrap()
+                    .to_string()
+            }));
+        }
+        if n < 1000 {
+            break;
+        }
+    }
+    assert_eq!(got, texts);
+    server.stop().await;
+}

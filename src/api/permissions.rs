@@ -399,10 +399,35 @@ impl PermissionsService for PermissionsApi {
         &self,
         request: Request<Streaming<pb::ImportBulkRelationshipsRequest>>,
     ) -> Result<Response<pb::ImportBulkRelationshipsResponse>, Status> {
-        self.0.authorize(&request, Scope::Write)?;
-        Err(Status::unimplemented(
-            "ImportBulkRelationships is not available in this Kinbar version yet",
-        ))
+        let actor = self.0.authorize(&request, Scope::Write)?;
+        let metadata = self.0.write_metadata(&request, actor, None);
+        let max = self.0.limits.max_import;
+        let mut stream = request.into_inner();
+        let mut relationships = Vec::new();
+        while let Some(batch) = stream.message().await? {
+            for (i, r) in batch.relationships.iter().enumerate() {
+                relationships.push(convert::relationship(
+                    Some(r),
+                    &format!("relationships[{i}]"),
+                )?);
+            }
+            if relationships.len() > max {
+                return Err(status::with_reason(
+                    tonic::Code::InvalidArgument,
+                    format!("more than {max} relationships in one import; split it"),
+                    pb::ErrorReason::ExceedsMaximumAllowableLimit,
+                ));
+            }
+        }
+        let n = relationships.len() as u64;
+        self.0
+            .engine
+            .import_relationships(relationships, metadata)
+            .await
+            .map_err(engine_err)?;
+        Ok(Response::new(pb::ImportBulkRelationshipsResponse {
+            num_loaded: n,
+        }))
     }
 
     async fn export_bulk_relationships(
