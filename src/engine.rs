@@ -10,6 +10,7 @@
 
 mod check;
 mod expand;
+mod lookup;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -18,6 +19,7 @@ use std::time::Duration;
 use moka::future::Cache;
 
 pub use expand::{ExpandKind, ExpandTree};
+pub use lookup::SubjectsPage;
 
 use crate::model::{
     ObjectRef, Relationship, Revision, SubjectRef, validate_name, validate_object_id,

@@ -322,6 +322,53 @@ fn run_case(c: &Case) -> Result<(), TestCaseError> {
             .await
             .unwrap();
         let expected = reference(c);
+        let at = engine.head_revision().await.unwrap();
+        // Check ⇔ LookupSubjects ⇔ LookupResources (DESIGN.md §4).
+        for ((obj, member), set) in &expected {
+            if *member == "parent" {
+                continue;
+            }
+            let resource: ObjectRef = obj.parse().unwrap();
+            let page = engine
+                .lookup_subjects_at(at, &resource, member, "user", None, None, usize::MAX)
+                .await
+                .map_err(|e| TestCaseError::fail(format!("lookup_subjects error: {e}")))?;
+            for u in 0..USERS {
+                let id = format!("u{u}");
+                let via_wildcard = page.wildcard.as_ref().is_some_and(|ex| !ex.contains(&id));
+                let listed = page.subject_ids.contains(&id);
+                prop_assert_eq!(
+                    listed || via_wildcard,
+                    set.contains(&u),
+                    "lookup_subjects {}#{} user:u{}",
+                    obj,
+                    member,
+                    u
+                );
+            }
+            let mut sorted = page.subject_ids.clone();
+            sorted.sort();
+            sorted.dedup();
+            prop_assert_eq!(&sorted, &page.subject_ids, "sorted, no duplicates");
+        }
+        for member in ["p0", "p1", "p2", "viewer"] {
+            for u in 0..USERS {
+                let subject: SubjectRef = format!("user:u{u}").parse().unwrap();
+                let got = engine
+                    .lookup_resources_at(at, "doc", member, &subject, None, usize::MAX)
+                    .await
+                    .map_err(|e| TestCaseError::fail(format!("lookup_resources error: {e}")))?;
+                let want: Vec<String> = (0..DOCS)
+                    .filter(|d| {
+                        expected
+                            .get(&(format!("doc:d{d}"), member))
+                            .is_some_and(|s| s.contains(&u))
+                    })
+                    .map(|d| format!("d{d}"))
+                    .collect();
+                prop_assert_eq!(got, want, "lookup_resources doc#{} user:u{}", member, u);
+            }
+        }
         for ((obj, member), set) in &expected {
             if *member == "parent" {
                 continue;

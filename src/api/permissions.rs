@@ -27,8 +27,9 @@ fn refuse_context(ctx: Option<&prost_types::Struct>) -> Result<(), Status> {
     Ok(())
 }
 
-/// Cursors pin the revision of the first page and the last relationship sent.
-fn encode_cursor(rev: Revision, after: &Relationship) -> pb::Cursor {
+/// Cursors pin the revision of the first page and the last item sent
+/// (a relationship, or an object id for lookups).
+fn encode_cursor(rev: Revision, after: &impl std::fmt::Display) -> pb::Cursor {
     use base64::Engine as _;
     let text = format!("1|{}|{}", rev.0, after);
     pb::Cursor {
@@ -36,31 +37,62 @@ fn encode_cursor(rev: Revision, after: &Relationship) -> pb::Cursor {
     }
 }
 
-fn decode_cursor(c: &pb::Cursor) -> Result<(Revision, Relationship), Status> {
+fn invalid_cursor() -> Status {
+    status::with_reason(
+        tonic::Code::InvalidArgument,
+        "invalid cursor",
+        pb::ErrorReason::InvalidCursor,
+    )
+}
+
+fn decode_cursor(c: &pb::Cursor) -> Result<(Revision, String), Status> {
     use base64::Engine as _;
-    let invalid = || {
-        status::with_reason(
-            tonic::Code::InvalidArgument,
-            "invalid cursor",
-            pb::ErrorReason::InvalidCursor,
-        )
-    };
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(&c.token)
-        .map_err(|_| invalid())?;
-    let text = String::from_utf8(bytes).map_err(|_| invalid())?;
+        .map_err(|_| invalid_cursor())?;
+    let text = String::from_utf8(bytes).map_err(|_| invalid_cursor())?;
     let mut parts = text.splitn(3, '|');
     match (parts.next(), parts.next(), parts.next()) {
-        (Some("1"), Some(rev), Some(rel)) => {
-            let rev = rev.parse::<u64>().map_err(|_| invalid())?;
-            let rel = rel.parse::<Relationship>().map_err(|_| invalid())?;
-            Ok((Revision(rev), rel))
+        (Some("1"), Some(rev), Some(after)) if !after.is_empty() => {
+            let rev = rev.parse::<u64>().map_err(|_| invalid_cursor())?;
+            Ok((Revision(rev), after.to_string()))
         }
-        _ => Err(invalid()),
+        _ => Err(invalid_cursor()),
     }
 }
 
+fn decode_relationship_cursor(c: &pb::Cursor) -> Result<(Revision, Relationship), Status> {
+    let (rev, text) = decode_cursor(c)?;
+    let rel = text.parse::<Relationship>().map_err(|_| invalid_cursor())?;
+    Ok((rev, rel))
+}
+
+/// Lookups compute and stream results in batches of this many.
+const LOOKUP_BATCH: usize = 100;
+
 impl PermissionsApi {
+    /// The revision and resume point of a lookup: from the cursor if given
+    /// (same revision as the first page), else from the consistency.
+    async fn lookup_start(
+        &self,
+        consistency: Option<&pb::Consistency>,
+        cursor: Option<&pb::Cursor>,
+    ) -> Result<(Revision, Option<String>), Status> {
+        match cursor {
+            Some(c) => {
+                let (rev, after) = decode_cursor(c)?;
+                self.0
+                    .engine
+                    .store()
+                    .check_revision(rev)
+                    .await
+                    .map_err(status::from_store)?;
+                Ok((rev, Some(after)))
+            }
+            None => Ok((self.0.revision(consistency).await?, None)),
+        }
+    }
+
     async fn check_one(
         &self,
         at: Revision,
@@ -147,7 +179,7 @@ impl PermissionsService for PermissionsApi {
         )?;
         let (at, after) = match &req.optional_cursor {
             Some(c) => {
-                let (rev, after) = decode_cursor(c)?;
+                let (rev, after) = decode_relationship_cursor(c)?;
                 self.0
                     .engine
                     .store()
@@ -380,9 +412,76 @@ impl PermissionsService for PermissionsApi {
         request: Request<pb::LookupResourcesRequest>,
     ) -> Result<Response<Self::LookupResourcesStream>, Status> {
         self.0.authorize(&request, Scope::Check)?;
-        Err(Status::unimplemented(
-            "LookupResources is not available in this Kinbar version yet",
-        ))
+        let req = request.into_inner();
+        refuse_context(req.context.as_ref())?;
+        convert::name(&req.permission, "permission")?;
+        let subject = convert::subject(req.subject.as_ref(), "subject")?;
+        let (at, mut after) = self
+            .lookup_start(req.consistency.as_ref(), req.optional_cursor.as_ref())
+            .await?;
+        let limit = match req.optional_limit {
+            0 => usize::MAX,
+            n => n as usize,
+        };
+        // Validate before streaming so bad requests fail with a status, not mid-stream.
+        let engine = self.0.engine.clone();
+        let first = engine
+            .lookup_resources_at(
+                at,
+                &req.resource_object_type,
+                &req.permission,
+                &subject,
+                after.as_deref(),
+                limit.min(LOOKUP_BATCH),
+            )
+            .await
+            .map_err(engine_err)?;
+        let token = self.0.token(at);
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            let mut batch = first;
+            let mut sent = 0usize;
+            loop {
+                let full = batch.len() == LOOKUP_BATCH;
+                for id in batch {
+                    sent += 1;
+                    let item = pb::LookupResourcesResponse {
+                        looked_up_at: Some(token.clone()),
+                        after_result_cursor: Some(encode_cursor(at, &id)),
+                        resource_object_id: id.clone(),
+                        permissionship: pb::LookupPermissionship::HasPermission as i32,
+                        partial_caveat_info: None,
+                    };
+                    after = Some(id);
+                    if tx.send(Ok(item)).await.is_err() {
+                        return;
+                    }
+                }
+                if !full || sent >= limit {
+                    return;
+                }
+                batch = match engine
+                    .lookup_resources_at(
+                        at,
+                        &req.resource_object_type,
+                        &req.permission,
+                        &subject,
+                        after.as_deref(),
+                        (limit - sent).min(LOOKUP_BATCH),
+                    )
+                    .await
+                {
+                    Ok(b) => b,
+                    Err(e) => {
+                        let _ = tx.send(Err(engine_err(e))).await;
+                        return;
+                    }
+                };
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
     async fn lookup_subjects(
@@ -390,9 +489,72 @@ impl PermissionsService for PermissionsApi {
         request: Request<pb::LookupSubjectsRequest>,
     ) -> Result<Response<Self::LookupSubjectsStream>, Status> {
         self.0.authorize(&request, Scope::Check)?;
-        Err(Status::unimplemented(
-            "LookupSubjects is not available in this Kinbar version yet",
-        ))
+        let req = request.into_inner();
+        refuse_context(req.context.as_ref())?;
+        let resource = convert::object(req.resource.as_ref(), "resource")?;
+        convert::name(&req.permission, "permission")?;
+        let relation = match req.optional_subject_relation.as_str() {
+            "" | crate::model::ELLIPSIS => None,
+            r => Some(convert::name(r, "optional_subject_relation")?),
+        };
+        let (at, after) = self
+            .lookup_start(req.consistency.as_ref(), req.optional_cursor.as_ref())
+            .await?;
+        let limit = match req.optional_concrete_limit {
+            0 => usize::MAX,
+            n => n as usize,
+        };
+        let page = self
+            .0
+            .engine
+            .lookup_subjects_at(
+                at,
+                &resource,
+                &req.permission,
+                &req.subject_object_type,
+                relation.as_deref(),
+                after.as_deref(),
+                limit,
+            )
+            .await
+            .map_err(engine_err)?;
+        let token = self.0.token(at);
+        let has = pb::LookupPermissionship::HasPermission as i32;
+        let resolved = |id: &str| pb::ResolvedSubject {
+            subject_object_id: id.to_string(),
+            permissionship: has,
+            partial_caveat_info: None,
+        };
+        let mut items = Vec::new();
+        let include_wildcard = req.wildcard_option
+            != pb::lookup_subjects_request::WildcardOption::ExcludeWildcards as i32;
+        if let (Some(excluded), true) = (&page.wildcard, include_wildcard) {
+            items.push(pb::LookupSubjectsResponse {
+                looked_up_at: Some(token.clone()),
+                subject_object_id: crate::model::WILDCARD_ID.to_string(),
+                excluded_subject_ids: excluded.clone(),
+                permissionship: has,
+                partial_caveat_info: None,
+                subject: Some(resolved(crate::model::WILDCARD_ID)),
+                excluded_subjects: excluded.iter().map(|e| resolved(e)).collect(),
+                after_result_cursor: None,
+            });
+        }
+        for id in &page.subject_ids {
+            items.push(pb::LookupSubjectsResponse {
+                looked_up_at: Some(token.clone()),
+                subject_object_id: id.clone(),
+                excluded_subject_ids: vec![],
+                permissionship: has,
+                partial_caveat_info: None,
+                subject: Some(resolved(id)),
+                excluded_subjects: vec![],
+                after_result_cursor: Some(encode_cursor(at, id)),
+            });
+        }
+        Ok(Response::new(Box::pin(tokio_stream::iter(
+            items.into_iter().map(Ok),
+        ))))
     }
 
     async fn import_bulk_relationships(
@@ -442,7 +604,7 @@ impl PermissionsService for PermissionsApi {
         };
         let (at, after) = match &req.optional_cursor {
             Some(c) => {
-                let (rev, after) = decode_cursor(c)?;
+                let (rev, after) = decode_relationship_cursor(c)?;
                 (rev, Some(after))
             }
             None => (self.0.revision(req.consistency.as_ref()).await?, None),
