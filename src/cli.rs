@@ -57,7 +57,7 @@ pub enum Command {
     Validate {
         #[arg(required = true)]
         files: Vec<PathBuf>,
-        /// Also check Check ⇔ Expand consistency over every object in each file.
+        /// Also check that Check, Expand, LookupResources and LookupSubjects agree for every object in each file.
         #[arg(long)]
         exhaustive: bool,
     },

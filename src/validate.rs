@@ -372,7 +372,8 @@ async fn subject_set(
     Ok(out)
 }
 
-/// Check ⇔ Expand over every object, member and object subject of the file.
+/// Check ⇔ Expand ⇔ LookupSubjects ⇔ LookupResources over every object,
+/// member and object subject of the file.
 async fn exhaustive(
     engine: &Engine,
     at: Revision,
@@ -383,10 +384,22 @@ async fn exhaustive(
     let Ok(schema) = engine.schema_at(at).await else {
         return;
     };
-    let candidates: Vec<&SubjectRef> = subjects
+    let mut candidates: Vec<SubjectRef> = subjects
         .iter()
         .filter(|s| s.relation.is_none() && !s.is_wildcard())
+        .cloned()
         .collect();
+    // A subject of each type that appears nowhere: granted only by wildcards.
+    let types: BTreeSet<String> = subjects
+        .iter()
+        .map(|s| s.object.object_type.clone())
+        .collect();
+    for t in types {
+        candidates.push(SubjectRef::object(ObjectRef::new(
+            t,
+            "kinbar--unseen--subject",
+        )));
+    }
     for object in objects {
         let Some(def) = schema.definition(&object.object_type) else {
             continue;
@@ -403,8 +416,49 @@ async fn exhaustive(
                     continue;
                 }
             };
+            let types: BTreeSet<&str> = candidates
+                .iter()
+                .map(|s| s.object.object_type.as_str())
+                .collect();
+            let mut via_lookup: BTreeMap<&str, crate::engine::SubjectsPage> = BTreeMap::new();
+            for t in types {
+                match engine
+                    .lookup_subjects_at(at, object, member, t, None, None, usize::MAX)
+                    .await
+                {
+                    Ok(page) => {
+                        via_lookup.insert(t, page);
+                    }
+                    Err(e) => report.failures.push(Failure {
+                        line: 0,
+                        message: format!("lookup subjects {object}#{member} of type {t}: {e}"),
+                    }),
+                }
+            }
             for s in &candidates {
                 let check = engine.check_at(at, object, member, s).await;
+                if let (Ok(d), Some(page)) = (&check, via_lookup.get(s.object.object_type.as_str()))
+                {
+                    let id = &s.object.object_id;
+                    let listed = page.subject_ids.contains(id)
+                        || page.wildcard.as_ref().is_some_and(|ex| !ex.contains(id));
+                    if listed != d.is_allowed() {
+                        report.failures.push(Failure {
+                            line: 0,
+                            message: format!("inconsistent: check {object}#{member}@{s} = {d:?} but LookupSubjects says {listed}"),
+                        });
+                    }
+                    let resources = engine
+                        .lookup_resources_at(at, &object.object_type, member, s, None, usize::MAX)
+                        .await;
+                    match resources {
+                        Ok(ids) if ids.contains(&object.object_id) == d.is_allowed() => {}
+                        other => report.failures.push(Failure {
+                            line: 0,
+                            message: format!("inconsistent: check {object}#{member}@{s} = {d:?} but LookupResources gave {other:?}"),
+                        }),
+                    }
+                }
                 let via_tree = tree_contains(engine, at, &tree, s).await;
                 match (check, via_tree) {
                     (Ok(a), Ok(b)) if a == b => report.passed += 1,
