@@ -48,6 +48,18 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Resources of TYPE on which SUBJECT has PERMISSION (access reviews).
+    LookupResources {
+        resource_type: String,
+        permission: String,
+        subject: String,
+    },
+    /// Subjects of TYPE (or TYPE#relation) that have PERMISSION on RESOURCE.
+    LookupSubjects {
+        resource: String,
+        permission: String,
+        subject_type: String,
+    },
     /// Write, delete and read relationships on a server.
     Rel {
         #[command(subcommand)]
@@ -130,6 +142,117 @@ pub async fn run(cli: Cli) -> i32 {
             json,
         } => expand(&cli.connection, &resource, &permission, json).await,
         Command::Rel { command } => rel(&cli.connection, command).await,
+        Command::LookupResources {
+            resource_type,
+            permission,
+            subject,
+        } => lookup_resources(&cli.connection, &resource_type, &permission, &subject).await,
+        Command::LookupSubjects {
+            resource,
+            permission,
+            subject_type,
+        } => lookup_subjects(&cli.connection, &resource, &permission, &subject_type).await,
+    }
+}
+
+async fn lookup_resources(
+    conn: &Connection,
+    resource_type: &str,
+    permission: &str,
+    subject: &str,
+) -> i32 {
+    use crate::api::proto::authzed::api::v1 as pb;
+    let subject = match subject.parse::<SubjectRef>() {
+        Ok(s) => s,
+        Err(e) => return fail(e),
+    };
+    let mut c = match conn.connect().await {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    let req = pb::LookupResourcesRequest {
+        consistency: client::fully_consistent(),
+        resource_object_type: resource_type.to_string(),
+        permission: permission.to_string(),
+        subject: Some(crate::api::convert::subject_pb(&subject)),
+        context: None,
+        optional_limit: 0,
+        optional_cursor: None,
+        with_debug: false,
+    };
+    let mut stream = match c.permissions.lookup_resources(req).await {
+        Ok(s) => s.into_inner(),
+        Err(s) => return fail(describe(&s)),
+    };
+    loop {
+        match stream.message().await {
+            Ok(Some(r)) => println!("{resource_type}:{}", r.resource_object_id),
+            Ok(None) => return 0,
+            Err(s) => return fail(describe(&s)),
+        }
+    }
+}
+
+async fn lookup_subjects(
+    conn: &Connection,
+    resource: &str,
+    permission: &str,
+    subject_type: &str,
+) -> i32 {
+    use crate::api::proto::authzed::api::v1 as pb;
+    let resource = match resource.parse::<ObjectRef>() {
+        Ok(r) => r,
+        Err(e) => return fail(e),
+    };
+    let (subject_type, relation) = match subject_type.split_once('#') {
+        Some((t, r)) => (t.to_string(), r.to_string()),
+        None => (subject_type.to_string(), String::new()),
+    };
+    let mut c = match conn.connect().await {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    let req = pb::LookupSubjectsRequest {
+        consistency: client::fully_consistent(),
+        resource: Some(crate::api::convert::object_pb(&resource)),
+        permission: permission.to_string(),
+        subject_object_type: subject_type.clone(),
+        optional_subject_relation: relation.clone(),
+        context: None,
+        optional_concrete_limit: 0,
+        optional_cursor: None,
+        wildcard_option: 0,
+    };
+    let mut stream = match c.permissions.lookup_subjects(req).await {
+        Ok(s) => s.into_inner(),
+        Err(s) => return fail(describe(&s)),
+    };
+    let suffix = if relation.is_empty() {
+        String::new()
+    } else {
+        format!("#{relation}")
+    };
+    loop {
+        match stream.message().await {
+            Ok(Some(r)) => {
+                let id = r.subject.map(|s| s.subject_object_id).unwrap_or_default();
+                let excluded: Vec<String> = r
+                    .excluded_subjects
+                    .iter()
+                    .map(|e| format!("{subject_type}:{}", e.subject_object_id))
+                    .collect();
+                if excluded.is_empty() {
+                    println!("{subject_type}:{id}{suffix}");
+                } else {
+                    println!(
+                        "{subject_type}:{id}{suffix} (except {})",
+                        excluded.join(", ")
+                    );
+                }
+            }
+            Ok(None) => return 0,
+            Err(s) => return fail(describe(&s)),
+        }
     }
 }
 

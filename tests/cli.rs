@@ -136,3 +136,55 @@ fn schema_check_and_fmt() {
         "{err}"
     );
 }
+
+/// Client commands against a real `kinbar serve` process.
+#[test]
+fn client_commands_against_a_running_server() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut server = Command::new(env!("CARGO_BIN_EXE_kinbar"))
+        .args(["serve", "--grpc-addr", &format!("127.0.0.1:{port}")])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let run = |args: &[&str]| {
+        let mut all = vec!["--endpoint", endpoint.as_str()];
+        all.extend_from_slice(args);
+        kinbar(&all)
+    };
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let (code, out, err) = run(&["schema", "write", "examples/crm/schema.zed"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = run(&["rel", "touch", "team:sales#member@user:anna", "customer:c42#sales_rep@team:sales#membership", "customer:c42#signed@user:*"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("3 relationship(s) touched at "), "{out}");
+    assert_eq!(run(&["check", "customer:c42", "add_friend", "user:anna"]).0, 0);
+    let (code, out, _) = run(&["check", "customer:c42", "view", "user:bob", "--json"]);
+    assert_eq!(code, 1);
+    assert!(out.contains("\"allowed\":false"), "{out}");
+    let (code, _, err) = run(&["check", "customer:c42", "nope", "user:bob"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("FailedPrecondition") && err.contains("ERROR_REASON_UNKNOWN_RELATION_OR_PERMISSION"), "{err}");
+    let (_, out, _) = run(&["expand", "customer:c42", "view"]);
+    assert!(out.contains("customer:c42#sales_rep: [team:sales#membership]"), "{out}");
+    let (_, out, _) = run(&["lookup-resources", "customer", "view", "user:anna"]);
+    assert_eq!(out, "customer:c42\n");
+    let (_, out, _) = run(&["lookup-subjects", "customer:c42", "view", "user"]);
+    assert_eq!(out, "user:anna\n");
+    let (_, out, _) = run(&["rel", "read", "customer:c42#signed"]);
+    assert_eq!(out, "customer:c42#signed@user:*\n");
+    let (code, _, err) = run(&["rel", "create", "customer:c42#signed@user:*"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("AlreadyExists"), "{err}");
+    assert_eq!(run(&["rel", "delete", "customer:c42#signed@user:*"]).0, 0);
+    assert_eq!(run(&["check", "customer:c42", "add_friend", "user:anna"]).0, 1);
+    let (_, out, _) = run(&["schema", "read"]);
+    assert!(out.contains("definition customer {"), "{out}");
+    server.kill().unwrap();
+    server.wait().unwrap();
+}
