@@ -49,7 +49,13 @@ async fn start(config: Config) -> (std::net::SocketAddr, tokio::sync::oneshot::S
     tokio::spawn(kinbar::server::run(config, listener, async {
         let _ = rx.await;
     }));
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Wait until the listener accepts (the TLS handshake comes later).
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     (addr, tx)
 }
 
