@@ -60,6 +60,12 @@ pub enum Command {
         permission: String,
         subject_type: String,
     },
+    /// Bulk-load relationships from a file (one per line; `//` comments) in one transaction.
+    Import { file: PathBuf },
+    /// Print every relationship (the format `import` reads).
+    Export,
+    /// Stream relationship changes as they commit (`+` written, `-` deleted).
+    Watch,
     /// Write, delete and read relationships on a server.
     Rel {
         #[command(subcommand)]
@@ -142,6 +148,9 @@ pub async fn run(cli: Cli) -> i32 {
             json,
         } => expand(&cli.connection, &resource, &permission, json).await,
         Command::Rel { command } => rel(&cli.connection, command).await,
+        Command::Import { file } => import(&cli.connection, &file).await,
+        Command::Export => export(&cli.connection).await,
+        Command::Watch => watch(&cli.connection).await,
         Command::LookupResources {
             resource_type,
             permission,
@@ -152,6 +161,121 @@ pub async fn run(cli: Cli) -> i32 {
             permission,
             subject_type,
         } => lookup_subjects(&cli.connection, &resource, &permission, &subject_type).await,
+    }
+}
+
+async fn import(conn: &Connection, file: &PathBuf) -> i32 {
+    use crate::api::proto::authzed::api::v1 as pb;
+    let text = match read(file) {
+        Ok(t) => t,
+        Err(code) => return code,
+    };
+    let mut rels = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with("//") || line.starts_with('#') {
+            continue;
+        }
+        match line.parse::<Relationship>() {
+            Ok(r) => rels.push(crate::api::convert::relationship_pb(&r)),
+            Err(e) => return fail(format!("{}:{}: {e}", file.display(), i + 1)),
+        }
+    }
+    let mut c = match conn.connect().await {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    let batches: Vec<pb::ImportBulkRelationshipsRequest> = rels
+        .chunks(1000)
+        .map(|c| pb::ImportBulkRelationshipsRequest {
+            relationships: c.to_vec(),
+        })
+        .collect();
+    match c
+        .permissions
+        .import_bulk_relationships(tokio_stream::iter(batches))
+        .await
+    {
+        Ok(r) => {
+            println!("imported {} relationship(s)", r.get_ref().num_loaded);
+            0
+        }
+        Err(s) => fail(describe(&s)),
+    }
+}
+
+async fn export(conn: &Connection) -> i32 {
+    use crate::api::proto::authzed::api::v1 as pb;
+    let mut c = match conn.connect().await {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    let req = pb::ExportBulkRelationshipsRequest {
+        consistency: client::fully_consistent(),
+        optional_limit: 0,
+        optional_cursor: None,
+        optional_relationship_filter: None,
+    };
+    let mut stream = match c.permissions.export_bulk_relationships(req).await {
+        Ok(s) => s.into_inner(),
+        Err(s) => return fail(describe(&s)),
+    };
+    loop {
+        match stream.message().await {
+            Ok(Some(batch)) => {
+                for r in &batch.relationships {
+                    match crate::api::convert::relationship(Some(r), "relationship") {
+                        Ok(rel) => println!("{rel}"),
+                        Err(s) => return fail(describe(&s)),
+                    }
+                }
+            }
+            Ok(None) => return 0,
+            Err(s) => return fail(describe(&s)),
+        }
+    }
+}
+
+async fn watch(conn: &Connection) -> i32 {
+    use crate::api::proto::authzed::api::v1 as pb;
+    let mut c = match conn.connect().await {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    let req = pb::WatchRequest {
+        optional_object_types: vec![],
+        optional_start_cursor: None,
+        optional_relationship_filters: vec![],
+        optional_update_kinds: vec![],
+    };
+    let mut stream = match c.watch.watch(req).await {
+        Ok(s) => s.into_inner(),
+        Err(s) => return fail(describe(&s)),
+    };
+    loop {
+        match stream.message().await {
+            Ok(Some(change)) => {
+                let meta = serde_json::Value::Object(
+                    crate::api::convert::metadata(change.optional_transaction_metadata.as_ref())
+                        .into_iter()
+                        .collect(),
+                );
+                if change.schema_updated {
+                    println!("* schema updated {meta}");
+                }
+                for u in &change.updates {
+                    let deleted = u.operation == pb::relationship_update::Operation::Delete as i32;
+                    let sign = if deleted { '-' } else { '+' };
+                    match crate::api::convert::relationship(u.relationship.as_ref(), "relationship")
+                    {
+                        Ok(rel) => println!("{sign} {rel} {meta}"),
+                        Err(s) => return fail(describe(&s)),
+                    }
+                }
+            }
+            Ok(None) => return 0,
+            Err(s) => return fail(describe(&s)),
+        }
     }
 }
 

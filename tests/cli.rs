@@ -140,7 +140,11 @@ fn schema_check_and_fmt() {
 /// Client commands against a real `kinbar serve` process.
 #[test]
 fn client_commands_against_a_running_server() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let mut server = Command::new(env!("CARGO_BIN_EXE_kinbar"))
         .args(["serve", "--grpc-addr", &format!("127.0.0.1:{port}")])
         .stderr(std::process::Stdio::null())
@@ -160,18 +164,34 @@ fn client_commands_against_a_running_server() {
     }
     let (code, out, err) = run(&["schema", "write", "examples/crm/schema.zed"]);
     assert_eq!(code, 0, "{out}{err}");
-    let (code, out, err) = run(&["rel", "touch", "team:sales#member@user:anna", "customer:c42#sales_rep@team:sales#membership", "customer:c42#signed@user:*"]);
+    let (code, out, err) = run(&[
+        "rel",
+        "touch",
+        "team:sales#member@user:anna",
+        "customer:c42#sales_rep@team:sales#membership",
+        "customer:c42#signed@user:*",
+    ]);
     assert_eq!(code, 0, "{err}");
     assert!(out.starts_with("3 relationship(s) touched at "), "{out}");
-    assert_eq!(run(&["check", "customer:c42", "add_friend", "user:anna"]).0, 0);
+    assert_eq!(
+        run(&["check", "customer:c42", "add_friend", "user:anna"]).0,
+        0
+    );
     let (code, out, _) = run(&["check", "customer:c42", "view", "user:bob", "--json"]);
     assert_eq!(code, 1);
     assert!(out.contains("\"allowed\":false"), "{out}");
     let (code, _, err) = run(&["check", "customer:c42", "nope", "user:bob"]);
     assert_eq!(code, 2);
-    assert!(err.contains("FailedPrecondition") && err.contains("ERROR_REASON_UNKNOWN_RELATION_OR_PERMISSION"), "{err}");
+    assert!(
+        err.contains("FailedPrecondition")
+            && err.contains("ERROR_REASON_UNKNOWN_RELATION_OR_PERMISSION"),
+        "{err}"
+    );
     let (_, out, _) = run(&["expand", "customer:c42", "view"]);
-    assert!(out.contains("customer:c42#sales_rep: [team:sales#membership]"), "{out}");
+    assert!(
+        out.contains("customer:c42#sales_rep: [team:sales#membership]"),
+        "{out}"
+    );
     let (_, out, _) = run(&["lookup-resources", "customer", "view", "user:anna"]);
     assert_eq!(out, "customer:c42\n");
     let (_, out, _) = run(&["lookup-subjects", "customer:c42", "view", "user"]);
@@ -182,9 +202,61 @@ fn client_commands_against_a_running_server() {
     assert_eq!(code, 2);
     assert!(err.contains("AlreadyExists"), "{err}");
     assert_eq!(run(&["rel", "delete", "customer:c42#signed@user:*"]).0, 0);
-    assert_eq!(run(&["check", "customer:c42", "add_friend", "user:anna"]).0, 1);
+    assert_eq!(
+        run(&["check", "customer:c42", "add_friend", "user:anna"]).0,
+        1
+    );
     let (_, out, _) = run(&["schema", "read"]);
     assert!(out.contains("definition customer {"), "{out}");
+
+    // import / export round trip.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("rels.txt");
+    std::fs::write(&file, "// offboarding handover
+customer:c50#owner@user:sam
+
+customer:c51#owner@user:sam
+").unwrap();
+    let (code, out, err) = run(&["import", file.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "imported 2 relationship(s)\n");
+    let (_, out, _) = run(&["export"]);
+    assert!(out.contains("customer:c50#owner@user:sam\ncustomer:c51#owner@user:sam\n"), "{out}");
+    std::fs::write(&file, "customer:c52#owner@user:sam\nnot a relationship\n").unwrap();
+    let (code, _, err) = run(&["import", file.to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert!(err.contains("rels.txt:2:"), "{err}");
+
+    // watch prints changes as they commit.
+    let mut watcher = Command::new(env!("CARGO_BIN_EXE_kinbar"))
+        .args(["--endpoint", endpoint.as_str(), "watch"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = watcher.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
+            if tx.send(line.unwrap_or_default()).is_err() {
+                return;
+            }
+        }
+    });
+    // The watch starts at the head when the server gets it: write until it
+    // reports one (bounded).
+    let mut seen = None;
+    for i in 0..50 {
+        assert_eq!(run(&["rel", "touch", &format!("customer:w{i}#owner@user:wes")]).0, 0);
+        if let Ok(line) = rx.recv_timeout(std::time::Duration::from_millis(200)) {
+            seen = Some(line);
+            break;
+        }
+    }
+    let line = seen.expect("watch printed a change");
+    assert!(line.starts_with("+ customer:w") && line.contains("#owner@user:wes "), "{line}");
+    assert!(line.contains("\"actor\":\"anonymous\""), "{line}");
+    watcher.kill().unwrap();
+    watcher.wait().unwrap();
     server.kill().unwrap();
     server.wait().unwrap();
 }

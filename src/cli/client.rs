@@ -11,6 +11,7 @@ use crate::api::convert;
 use crate::api::proto::authzed::api::v1 as pb;
 use crate::api::proto::authzed::api::v1::permissions_service_client::PermissionsServiceClient;
 use crate::api::proto::authzed::api::v1::schema_service_client::SchemaServiceClient;
+use crate::api::proto::authzed::api::v1::watch_service_client::WatchServiceClient;
 use crate::model::{ObjectRef, Relationship, SubjectRef};
 
 /// Connection flags shared by every client command.
@@ -54,6 +55,7 @@ type Intercepted = tonic::service::interceptor::InterceptedService<Channel, Bear
 pub struct Client {
     pub permissions: PermissionsServiceClient<Intercepted>,
     pub schema: SchemaServiceClient<Intercepted>,
+    pub watch: WatchServiceClient<Intercepted>,
 }
 
 impl Connection {
@@ -89,7 +91,8 @@ impl Connection {
         let b = Bearer(bearer);
         Ok(Client {
             permissions: PermissionsServiceClient::with_interceptor(channel.clone(), b.clone()),
-            schema: SchemaServiceClient::with_interceptor(channel, b),
+            schema: SchemaServiceClient::with_interceptor(channel.clone(), b.clone()),
+            watch: WatchServiceClient::with_interceptor(channel, b),
         })
     }
 }
