@@ -222,3 +222,96 @@ pub fn parse_ast(src: &str, limits: &Limits) -> Result<SchemaAst, SchemaError> {
         text: src.to_string(),
     })
 }
+
+impl Schema {
+    /// The members `def#member` reads directly: the names in its expression,
+    /// an arrow's relation and its target on each object type of that
+    /// relation, and the `type#relation` usersets a relation allows.
+    pub fn direct_dependencies(&self, def: &str, member: &str) -> Vec<(String, String)> {
+        fn walk(s: &Schema, def: &Definition, r: &Rewrite, out: &mut Vec<(String, String)>) {
+            match r {
+                Rewrite::Nil => {}
+                Rewrite::Ref(n) => out.push((def.name.clone(), n.clone())),
+                Rewrite::Arrow {
+                    relation, target, ..
+                } => {
+                    out.push((def.name.clone(), relation.clone()));
+                    for a in def
+                        .relations
+                        .get(relation)
+                        .map(|r| r.allowed.as_slice())
+                        .unwrap_or_default()
+                    {
+                        let t = match a {
+                            AllowedType::Direct(t)
+                            | AllowedType::Userset(t, _)
+                            | AllowedType::Wildcard(t) => t,
+                        };
+                        if s.definition(t)
+                            .is_some_and(|d| d.member_kind(target).is_some())
+                        {
+                            out.push((t.clone(), target.clone()));
+                        }
+                    }
+                }
+                Rewrite::Union(c) | Rewrite::Intersection(c) => {
+                    c.iter().for_each(|x| walk(s, def, x, out))
+                }
+                Rewrite::Exclusion(a, b) => {
+                    walk(s, def, a, out);
+                    walk(s, def, b, out);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        let Some(d) = self.definition(def) else {
+            return out;
+        };
+        if let Some(p) = d.permissions.get(member) {
+            walk(self, d, &p.rewrite, &mut out);
+        } else if let Some(r) = d.relations.get(member) {
+            for a in &r.allowed {
+                if let AllowedType::Userset(t, rel) = a {
+                    out.push((t.clone(), rel.clone()));
+                }
+            }
+        }
+        out
+    }
+
+    /// Everything `def#member` depends on, transitively (itself excluded).
+    pub fn dependencies(
+        &self,
+        def: &str,
+        member: &str,
+    ) -> std::collections::BTreeSet<(String, String)> {
+        let mut seen = std::collections::BTreeSet::new();
+        let mut todo = self.direct_dependencies(def, member);
+        while let Some(d) = todo.pop() {
+            if seen.insert(d.clone()) {
+                todo.extend(self.direct_dependencies(&d.0, &d.1));
+            }
+        }
+        seen.remove(&(def.to_string(), member.to_string()));
+        seen
+    }
+
+    /// Every member whose value depends on `def#member` (itself excluded).
+    pub fn dependents(
+        &self,
+        def: &str,
+        member: &str,
+    ) -> std::collections::BTreeSet<(String, String)> {
+        let key = (def.to_string(), member.to_string());
+        self.definitions
+            .values()
+            .flat_map(|d| {
+                d.relations
+                    .keys()
+                    .chain(d.permissions.keys())
+                    .map(move |m| (d.name.clone(), m.clone()))
+            })
+            .filter(|(d, m)| (d, m) != (&key.0, &key.1) && self.dependencies(d, m).contains(&key))
+            .collect()
+    }
+}

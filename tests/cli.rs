@@ -212,16 +212,23 @@ fn client_commands_against_a_running_server() {
     // import / export round trip.
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("rels.txt");
-    std::fs::write(&file, "// offboarding handover
+    std::fs::write(
+        &file,
+        "// offboarding handover
 customer:c50#owner@user:sam
 
 customer:c51#owner@user:sam
-").unwrap();
+",
+    )
+    .unwrap();
     let (code, out, err) = run(&["import", file.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(out, "imported 2 relationship(s)\n");
     let (_, out, _) = run(&["export"]);
-    assert!(out.contains("customer:c50#owner@user:sam\ncustomer:c51#owner@user:sam\n"), "{out}");
+    assert!(
+        out.contains("customer:c50#owner@user:sam\ncustomer:c51#owner@user:sam\n"),
+        "{out}"
+    );
     std::fs::write(&file, "customer:c52#owner@user:sam\nnot a relationship\n").unwrap();
     let (code, _, err) = run(&["import", file.to_str().unwrap()]);
     assert_eq!(code, 2);
@@ -246,14 +253,20 @@ customer:c51#owner@user:sam
     // reports one (bounded).
     let mut seen = None;
     for i in 0..50 {
-        assert_eq!(run(&["rel", "touch", &format!("customer:w{i}#owner@user:wes")]).0, 0);
+        assert_eq!(
+            run(&["rel", "touch", &format!("customer:w{i}#owner@user:wes")]).0,
+            0
+        );
         if let Ok(line) = rx.recv_timeout(std::time::Duration::from_millis(200)) {
             seen = Some(line);
             break;
         }
     }
     let line = seen.expect("watch printed a change");
-    assert!(line.starts_with("+ customer:w") && line.contains("#owner@user:wes "), "{line}");
+    assert!(
+        line.starts_with("+ customer:w") && line.contains("#owner@user:wes "),
+        "{line}"
+    );
     assert!(line.contains("\"actor\":\"anonymous\""), "{line}");
     watcher.kill().unwrap();
     watcher.wait().unwrap();

@@ -162,6 +162,33 @@ fn diff(old: &Schema, new: &Schema) -> Vec<pb::ReflectionSchemaDiff> {
         .collect()
 }
 
+fn member_exists(schema: &Schema, def: &str, member: &str) -> Result<(), Status> {
+    let d = schema
+        .definition(def)
+        .ok_or_else(|| engine_err(crate::Error::UnknownType(def.to_string())))?;
+    d.member_kind(member).map(|_| ()).ok_or_else(|| {
+        engine_err(crate::Error::UnknownMember {
+            object_type: def.to_string(),
+            member: member.to_string(),
+        })
+    })
+}
+
+fn reference(
+    schema: &Schema,
+    definition_name: String,
+    relation_name: String,
+) -> pb::ReflectionRelationReference {
+    let is_permission = schema
+        .definition(&definition_name)
+        .is_some_and(|d| d.permissions.contains_key(&relation_name));
+    pb::ReflectionRelationReference {
+        definition_name,
+        relation_name,
+        is_permission,
+    }
+}
+
 #[tonic::async_trait]
 impl SchemaService for SchemaApi {
     async fn read_schema(
@@ -235,9 +262,20 @@ impl SchemaService for SchemaApi {
         request: Request<pb::ComputablePermissionsRequest>,
     ) -> Result<Response<pb::ComputablePermissionsResponse>, Status> {
         self.0.authorize(&request, Scope::Check)?;
-        Err(Status::unimplemented(
-            "ComputablePermissions is not available in this Kinbar version yet",
-        ))
+        let req = request.get_ref();
+        let at = self.0.revision(req.consistency.as_ref()).await?;
+        let schema = self.0.engine.schema_at(at).await.map_err(engine_err)?;
+        member_exists(&schema, &req.definition_name, &req.relation_name)?;
+        let permissions = schema
+            .dependents(&req.definition_name, &req.relation_name)
+            .into_iter()
+            .filter(|(d, _)| d.starts_with(&req.optional_definition_name_filter))
+            .map(|(d, m)| reference(&schema, d, m))
+            .collect();
+        Ok(Response::new(pb::ComputablePermissionsResponse {
+            permissions,
+            read_at: Some(self.0.token(at)),
+        }))
     }
 
     async fn dependent_relations(
@@ -245,9 +283,28 @@ impl SchemaService for SchemaApi {
         request: Request<pb::DependentRelationsRequest>,
     ) -> Result<Response<pb::DependentRelationsResponse>, Status> {
         self.0.authorize(&request, Scope::Check)?;
-        Err(Status::unimplemented(
-            "DependentRelations is not available in this Kinbar version yet",
-        ))
+        let req = request.get_ref();
+        let at = self.0.revision(req.consistency.as_ref()).await?;
+        let schema = self.0.engine.schema_at(at).await.map_err(engine_err)?;
+        member_exists(&schema, &req.definition_name, &req.permission_name)?;
+        if schema
+            .definition(&req.definition_name)
+            .is_some_and(|d| !d.permissions.contains_key(&req.permission_name))
+        {
+            return Err(Status::invalid_argument(format!(
+                "`{}` is a relation of `{}`, not a permission",
+                req.permission_name, req.definition_name
+            )));
+        }
+        let relations = schema
+            .dependencies(&req.definition_name, &req.permission_name)
+            .into_iter()
+            .map(|(d, m)| reference(&schema, d, m))
+            .collect();
+        Ok(Response::new(pb::DependentRelationsResponse {
+            relations,
+            read_at: Some(self.0.token(at)),
+        }))
     }
 
     async fn diff_schema(
