@@ -51,6 +51,7 @@
 //! a `true` or a `false`.
 
 pub mod api;
+pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod engine;

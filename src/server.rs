@@ -14,7 +14,8 @@ use crate::api::auth::{Authenticator, PresharedKey};
 use crate::api::proto::authzed::api::v1::permissions_service_server::PermissionsServiceServer;
 use crate::api::proto::authzed::api::v1::schema_service_server::SchemaServiceServer;
 use crate::api::proto::authzed::api::v1::watch_service_server::WatchServiceServer;
-use crate::api::{Api, ApiLimits, PermissionsApi, SchemaApi, WatchApi};
+use crate::api::proto::kinbar::v1::audit_service_server::AuditServiceServer;
+use crate::api::{Api, ApiLimits, AuditApi, PermissionsApi, SchemaApi, WatchApi};
 use crate::config::Config;
 use crate::engine::{Engine, EngineConfig};
 use crate::schema::Limits;
@@ -180,6 +181,9 @@ pub async fn serve(
     health_reporter
         .set_serving::<WatchServiceServer<WatchApi>>()
         .await;
+    health_reporter
+        .set_serving::<AuditServiceServer<AuditApi>>()
+        .await;
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::api::proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -225,7 +229,8 @@ pub async fn serve(
         .add_service(
             SchemaServiceServer::new(SchemaApi(api.clone())).max_decoding_message_size(max),
         )
-        .add_service(WatchServiceServer::new(WatchApi(api)).max_decoding_message_size(max))
+        .add_service(WatchServiceServer::new(WatchApi(api.clone())).max_decoding_message_size(max))
+        .add_service(AuditServiceServer::new(AuditApi(api)).max_decoding_message_size(max))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await?;
     tracing::info!("kinbar stopped");

@@ -196,7 +196,7 @@ pub struct WriteTxn {
 /// One relationship change in a committed transaction.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Change {
-    /// `Touch` for an insert, `Delete` for a removal.
+    /// `Create` or `Touch` (as requested) for an insert, `Delete` for a removal.
     pub operation: Operation,
     pub relationship: Relationship,
 }
@@ -293,6 +293,15 @@ pub trait Datastore: Send + Sync + 'static {
 
     /// Commits a transaction; returns it as committed (its revision and changes).
     async fn write(&self, txn: WriteTxn) -> Result<CommittedTxn, StoreError>;
+
+    /// Sealed audit records after sequence `after`, matching `filter`, in
+    /// sequence order, at most `limit`. Never garbage-collected.
+    async fn read_audit(
+        &self,
+        after: u64,
+        filter: &crate::audit::AuditFilter,
+        limit: usize,
+    ) -> Result<Vec<crate::audit::AuditRecord>, StoreError>;
 
     /// Transactions committed after `after`, in commit order, at most `limit`.
     async fn changes_since(

@@ -1213,14 +1213,36 @@ async fn lookups_agree_with_check_and_page() {
 async fn computable_permissions_and_dependent_relations() {
     let (server, _, mut schema, _) = seeded().await;
     let names = |v: &[pb::ReflectionRelationReference]| -> Vec<String> {
-        v.iter().map(|r| format!("{}#{}{}", r.definition_name, r.relation_name, if r.is_permission { " (p)" } else { "" })).collect()
+        v.iter()
+            .map(|r| {
+                format!(
+                    "{}#{}{}",
+                    r.definition_name,
+                    r.relation_name,
+                    if r.is_permission { " (p)" } else { "" }
+                )
+            })
+            .collect()
     };
     let r = schema
-        .dependent_relations(pb::DependentRelationsRequest { consistency: full(), definition_name: "doc".into(), permission_name: "view_unbanned".into() })
+        .dependent_relations(pb::DependentRelationsRequest {
+            consistency: full(),
+            definition_name: "doc".into(),
+            permission_name: "view_unbanned".into(),
+        })
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(names(&r.relations), ["doc#banned", "doc#parent", "doc#view (p)", "doc#viewer", "team#member"]);
+    assert_eq!(
+        names(&r.relations),
+        [
+            "doc#banned",
+            "doc#parent",
+            "doc#view (p)",
+            "doc#viewer",
+            "team#member"
+        ]
+    );
     let r = schema
         .computable_permissions(pb::ComputablePermissionsRequest {
             consistency: full(),
@@ -1231,9 +1253,16 @@ async fn computable_permissions_and_dependent_relations() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(names(&r.permissions), ["doc#view (p)", "doc#view_unbanned (p)", "doc#viewer"]);
+    assert_eq!(
+        names(&r.permissions),
+        ["doc#view (p)", "doc#view_unbanned (p)", "doc#viewer"]
+    );
     let e = schema
-        .dependent_relations(pb::DependentRelationsRequest { consistency: full(), definition_name: "doc".into(), permission_name: "nope".into() })
+        .dependent_relations(pb::DependentRelationsRequest {
+            consistency: full(),
+            definition_name: "doc".into(),
+            permission_name: "nope".into(),
+        })
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition);

@@ -15,6 +15,12 @@ pub mod authzed {
     }
 }
 
+pub mod kinbar {
+    pub mod v1 {
+        tonic::include_proto!("kinbar.v1");
+    }
+}
+
 pub mod google {
     pub mod rpc {
         tonic::include_proto!("google.rpc");

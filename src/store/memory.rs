@@ -81,6 +81,8 @@ struct Versions {
     /// revision → (snapshot, commit time in ms)
     snapshots: BTreeMap<Revision, (Snapshot, u64)>,
     log: VecDeque<Arc<CommittedTxn>>,
+    /// The audit chain: appended and sealed with each commit, never pruned.
+    audit: Vec<Arc<crate::audit::AuditRecord>>,
     head: Revision,
 }
 
@@ -119,6 +121,7 @@ impl MemoryStore {
             versions: RwLock::new(Versions {
                 snapshots,
                 log: VecDeque::new(),
+                audit: Vec::new(),
                 head: Revision(0),
             }),
             writer: Mutex::new(()),
@@ -490,7 +493,7 @@ impl Datastore for MemoryStore {
                     snap.reverse.insert(ReverseKey::of(rel));
                     snap.forward.insert(rel.clone());
                     changes.push(Change {
-                        operation: Operation::Touch,
+                        operation: u.operation,
                         relationship: rel.clone(),
                     });
                 }
@@ -525,9 +528,36 @@ impl Datastore for MemoryStore {
         let mut v = self.versions.write().map_err(|_| poisoned())?;
         v.snapshots.insert(revision, (snap, committed_at_ms));
         v.head = revision;
+        if !committed.changes.is_empty() || committed.schema_change.is_some() {
+            // Same critical section as the commit: a change is never visible
+            // without its audit record, and records are sealed in commit order.
+            let sequence = v.audit.len() as u64 + 1;
+            let previous = v.audit.last().map(|r| r.hash).unwrap_or([0; 32]);
+            let mut record = crate::audit::AuditRecord::of(sequence, &committed);
+            record.seal(previous);
+            v.audit.push(Arc::new(record));
+        }
         v.log.push_back(Arc::new(committed.clone()));
         self.prune(&mut v, committed_at_ms);
         Ok(committed)
+    }
+
+    async fn read_audit(
+        &self,
+        after: u64,
+        filter: &crate::audit::AuditFilter,
+        limit: usize,
+    ) -> Result<Vec<crate::audit::AuditRecord>, StoreError> {
+        let v = self.versions.read().map_err(|_| poisoned())?;
+        let start = usize::try_from(after)
+            .unwrap_or(usize::MAX)
+            .min(v.audit.len());
+        Ok(v.audit[start..]
+            .iter()
+            .filter(|r| filter.matches(r))
+            .take(limit)
+            .map(|r| (**r).clone())
+            .collect())
     }
 
     async fn changes_since(

@@ -1,0 +1,181 @@
+//! `kinbar.v1.AuditService`: read (and follow) the audit trail, verify its
+//! hash chain. Admin scope.
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+use super::auth::Scope;
+use super::proto::kinbar::v1 as kpb;
+use super::proto::kinbar::v1::audit_service_server::AuditService;
+use super::{Api, convert, status};
+use crate::audit::{AuditFilter, AuditRecord, Verification, Verifier, hex};
+
+/// The AuditService implementation.
+#[derive(Clone)]
+pub struct AuditApi(pub Api);
+
+fn timestamp_ms(t: &prost_types::Timestamp) -> u64 {
+    (t.seconds.max(0) as u64) * 1000 + (t.nanos.max(0) as u64) / 1_000_000
+}
+
+fn to_pb(api: &Api, r: &AuditRecord) -> kpb::AuditTransaction {
+    kpb::AuditTransaction {
+        sequence: r.sequence,
+        revision_token: api.token(r.revision()).token,
+        committed_at: Some(prost_types::Timestamp {
+            seconds: (r.committed_at_ms / 1000) as i64,
+            nanos: ((r.committed_at_ms % 1000) * 1_000_000) as i32,
+        }),
+        actor: r.actor.clone(),
+        request_id: r.request_id.clone(),
+        metadata: Some(convert::json_struct(&r.metadata)),
+        changes: r
+            .changes
+            .iter()
+            .map(|c| kpb::AuditChange {
+                operation: c.operation.clone(),
+                relationship: c.relationship.clone(),
+            })
+            .collect(),
+        schema_changed: r.new_schema.is_some(),
+        old_schema: r.old_schema.clone().unwrap_or_default(),
+        new_schema: r.new_schema.clone().unwrap_or_default(),
+        previous_hash: hex(&r.previous_hash),
+        hash: hex(&r.hash),
+    }
+}
+
+#[tonic::async_trait]
+impl AuditService for AuditApi {
+    type ReadAuditStream =
+        Pin<Box<dyn Stream<Item = Result<kpb::ReadAuditResponse, Status>> + Send + 'static>>;
+
+    async fn read_audit(
+        &self,
+        request: Request<kpb::ReadAuditRequest>,
+    ) -> Result<Response<Self::ReadAuditStream>, Status> {
+        self.0.authorize(&request, Scope::Admin)?;
+        let req = request.into_inner();
+        let filter = AuditFilter {
+            from_ms: req.optional_from.as_ref().map(timestamp_ms),
+            until_ms: req.optional_until.as_ref().map(timestamp_ms),
+            actor: Some(req.optional_actor.clone()).filter(|s| !s.is_empty()),
+            object: Some(req.optional_object.clone()).filter(|s| !s.is_empty()),
+            relation: Some(req.optional_relation.clone()).filter(|s| !s.is_empty()),
+            subject: Some(req.optional_subject.clone()).filter(|s| !s.is_empty()),
+        };
+        let mut after: u64 = match req.optional_cursor.as_str() {
+            "" => 0,
+            c => c
+                .parse()
+                .map_err(|_| Status::invalid_argument("invalid audit cursor"))?,
+        };
+        let mut remaining = match req.optional_limit {
+            0 => usize::MAX,
+            n => n as usize,
+        };
+        let follow = req.follow;
+        let api = self.0.clone();
+        let store = self.0.engine.store().clone();
+        let mut commits = self.0.engine.subscribe();
+        let mut closing = self.0.closing();
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        tokio::spawn(async move {
+            loop {
+                let batch = match store.read_audit(after, &filter, remaining.min(500)).await {
+                    Ok(b) => b,
+                    Err(e) => {
+                        let _ = tx.send(Err(status::from_store(e))).await;
+                        return;
+                    }
+                };
+                // Filtered reads may skip records; resume after the last one seen.
+                let scanned_to = match batch.last() {
+                    Some(r) => r.sequence,
+                    None => after,
+                };
+                for r in &batch {
+                    let item = kpb::ReadAuditResponse {
+                        transaction: Some(to_pb(&api, r)),
+                        after_result_cursor: r.sequence.to_string(),
+                    };
+                    if tx.send(Ok(item)).await.is_err() {
+                        return;
+                    }
+                    remaining -= 1;
+                }
+                after = scanned_to;
+                if remaining == 0 {
+                    return;
+                }
+                if batch.is_empty() {
+                    if !follow || *closing.borrow() {
+                        return;
+                    }
+                    tokio::select! {
+                        _ = commits.changed() => {}
+                        _ = closing.changed() => {}
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = tx.closed() => return,
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    async fn verify_audit(
+        &self,
+        request: Request<kpb::VerifyAuditRequest>,
+    ) -> Result<Response<kpb::VerifyAuditResponse>, Status> {
+        self.0.authorize(&request, Scope::Admin)?;
+        let store = self.0.engine.store();
+        let mut verifier = Verifier::default();
+        let mut after = 0;
+        let all = AuditFilter::default();
+        loop {
+            let batch = store
+                .read_audit(after, &all, 1000)
+                .await
+                .map_err(status::from_store)?;
+            let Some(last) = batch.last() else { break };
+            after = last.sequence;
+            for r in &batch {
+                if let Err(Verification::Broken {
+                    sequence,
+                    revision,
+                    reason,
+                }) = verifier.push(r)
+                {
+                    return Ok(Response::new(kpb::VerifyAuditResponse {
+                        intact: false,
+                        verified_transactions: sequence.saturating_sub(1),
+                        first_broken_sequence: sequence,
+                        first_broken_revision: revision,
+                        message: format!(
+                            "audit transaction {sequence} (revision {revision}) is broken: {reason}"
+                        ),
+                        head_hash: String::new(),
+                    }));
+                }
+            }
+        }
+        let (records, head) = match verifier.finish() {
+            Verification::Intact { records, head } => (records, head),
+            Verification::Broken { .. } => (0, [0; 32]),
+        };
+        Ok(Response::new(kpb::VerifyAuditResponse {
+            intact: true,
+            verified_transactions: records,
+            first_broken_sequence: 0,
+            first_broken_revision: 0,
+            message: format!("{records} audit transactions verified"),
+            head_hash: hex(&head),
+        }))
+    }
+}
