@@ -60,6 +60,11 @@ pub enum Command {
         permission: String,
         subject_type: String,
     },
+    /// Read, follow or verify the audit trail (admin scope).
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Bulk-load relationships from a file (one per line; `//` comments) in one transaction.
     Import { file: PathBuf },
     /// Print every relationship (the format `import` reads).
@@ -84,6 +89,33 @@ pub enum Command {
         #[command(subcommand)]
         command: SchemaCommand,
     },
+}
+
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct AuditFilterArgs {
+    /// Only changes made by this key name.
+    #[arg(long)]
+    pub actor: Option<String>,
+    /// Only changes touching this object (`type:id`) as resource or subject.
+    #[arg(long)]
+    pub object: Option<String>,
+    #[arg(long)]
+    pub relation: Option<String>,
+    /// Only changes with this subject (`type:id[#relation]`).
+    #[arg(long)]
+    pub subject: Option<String>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Print audit transactions, oldest first.
+    Read(AuditFilterArgs),
+    /// Print audit transactions as they commit (after the existing ones).
+    Tail(AuditFilterArgs),
+    /// Recompute the hash chain; exit 1 and name the first broken transaction if altered.
+    Verify,
 }
 
 #[derive(Debug, Subcommand)]
@@ -148,6 +180,7 @@ pub async fn run(cli: Cli) -> i32 {
             json,
         } => expand(&cli.connection, &resource, &permission, json).await,
         Command::Rel { command } => rel(&cli.connection, command).await,
+        Command::Audit { command } => audit(&cli.connection, command).await,
         Command::Import { file } => import(&cli.connection, &file).await,
         Command::Export => export(&cli.connection).await,
         Command::Watch => watch(&cli.connection).await,
@@ -161,6 +194,88 @@ pub async fn run(cli: Cli) -> i32 {
             permission,
             subject_type,
         } => lookup_subjects(&cli.connection, &resource, &permission, &subject_type).await,
+    }
+}
+
+async fn audit(conn: &Connection, command: AuditCommand) -> i32 {
+    use crate::api::proto::kinbar::v1 as kpb;
+    let mut c = match conn.connect().await {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    let (args, follow) = match command {
+        AuditCommand::Verify => {
+            return match c.audit.verify_audit(kpb::VerifyAuditRequest {}).await {
+                Ok(r) => {
+                    let r = r.into_inner();
+                    if r.intact {
+                        println!("ok  {} (head {})", r.message, r.head_hash);
+                        0
+                    } else {
+                        println!("BROKEN  {}", r.message);
+                        1
+                    }
+                }
+                Err(s) => fail(describe(&s)),
+            };
+        }
+        AuditCommand::Read(a) => (a, false),
+        AuditCommand::Tail(a) => (a, true),
+    };
+    let req = kpb::ReadAuditRequest {
+        optional_actor: args.actor.clone().unwrap_or_default(),
+        optional_object: args.object.clone().unwrap_or_default(),
+        optional_relation: args.relation.clone().unwrap_or_default(),
+        optional_subject: args.subject.clone().unwrap_or_default(),
+        follow,
+        ..Default::default()
+    };
+    let mut stream = match c.audit.read_audit(req).await {
+        Ok(s) => s.into_inner(),
+        Err(s) => return fail(describe(&s)),
+    };
+    loop {
+        match stream.message().await {
+            Ok(Some(r)) => {
+                let Some(t) = r.transaction else { continue };
+                let meta = serde_json::Value::Object(
+                    crate::api::convert::metadata(t.metadata.as_ref())
+                        .into_iter()
+                        .collect(),
+                );
+                let when = t
+                    .committed_at
+                    .map(|ts| ts.seconds * 1000 + i64::from(ts.nanos) / 1_000_000)
+                    .unwrap_or_default();
+                let changes: Vec<String> = t
+                    .changes
+                    .iter()
+                    .map(|ch| format!("{} {}", ch.operation, ch.relationship))
+                    .collect();
+                if args.json {
+                    println!(
+                        "{}",
+                        serde_json::json!({
+                            "sequence": t.sequence, "committed_at_ms": when, "actor": t.actor,
+                            "request_id": t.request_id, "metadata": meta, "changes": changes,
+                            "schema_changed": t.schema_changed, "hash": t.hash,
+                        })
+                    );
+                } else {
+                    let schema = if t.schema_changed {
+                        " [schema changed]"
+                    } else {
+                        ""
+                    };
+                    println!("#{} at {when}ms by {} {meta}{schema}", t.sequence, t.actor);
+                    for ch in &changes {
+                        println!("    {ch}");
+                    }
+                }
+            }
+            Ok(None) => return 0,
+            Err(s) => return fail(describe(&s)),
+        }
     }
 }
 
@@ -577,10 +692,13 @@ async fn rel(conn: &Connection, command: RelCommand) -> i32 {
         Ok(c) => c,
         Err(e) => return fail(e),
     };
+    let metadata = conn.reason.as_ref().map(|r| {
+        crate::api::convert::json_struct(&[("reason".to_string(), serde_json::json!(r))].into())
+    });
     let req = crate::api::proto::authzed::api::v1::WriteRelationshipsRequest {
         updates,
         optional_preconditions: vec![],
-        optional_transaction_metadata: None,
+        optional_transaction_metadata: metadata,
     };
     match c.permissions.write_relationships(req).await {
         Ok(r) => {

@@ -12,6 +12,7 @@ use crate::api::proto::authzed::api::v1 as pb;
 use crate::api::proto::authzed::api::v1::permissions_service_client::PermissionsServiceClient;
 use crate::api::proto::authzed::api::v1::schema_service_client::SchemaServiceClient;
 use crate::api::proto::authzed::api::v1::watch_service_client::WatchServiceClient;
+use crate::api::proto::kinbar::v1::audit_service_client::AuditServiceClient;
 use crate::model::{ObjectRef, Relationship, SubjectRef};
 
 /// Connection flags shared by every client command.
@@ -36,6 +37,9 @@ pub struct Connection {
     pub client_cert: Option<PathBuf>,
     #[arg(long, global = true, env = "KINBAR_CLIENT_KEY")]
     pub client_key: Option<PathBuf>,
+    /// Why this change is made; recorded in the audit trail with relationship writes.
+    #[arg(long, global = true)]
+    pub reason: Option<String>,
 }
 
 #[derive(Clone)]
@@ -56,6 +60,7 @@ pub struct Client {
     pub permissions: PermissionsServiceClient<Intercepted>,
     pub schema: SchemaServiceClient<Intercepted>,
     pub watch: WatchServiceClient<Intercepted>,
+    pub audit: AuditServiceClient<Intercepted>,
 }
 
 impl Connection {
@@ -92,7 +97,8 @@ impl Connection {
         Ok(Client {
             permissions: PermissionsServiceClient::with_interceptor(channel.clone(), b.clone()),
             schema: SchemaServiceClient::with_interceptor(channel.clone(), b.clone()),
-            watch: WatchServiceClient::with_interceptor(channel, b),
+            watch: WatchServiceClient::with_interceptor(channel.clone(), b.clone()),
+            audit: AuditServiceClient::with_interceptor(channel, b),
         })
     }
 }
