@@ -166,6 +166,23 @@ impl Api {
     }
 }
 
+/// For streams that follow new commits (Watch, audit tail): waits until a
+/// commit is announced, the server starts closing, a periodic poll is due
+/// (commits by other processes), or the client went away. `false`: end
+/// the stream.
+pub(crate) async fn wait_for_commit<T>(
+    commits: &mut tokio::sync::watch::Receiver<Revision>,
+    closing: &mut tokio::sync::watch::Receiver<bool>,
+    tx: &tokio::sync::mpsc::Sender<T>,
+) -> bool {
+    tokio::select! {
+        _ = commits.changed() => true,
+        _ = closing.changed() => true,
+        _ = tokio::time::sleep(Duration::from_secs(1)) => true,
+        _ = tx.closed() => false,
+    }
+}
+
 fn engine_err(e: crate::engine::Error) -> Status {
     status::from_engine(e)
 }

@@ -210,10 +210,24 @@ fn client_commands_against_a_running_server() {
     assert!(out.contains("definition customer {"), "{out}");
 
     // The audit trail records who and why.
-    assert_eq!(run(&["--reason", "handover to sam", "rel", "touch", "customer:c42#owner@user:sam"]).0, 0);
+    assert_eq!(
+        run(&[
+            "--reason",
+            "handover to sam",
+            "rel",
+            "touch",
+            "customer:c42#owner@user:sam"
+        ])
+        .0,
+        0
+    );
     let (code, out, err) = run(&["audit", "read", "--object", "user:sam"]);
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("by anonymous {\"reason\":\"handover to sam\"}") && out.contains("    touch customer:c42#owner@user:sam"), "{out}");
+    assert!(
+        out.contains("by anonymous {\"reason\":\"handover to sam\"}")
+            && out.contains("    touch customer:c42#owner@user:sam"),
+        "{out}"
+    );
     let (code, out, _) = run(&["audit", "verify"]);
     assert_eq!(code, 0);
     assert!(out.starts_with("ok  "), "{out}");

@@ -1273,27 +1273,77 @@ async fn computable_permissions_and_dependent_relations() {
 async fn every_change_is_audited_with_actor_and_reason() {
     use kinbar::api::proto::kinbar::v1 as kpb;
     use kinbar::api::proto::kinbar::v1::audit_service_client::AuditServiceClient;
-    let keys = vec!["root:root-secret-1:admin".to_string(), "crm:crm-secret-1:write,check".to_string()];
-    let server = Server::start(Config { preshared_keys: keys, ..Config::default() }).await;
+    let keys = vec![
+        "root:root-secret-1:admin".to_string(),
+        "crm:crm-secret-1:write,check".to_string(),
+    ];
+    let server = Server::start(Config {
+        preshared_keys: keys,
+        ..Config::default()
+    })
+    .await;
     let ch = server.channel().await;
     let mut schema = SchemaServiceClient::new(ch.clone());
     let mut perms = PermissionsServiceClient::new(ch.clone());
     let mut audit = AuditServiceClient::new(ch);
-    schema.write_schema(with_token(pb::WriteSchemaRequest { schema: SCHEMA.into() }, Some("root-secret-1"))).await.unwrap();
+    schema
+        .write_schema(with_token(
+            pb::WriteSchemaRequest {
+                schema: SCHEMA.into(),
+            },
+            Some("root-secret-1"),
+        ))
+        .await
+        .unwrap();
     let mut req = touch(&["doc:1#viewer@user:anna", "doc:1#banned@user:eve"]);
-    req.optional_transaction_metadata = Some(prost_types::Struct { fields: [("reason".to_string(), prost_types::Value { kind: Some(prost_types::value::Kind::StringValue("ticket CRM-7".into())) })].into() });
-    perms.write_relationships(with_token(req, Some("crm-secret-1"))).await.unwrap();
+    req.optional_transaction_metadata = Some(prost_types::Struct {
+        fields: [(
+            "reason".to_string(),
+            prost_types::Value {
+                kind: Some(prost_types::value::Kind::StringValue("ticket CRM-7".into())),
+            },
+        )]
+        .into(),
+    });
+    perms
+        .write_relationships(with_token(req, Some("crm-secret-1")))
+        .await
+        .unwrap();
     let mut del = touch(&[]);
-    del.updates.push(update(pb::relationship_update::Operation::Delete, "doc:1#banned@user:eve"));
-    perms.write_relationships(with_token(del, Some("crm-secret-1"))).await.unwrap();
+    del.updates.push(update(
+        pb::relationship_update::Operation::Delete,
+        "doc:1#banned@user:eve",
+    ));
+    perms
+        .write_relationships(with_token(del, Some("crm-secret-1")))
+        .await
+        .unwrap();
     // A write that changes nothing leaves no record; a failed one neither.
-    perms.write_relationships(with_token(touch(&["doc:1#viewer@user:anna"]), Some("crm-secret-1"))).await.unwrap();
-    assert!(perms.write_relationships(with_token(touch(&["doc:1#nope@user:x"]), Some("crm-secret-1"))).await.is_err());
+    perms
+        .write_relationships(with_token(
+            touch(&["doc:1#viewer@user:anna"]),
+            Some("crm-secret-1"),
+        ))
+        .await
+        .unwrap();
+    assert!(
+        perms
+            .write_relationships(with_token(
+                touch(&["doc:1#nope@user:x"]),
+                Some("crm-secret-1")
+            ))
+            .await
+            .is_err()
+    );
 
     let read = |req: kpb::ReadAuditRequest| {
         let mut a = audit.clone();
         async move {
-            let mut s = a.read_audit(with_token(req, Some("root-secret-1"))).await.unwrap().into_inner();
+            let mut s = a
+                .read_audit(with_token(req, Some("root-secret-1")))
+                .await
+                .unwrap()
+                .into_inner();
             let mut v = Vec::new();
             while let Some(r) = s.message().await.unwrap() {
                 v.push(r.transaction.unwrap());
@@ -1303,35 +1353,94 @@ async fn every_change_is_audited_with_actor_and_reason() {
     };
     let all = read(kpb::ReadAuditRequest::default()).await;
     assert_eq!(all.len(), 3, "{all:#?}");
-    assert_eq!((all[0].actor.as_str(), all[0].schema_changed, all[0].new_schema.as_str()), ("root", true, SCHEMA));
+    assert_eq!(
+        (
+            all[0].actor.as_str(),
+            all[0].schema_changed,
+            all[0].new_schema.as_str()
+        ),
+        ("root", true, SCHEMA)
+    );
     assert_eq!(all[1].actor, "crm");
-    assert!(matches!(all[1].metadata.as_ref().unwrap().fields["reason"].kind, Some(prost_types::value::Kind::StringValue(ref s)) if s == "ticket CRM-7"));
-    let ops: Vec<(&str, &str)> = all[1].changes.iter().map(|c| (c.operation.as_str(), c.relationship.as_str())).collect();
-    assert_eq!(ops, [("touch", "doc:1#viewer@user:anna"), ("touch", "doc:1#banned@user:eve")]);
+    assert!(
+        matches!(all[1].metadata.as_ref().unwrap().fields["reason"].kind, Some(prost_types::value::Kind::StringValue(ref s)) if s == "ticket CRM-7")
+    );
+    let ops: Vec<(&str, &str)> = all[1]
+        .changes
+        .iter()
+        .map(|c| (c.operation.as_str(), c.relationship.as_str()))
+        .collect();
+    assert_eq!(
+        ops,
+        [
+            ("touch", "doc:1#viewer@user:anna"),
+            ("touch", "doc:1#banned@user:eve")
+        ]
+    );
     assert_eq!(all[2].changes[0].operation, "delete");
     assert_eq!(all[1].previous_hash, all[0].hash);
     // Filters.
-    let eve = read(kpb::ReadAuditRequest { optional_object: "user:eve".into(), ..Default::default() }).await;
+    let eve = read(kpb::ReadAuditRequest {
+        optional_object: "user:eve".into(),
+        ..Default::default()
+    })
+    .await;
     assert_eq!(eve.iter().map(|t| t.sequence).collect::<Vec<_>>(), [2, 3]);
-    let root = read(kpb::ReadAuditRequest { optional_actor: "root".into(), ..Default::default() }).await;
+    let root = read(kpb::ReadAuditRequest {
+        optional_actor: "root".into(),
+        ..Default::default()
+    })
+    .await;
     assert_eq!(root.len(), 1);
-    let page = read(kpb::ReadAuditRequest { optional_limit: 1, optional_cursor: "1".into(), ..Default::default() }).await;
+    let page = read(kpb::ReadAuditRequest {
+        optional_limit: 1,
+        optional_cursor: "1".into(),
+        ..Default::default()
+    })
+    .await;
     assert_eq!(page.iter().map(|t| t.sequence).collect::<Vec<_>>(), [2]);
     // Verify, and the scope.
-    let v = audit.verify_audit(with_token(kpb::VerifyAuditRequest {}, Some("root-secret-1"))).await.unwrap().into_inner();
-    assert!(v.intact, "{v:?}");
-    assert_eq!(v.verified_transactions, 3);
-    assert_eq!(v.head_hash, all[2].hash);
-    let e = audit.verify_audit(with_token(kpb::VerifyAuditRequest {}, Some("crm-secret-1"))).await.unwrap_err();
-    assert_eq!(e.code(), Code::PermissionDenied);
-    // Follow: a new change arrives on an open tail.
-    let mut tail = audit
-        .read_audit(with_token(kpb::ReadAuditRequest { optional_cursor: "3".into(), follow: true, ..Default::default() }, Some("root-secret-1")))
+    let v = audit
+        .verify_audit(with_token(
+            kpb::VerifyAuditRequest {},
+            Some("root-secret-1"),
+        ))
         .await
         .unwrap()
         .into_inner();
-    perms.write_relationships(with_token(touch(&["doc:2#viewer@user:tom"]), Some("crm-secret-1"))).await.unwrap();
-    let next = tokio::time::timeout(Duration::from_secs(5), tail.message()).await.unwrap().unwrap().unwrap();
+    assert!(v.intact, "{v:?}");
+    assert_eq!(v.verified_transactions, 3);
+    assert_eq!(v.head_hash, all[2].hash);
+    let e = audit
+        .verify_audit(with_token(kpb::VerifyAuditRequest {}, Some("crm-secret-1")))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    // Follow: a new change arrives on an open tail.
+    let mut tail = audit
+        .read_audit(with_token(
+            kpb::ReadAuditRequest {
+                optional_cursor: "3".into(),
+                follow: true,
+                ..Default::default()
+            },
+            Some("root-secret-1"),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    perms
+        .write_relationships(with_token(
+            touch(&["doc:2#viewer@user:tom"]),
+            Some("crm-secret-1"),
+        ))
+        .await
+        .unwrap();
+    let next = tokio::time::timeout(Duration::from_secs(5), tail.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert_eq!(next.transaction.unwrap().sequence, 4);
     drop(tail);
     server.stop().await;

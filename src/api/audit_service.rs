@@ -2,7 +2,6 @@
 //! hash chain. Admin scope.
 
 use std::pin::Pin;
-use std::time::Duration;
 
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
@@ -115,11 +114,8 @@ impl AuditService for AuditApi {
                     if !follow || *closing.borrow() {
                         return;
                     }
-                    tokio::select! {
-                        _ = commits.changed() => {}
-                        _ = closing.changed() => {}
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                        _ = tx.closed() => return,
+                    if !super::wait_for_commit(&mut commits, &mut closing, &tx).await {
+                        return;
                     }
                 }
             }

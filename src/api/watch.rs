@@ -6,7 +6,6 @@
 //! periodic poll catches writes made by other processes.
 
 use std::pin::Pin;
-use std::time::Duration;
 
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
@@ -105,11 +104,8 @@ impl WatchService for WatchApi {
                     return;
                 }
                 if batch.is_empty() {
-                    tokio::select! {
-                        _ = commits.changed() => {}
-                        _ = closing.changed() => {}
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                        _ = tx.closed() => return,
+                    if !super::wait_for_commit(&mut commits, &mut closing, &tx).await {
+                        return;
                     }
                 }
             }
