@@ -103,10 +103,10 @@ impl WatchService for WatchApi {
                         .await;
                     return;
                 }
-                if batch.is_empty() {
-                    if !super::wait_for_commit(&mut commits, &mut closing, &tx).await {
-                        return;
-                    }
+                if batch.is_empty()
+                    && !super::wait_for_commit(&mut commits, &mut closing, &tx).await
+                {
+                    return;
                 }
             }
         });
