@@ -296,3 +296,23 @@ customer:c51#owner@user:sam
     server.kill().unwrap();
     server.wait().unwrap();
 }
+
+#[test]
+fn serve_reads_kinbar_env_variables() {
+    let out = Command::new(env!("CARGO_BIN_EXE_kinbar"))
+        .args(["serve", "--grpc-addr", "127.0.0.1:0"])
+        .env("KINBAR_PRESHARED_KEY", "ops:longenough:superuser")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unknown scope `superuser`"), "{err}");
+    let out = Command::new(env!("CARGO_BIN_EXE_kinbar"))
+        .args(["serve"])
+        .env("KINBAR_GRPC_ADDR", "0.0.0.0:0")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("refusing to serve without authentication on 0.0.0.0:"), "{err}");
+}
