@@ -267,7 +267,8 @@ async fn audit(conn: &Connection, command: AuditCommand) -> i32 {
                     } else {
                         ""
                     };
-                    println!("#{} at {when}ms by {} {meta}{schema}", t.sequence, t.actor);
+                    let when = crate::audit::rfc3339(u64::try_from(when).unwrap_or(0));
+                    println!("#{} {when} by {} {meta}{schema}", t.sequence, t.actor);
                     for ch in &changes {
                         println!("    {ch}");
                     }

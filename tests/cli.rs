@@ -314,5 +314,8 @@ fn serve_reads_kinbar_env_variables() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("refusing to serve without authentication on 0.0.0.0:"), "{err}");
+    assert!(
+        err.contains("refusing to serve without authentication on 0.0.0.0:"),
+        "{err}"
+    );
 }
