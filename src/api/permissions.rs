@@ -61,12 +61,6 @@ fn decode_cursor(c: &pb::Cursor) -> Result<(Revision, String), Status> {
     }
 }
 
-fn decode_relationship_cursor(c: &pb::Cursor) -> Result<(Revision, Relationship), Status> {
-    let (rev, text) = decode_cursor(c)?;
-    let rel = text.parse::<Relationship>().map_err(|_| invalid_cursor())?;
-    Ok((rev, rel))
-}
-
 /// Lookups compute and stream results in batches of this many.
 const LOOKUP_BATCH: usize = 100;
 
@@ -91,6 +85,19 @@ impl PermissionsApi {
             }
             None => Ok((self.0.revision(consistency).await?, None)),
         }
+    }
+
+    /// Like `lookup_start`, for reads that resume after a relationship.
+    async fn relationship_start(
+        &self,
+        consistency: Option<&pb::Consistency>,
+        cursor: Option<&pb::Cursor>,
+    ) -> Result<(Revision, Option<Relationship>), Status> {
+        let (at, after) = self.lookup_start(consistency, cursor).await?;
+        let after = after
+            .map(|t| t.parse::<Relationship>().map_err(|_| invalid_cursor()))
+            .transpose()?;
+        Ok((at, after))
     }
 
     async fn check_one(
@@ -177,19 +184,9 @@ impl PermissionsService for PermissionsApi {
             "relationship_filter",
             false,
         )?;
-        let (at, after) = match &req.optional_cursor {
-            Some(c) => {
-                let (rev, after) = decode_relationship_cursor(c)?;
-                self.0
-                    .engine
-                    .store()
-                    .check_revision(rev)
-                    .await
-                    .map_err(status::from_store)?;
-                (rev, Some(after))
-            }
-            None => (self.0.revision(req.consistency.as_ref()).await?, None),
-        };
+        let (at, after) = self
+            .relationship_start(req.consistency.as_ref(), req.optional_cursor.as_ref())
+            .await?;
         let limit = match req.optional_limit {
             0 => None,
             n => Some(n as usize),
@@ -602,13 +599,9 @@ impl PermissionsService for PermissionsApi {
             Some(f) => convert::filter(Some(f), "optional_relationship_filter", false)?,
             None => RelationshipFilter::default(),
         };
-        let (at, after) = match &req.optional_cursor {
-            Some(c) => {
-                let (rev, after) = decode_relationship_cursor(c)?;
-                (rev, Some(after))
-            }
-            None => (self.0.revision(req.consistency.as_ref()).await?, None),
-        };
+        let (at, after) = self
+            .relationship_start(req.consistency.as_ref(), req.optional_cursor.as_ref())
+            .await?;
         let limit = match req.optional_limit {
             0 => None,
             n => Some(n as usize),
