@@ -34,6 +34,7 @@ suite!(
     large_and_odd_writes,
     concurrent_writers_and_changes,
     schema_versions,
+    optimized_revisions,
 );
 
 #[tokio::test]

@@ -425,6 +425,29 @@ pub async fn schema_versions(store: Arc<dyn Datastore>) {
     write(&*store, fresh).await;
 }
 
+/// The optimized revision is the head without quantization, and otherwise a
+/// readable revision no newer than the head, stable within its window.
+pub async fn optimized_revisions(store: Arc<dyn Datastore>) {
+    let head = write(&*store, touch(&["doc:1#viewer@user:a"]))
+        .await
+        .revision;
+    let opt = store.optimized_revision(std::time::Duration::ZERO).await;
+    assert_eq!(opt.ok(), Some(head));
+    let day = std::time::Duration::from_secs(86_400);
+    let first = store
+        .optimized_revision(day)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(first <= head);
+    assert!(store.check_revision(first).await.is_ok());
+    write(&*store, touch(&["doc:2#viewer@user:a"])).await;
+    let again = store
+        .optimized_revision(day)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(again >= first && again <= store.head_revision().await.unwrap_or_default());
+}
+
 /// Runs every check, each on a fresh store from `new_store`.
 pub async fn run_all<F, Fut>(new_store: F)
 where
@@ -439,4 +462,5 @@ where
     large_and_odd_writes(new_store().await).await;
     concurrent_writers_and_changes(new_store().await).await;
     schema_versions(new_store().await).await;
+    optimized_revisions(new_store().await).await;
 }

@@ -92,6 +92,9 @@ pub struct MemoryStore {
     options: MemoryOptions,
     versions: RwLock<Versions>,
     writer: Mutex<()>,
+    /// `(window start, quantum, revision)` of the last optimized revision:
+    /// every request in the same window shares it without scanning.
+    optimized: Mutex<Option<(u64, u64, Revision)>>,
 }
 
 impl Default for MemoryStore {
@@ -125,6 +128,7 @@ impl MemoryStore {
                 head: Revision(0),
             }),
             writer: Mutex::new(()),
+            optimized: Mutex::new(None),
         }
     }
 
@@ -382,6 +386,13 @@ impl Datastore for MemoryStore {
         }
         let now = now_ms();
         let window_start = now - now % q;
+        if let Ok(cached) = self.optimized.lock()
+            && let Some((w, cq, rev)) = *cached
+            && (w, cq) == (window_start, q)
+            && v.snapshots.contains_key(&rev)
+        {
+            return Ok(rev);
+        }
         let chosen = v
             .snapshots
             .iter()
@@ -390,6 +401,9 @@ impl Datastore for MemoryStore {
             .or_else(|| v.snapshots.iter().next())
             .map(|(rev, _)| *rev)
             .unwrap_or(v.head);
+        if let Ok(mut cached) = self.optimized.lock() {
+            *cached = Some((window_start, q, chosen));
+        }
         Ok(chosen)
     }
 
