@@ -40,6 +40,9 @@ pub enum Command {
         subject: String,
         #[arg(long)]
         json: bool,
+        /// Also print the userset tree at the same revision, marking where the subject appears.
+        #[arg(long)]
+        explain: bool,
     },
     /// Print the userset tree of RESOURCE PERMISSION.
     Expand {
@@ -173,7 +176,18 @@ pub async fn run(cli: Cli) -> i32 {
             permission,
             subject,
             json,
-        } => check(&cli.connection, &resource, &permission, &subject, json).await,
+            explain,
+        } => {
+            check(
+                &cli.connection,
+                &resource,
+                &permission,
+                &subject,
+                json,
+                explain,
+            )
+            .await
+        }
         Command::Expand {
             resource,
             permission,
@@ -598,6 +612,7 @@ async fn check(
     permission: &str,
     subject: &str,
     json: bool,
+    explain: bool,
 ) -> i32 {
     let (resource, subject) = match (resource.parse::<ObjectRef>(), subject.parse::<SubjectRef>()) {
         (Ok(r), Ok(s)) => (r, s),
@@ -616,6 +631,7 @@ async fn check(
             use crate::api::proto::authzed::api::v1::check_permission_response::Permissionship as P;
             let r = r.into_inner();
             let p = P::try_from(r.permissionship).unwrap_or(P::Unspecified);
+            let checked_at = r.checked_at.clone();
             let token = r.checked_at.map(|t| t.token).unwrap_or_default();
             let allowed = p == P::HasPermission;
             if json {
@@ -635,10 +651,55 @@ async fn check(
                     }
                 );
             }
+            if explain {
+                let req = crate::api::proto::authzed::api::v1::ExpandPermissionTreeRequest {
+                    consistency: checked_at.map(|t| crate::api::proto::authzed::api::v1::Consistency {
+                        requirement: Some(
+                            crate::api::proto::authzed::api::v1::consistency::Requirement::AtExactSnapshot(t),
+                        ),
+                    }),
+                    resource: Some(crate::api::convert::object_pb(&resource)),
+                    permission: permission.to_string(),
+                };
+                match c.permissions.expand_permission_tree(req).await {
+                    Ok(t) => {
+                        let mut out = String::new();
+                        if let Some(t) = &t.get_ref().tree_root {
+                            client::render_tree(t, 0, &mut out);
+                        }
+                        print!("{}", mark_subject(&out, &subject));
+                    }
+                    Err(s) => return fail(describe(&s)),
+                }
+            }
             if allowed { 0 } else { 1 }
         }
         Err(s) => fail(describe(&s)),
     }
+}
+
+/// Marks the leaf lines of a rendered tree that list `subject` or its
+/// type's wildcard; usersets in leaves are where the evaluation continues.
+fn mark_subject(tree: &str, subject: &SubjectRef) -> String {
+    let me = subject.to_string();
+    let wildcard = format!("{}:*", subject.object.object_type);
+    tree.lines()
+        .map(|line| {
+            let listed = line
+                .split_once(": [")
+                .map(|(_, rest)| {
+                    rest.trim_end_matches(']')
+                        .split(", ")
+                        .any(|s| s == me || s == wildcard)
+                })
+                .unwrap_or(false);
+            if listed {
+                format!("{line}   <- {me}\n")
+            } else {
+                format!("{line}\n")
+            }
+        })
+        .collect()
 }
 
 async fn expand(conn: &Connection, resource: &str, permission: &str, json: bool) -> i32 {

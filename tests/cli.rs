@@ -187,6 +187,10 @@ fn client_commands_against_a_running_server() {
             && err.contains("ERROR_REASON_UNKNOWN_RELATION_OR_PERMISSION"),
         "{err}"
     );
+    let (code, out, _) = run(&["check", "customer:c42", "add_friend", "user:anna", "--explain"]);
+    assert_eq!(code, 0);
+    assert!(out.starts_with("allowed\n"), "{out}");
+    assert!(out.contains("customer:c42#signed: [user:*]   <- user:anna"), "{out}");
     let (_, out, _) = run(&["expand", "customer:c42", "view"]);
     assert!(
         out.contains("customer:c42#sales_rep: [team:sales#membership]"),
