@@ -129,6 +129,9 @@ pub enum RelCommand {
     Touch { relationships: Vec<String> },
     /// Delete relationships.
     Delete { relationships: Vec<String> },
+    /// Offboarding: move every relationship of subject FROM to subject TO in
+    /// one atomic write (FROM loses access exactly when TO gains it).
+    Handover { from: String, to: String },
     /// Read relationships matching `type[:id][#relation][@subject_type[:id][#relation]]`.
     Read {
         filter: String,
@@ -739,6 +742,7 @@ async fn rel(conn: &Connection, command: RelCommand) -> i32 {
         RelCommand::Touch { relationships } => (Operation::Touch, relationships),
         RelCommand::Delete { relationships } => (Operation::Delete, relationships),
         RelCommand::Read { filter, json } => return rel_read(conn, &filter, json).await,
+        RelCommand::Handover { from, to } => return handover(conn, &from, &to).await,
     };
     if texts.is_empty() {
         return fail("give at least one relationship, e.g. doc:1#viewer@user:anna");
@@ -776,6 +780,97 @@ async fn rel(conn: &Connection, command: RelCommand) -> i32 {
                 Operation::Delete => "deleted",
             };
             println!("{} relationship(s) {done} at {token}", texts.len());
+            0
+        }
+        Err(s) => fail(describe(&s)),
+    }
+}
+
+async fn handover(conn: &Connection, from: &str, to: &str) -> i32 {
+    use crate::api::proto::authzed::api::v1 as pb;
+    let (from, to) = match (from.parse::<SubjectRef>(), to.parse::<SubjectRef>()) {
+        (Ok(f), Ok(t)) => (f, t),
+        (Err(e), _) | (_, Err(e)) => return fail(e),
+    };
+    if from.object.object_type != to.object.object_type
+        || from.relation != to.relation
+        || from.is_wildcard()
+        || to.is_wildcard()
+    {
+        return fail("FROM and TO must be concrete subjects of the same type (and relation)");
+    }
+    let mut c = match conn.connect().await {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    let filter = pb::RelationshipFilter {
+        optional_subject_filter: Some(pb::SubjectFilter {
+            subject_type: from.object.object_type.clone(),
+            optional_subject_id: from.object.object_id.clone(),
+            optional_relation: Some(pb::subject_filter::RelationFilter {
+                relation: from.relation.clone().unwrap_or_default(),
+            }),
+        }),
+        ..Default::default()
+    };
+    let req = pb::ReadRelationshipsRequest {
+        consistency: client::fully_consistent(),
+        relationship_filter: Some(filter),
+        optional_limit: 0,
+        optional_cursor: None,
+    };
+    let mut stream = match c.permissions.read_relationships(req).await {
+        Ok(s) => s.into_inner(),
+        Err(s) => return fail(describe(&s)),
+    };
+    let mut owned = Vec::new();
+    loop {
+        match stream.message().await {
+            Ok(Some(r)) => {
+                match crate::api::convert::relationship(r.relationship.as_ref(), "relationship") {
+                    Ok(rel) => owned.push(rel),
+                    Err(s) => return fail(describe(&s)),
+                }
+            }
+            Ok(None) => break,
+            Err(s) => return fail(describe(&s)),
+        }
+    }
+    if owned.is_empty() {
+        println!("{from} has no relationships; nothing to hand over");
+        return 0;
+    }
+    let mut updates = Vec::new();
+    for rel in &owned {
+        updates.push(client::update(Operation::Delete, rel));
+        let mut moved = rel.clone();
+        moved.subject = to.clone();
+        updates.push(client::update(Operation::Touch, &moved));
+    }
+    let reason = conn
+        .reason
+        .clone()
+        .unwrap_or_else(|| format!("handover from {from} to {to}"));
+    let metadata = crate::api::convert::json_struct(
+        &[("reason".to_string(), serde_json::json!(reason))].into(),
+    );
+    let req = pb::WriteRelationshipsRequest {
+        updates,
+        optional_preconditions: vec![],
+        optional_transaction_metadata: Some(metadata),
+    };
+    match c.permissions.write_relationships(req).await {
+        Ok(r) => {
+            let token = r
+                .get_ref()
+                .written_at
+                .as_ref()
+                .map(|t| t.token.clone())
+                .unwrap_or_default();
+            println!(
+                "{} relationship(s) handed over from {from} to {to} at {token}",
+                owned.len()
+            );
             0
         }
         Err(s) => fail(describe(&s)),

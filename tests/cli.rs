@@ -187,10 +187,19 @@ fn client_commands_against_a_running_server() {
             && err.contains("ERROR_REASON_UNKNOWN_RELATION_OR_PERMISSION"),
         "{err}"
     );
-    let (code, out, _) = run(&["check", "customer:c42", "add_friend", "user:anna", "--explain"]);
+    let (code, out, _) = run(&[
+        "check",
+        "customer:c42",
+        "add_friend",
+        "user:anna",
+        "--explain",
+    ]);
     assert_eq!(code, 0);
     assert!(out.starts_with("allowed\n"), "{out}");
-    assert!(out.contains("customer:c42#signed: [user:*]   <- user:anna"), "{out}");
+    assert!(
+        out.contains("customer:c42#signed: [user:*]   <- user:anna"),
+        "{out}"
+    );
     let (_, out, _) = run(&["expand", "customer:c42", "view"]);
     assert!(
         out.contains("customer:c42#sales_rep: [team:sales#membership]"),
@@ -235,6 +244,17 @@ fn client_commands_against_a_running_server() {
     let (code, out, _) = run(&["audit", "verify"]);
     assert_eq!(code, 0);
     assert!(out.starts_with("ok  "), "{out}");
+
+    // Offboarding: everything anna had moves to sam in one transaction.
+    assert_eq!(run(&["rel", "touch", "task:t1#assignee@user:anna"]).0, 0);
+    let (code, out, err) = run(&["rel", "handover", "user:anna", "user:sam"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("2 relationship(s) handed over from user:anna to user:sam"), "{out}");
+    assert_eq!(run(&["rel", "read", "@user:anna"]).1, "");
+    let (_, out, _) = run(&["rel", "read", "@user:sam"]);
+    assert!(out.contains("task:t1#assignee@user:sam") && out.contains("team:sales#member@user:sam"), "{out}");
+    let (_, out, _) = run(&["audit", "read", "--actor", "anonymous", "--object", "user:anna"]);
+    assert!(out.contains("handover from user:anna to user:sam") && out.contains("delete task:t1#assignee@user:anna"), "{out}");
 
     // import / export round trip.
     let dir = tempfile::tempdir().unwrap();
