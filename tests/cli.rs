@@ -249,12 +249,29 @@ fn client_commands_against_a_running_server() {
     assert_eq!(run(&["rel", "touch", "task:t1#assignee@user:anna"]).0, 0);
     let (code, out, err) = run(&["rel", "handover", "user:anna", "user:sam"]);
     assert_eq!(code, 0, "{err}");
-    assert!(out.starts_with("2 relationship(s) handed over from user:anna to user:sam"), "{out}");
+    assert!(
+        out.starts_with("2 relationship(s) handed over from user:anna to user:sam"),
+        "{out}"
+    );
     assert_eq!(run(&["rel", "read", "@user:anna"]).1, "");
     let (_, out, _) = run(&["rel", "read", "@user:sam"]);
-    assert!(out.contains("task:t1#assignee@user:sam") && out.contains("team:sales#member@user:sam"), "{out}");
-    let (_, out, _) = run(&["audit", "read", "--actor", "anonymous", "--object", "user:anna"]);
-    assert!(out.contains("handover from user:anna to user:sam") && out.contains("delete task:t1#assignee@user:anna"), "{out}");
+    assert!(
+        out.contains("task:t1#assignee@user:sam") && out.contains("team:sales#member@user:sam"),
+        "{out}"
+    );
+    let (_, out, _) = run(&[
+        "audit",
+        "read",
+        "--actor",
+        "anonymous",
+        "--object",
+        "user:anna",
+    ]);
+    assert!(
+        out.contains("handover from user:anna to user:sam")
+            && out.contains("delete task:t1#assignee@user:anna"),
+        "{out}"
+    );
 
     // import / export round trip.
     let dir = tempfile::tempdir().unwrap();
