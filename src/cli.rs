@@ -247,53 +247,55 @@ async fn audit(conn: &Connection, command: AuditCommand) -> i32 {
         follow,
         ..Default::default()
     };
-    let mut stream = match c.audit.read_audit(req).await {
+    let stream = match c.audit.read_audit(req).await {
         Ok(s) => s.into_inner(),
         Err(s) => return fail(describe(&s)),
     };
-    loop {
-        match stream.message().await {
-            Ok(Some(r)) => {
-                let Some(t) = r.transaction else { continue };
-                let meta = serde_json::Value::Object(
-                    crate::api::convert::metadata(t.metadata.as_ref())
-                        .into_iter()
-                        .collect(),
-                );
-                let when = t
-                    .committed_at
-                    .map(|ts| ts.seconds * 1000 + i64::from(ts.nanos) / 1_000_000)
-                    .unwrap_or_default();
-                let changes: Vec<String> = t
-                    .changes
-                    .iter()
-                    .map(|ch| format!("{} {}", ch.operation, ch.relationship))
-                    .collect();
-                if args.json {
-                    println!(
-                        "{}",
-                        serde_json::json!({
-                            "sequence": t.sequence, "committed_at_ms": when, "actor": t.actor,
-                            "request_id": t.request_id, "metadata": meta, "changes": changes,
-                            "schema_changed": t.schema_changed, "hash": t.hash,
-                        })
-                    );
-                } else {
-                    let schema = if t.schema_changed {
-                        " [schema changed]"
-                    } else {
-                        ""
-                    };
-                    let when = crate::audit::rfc3339(u64::try_from(when).unwrap_or(0));
-                    println!("#{} {when} by {} {meta}{schema}", t.sequence, t.actor);
-                    for ch in &changes {
-                        println!("    {ch}");
-                    }
-                }
+    let printed = client::drain(stream, |r| {
+        let Some(t) = r.transaction else {
+            return Ok(());
+        };
+        let meta = serde_json::Value::Object(
+            crate::api::convert::metadata(t.metadata.as_ref())
+                .into_iter()
+                .collect(),
+        );
+        let when = t
+            .committed_at
+            .map(|ts| ts.seconds * 1000 + i64::from(ts.nanos) / 1_000_000)
+            .unwrap_or_default();
+        let changes: Vec<String> = t
+            .changes
+            .iter()
+            .map(|ch| format!("{} {}", ch.operation, ch.relationship))
+            .collect();
+        if args.json {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "sequence": t.sequence, "committed_at_ms": when, "actor": t.actor,
+                    "request_id": t.request_id, "metadata": meta, "changes": changes,
+                    "schema_changed": t.schema_changed, "hash": t.hash,
+                })
+            );
+        } else {
+            let schema = if t.schema_changed {
+                " [schema changed]"
+            } else {
+                ""
+            };
+            let when = crate::audit::rfc3339(u64::try_from(when).unwrap_or(0));
+            println!("#{} {when} by {} {meta}{schema}", t.sequence, t.actor);
+            for ch in &changes {
+                println!("    {ch}");
             }
-            Ok(None) => return 0,
-            Err(s) => return fail(describe(&s)),
         }
+        Ok(())
+    })
+    .await;
+    match printed {
+        Ok(()) => 0,
+        Err(e) => fail(e),
     }
 }
 
@@ -349,23 +351,23 @@ async fn export(conn: &Connection) -> i32 {
         optional_cursor: None,
         optional_relationship_filter: None,
     };
-    let mut stream = match c.permissions.export_bulk_relationships(req).await {
+    let stream = match c.permissions.export_bulk_relationships(req).await {
         Ok(s) => s.into_inner(),
         Err(s) => return fail(describe(&s)),
     };
-    loop {
-        match stream.message().await {
-            Ok(Some(batch)) => {
-                for r in &batch.relationships {
-                    match crate::api::convert::relationship(Some(r), "relationship") {
-                        Ok(rel) => println!("{rel}"),
-                        Err(s) => return fail(describe(&s)),
-                    }
-                }
+    let printed = client::drain(stream, |batch| {
+        for r in &batch.relationships {
+            match crate::api::convert::relationship(Some(r), "relationship") {
+                Ok(rel) => println!("{rel}"),
+                Err(s) => return Err(describe(&s)),
             }
-            Ok(None) => return 0,
-            Err(s) => return fail(describe(&s)),
         }
+        Ok(())
+    })
+    .await;
+    match printed {
+        Ok(()) => 0,
+        Err(e) => fail(e),
     }
 }
 
@@ -381,34 +383,33 @@ async fn watch(conn: &Connection) -> i32 {
         optional_relationship_filters: vec![],
         optional_update_kinds: vec![],
     };
-    let mut stream = match c.watch.watch(req).await {
+    let stream = match c.watch.watch(req).await {
         Ok(s) => s.into_inner(),
         Err(s) => return fail(describe(&s)),
     };
-    loop {
-        match stream.message().await {
-            Ok(Some(change)) => {
-                let meta = serde_json::Value::Object(
-                    crate::api::convert::metadata(change.optional_transaction_metadata.as_ref())
-                        .into_iter()
-                        .collect(),
-                );
-                if change.schema_updated {
-                    println!("* schema updated {meta}");
-                }
-                for u in &change.updates {
-                    let deleted = u.operation == pb::relationship_update::Operation::Delete as i32;
-                    let sign = if deleted { '-' } else { '+' };
-                    match crate::api::convert::relationship(u.relationship.as_ref(), "relationship")
-                    {
-                        Ok(rel) => println!("{sign} {rel} {meta}"),
-                        Err(s) => return fail(describe(&s)),
-                    }
-                }
-            }
-            Ok(None) => return 0,
-            Err(s) => return fail(describe(&s)),
+    let printed = client::drain(stream, |change| {
+        let meta = serde_json::Value::Object(
+            crate::api::convert::metadata(change.optional_transaction_metadata.as_ref())
+                .into_iter()
+                .collect(),
+        );
+        if change.schema_updated {
+            println!("* schema updated {meta}");
         }
+        for u in &change.updates {
+            let deleted = u.operation == pb::relationship_update::Operation::Delete as i32;
+            let sign = if deleted { '-' } else { '+' };
+            match crate::api::convert::relationship(u.relationship.as_ref(), "relationship") {
+                Ok(rel) => println!("{sign} {rel} {meta}"),
+                Err(s) => return Err(describe(&s)),
+            }
+        }
+        Ok(())
+    })
+    .await;
+    match printed {
+        Ok(()) => 0,
+        Err(e) => fail(e),
     }
 }
 
@@ -437,16 +438,18 @@ async fn lookup_resources(
         optional_cursor: None,
         with_debug: false,
     };
-    let mut stream = match c.permissions.lookup_resources(req).await {
+    let stream = match c.permissions.lookup_resources(req).await {
         Ok(s) => s.into_inner(),
         Err(s) => return fail(describe(&s)),
     };
-    loop {
-        match stream.message().await {
-            Ok(Some(r)) => println!("{resource_type}:{}", r.resource_object_id),
-            Ok(None) => return 0,
-            Err(s) => return fail(describe(&s)),
-        }
+    let printed = client::drain(stream, |r| {
+        println!("{resource_type}:{}", r.resource_object_id);
+        Ok(())
+    })
+    .await;
+    match printed {
+        Ok(()) => 0,
+        Err(e) => fail(e),
     }
 }
 
@@ -480,7 +483,7 @@ async fn lookup_subjects(
         optional_cursor: None,
         wildcard_option: 0,
     };
-    let mut stream = match c.permissions.lookup_subjects(req).await {
+    let stream = match c.permissions.lookup_subjects(req).await {
         Ok(s) => s.into_inner(),
         Err(s) => return fail(describe(&s)),
     };
@@ -489,27 +492,27 @@ async fn lookup_subjects(
     } else {
         format!("#{relation}")
     };
-    loop {
-        match stream.message().await {
-            Ok(Some(r)) => {
-                let id = r.subject.map(|s| s.subject_object_id).unwrap_or_default();
-                let excluded: Vec<String> = r
-                    .excluded_subjects
-                    .iter()
-                    .map(|e| format!("{subject_type}:{}", e.subject_object_id))
-                    .collect();
-                if excluded.is_empty() {
-                    println!("{subject_type}:{id}{suffix}");
-                } else {
-                    println!(
-                        "{subject_type}:{id}{suffix} (except {})",
-                        excluded.join(", ")
-                    );
-                }
-            }
-            Ok(None) => return 0,
-            Err(s) => return fail(describe(&s)),
+    let printed = client::drain(stream, |r| {
+        let id = r.subject.map(|s| s.subject_object_id).unwrap_or_default();
+        let excluded: Vec<String> = r
+            .excluded_subjects
+            .iter()
+            .map(|e| format!("{subject_type}:{}", e.subject_object_id))
+            .collect();
+        if excluded.is_empty() {
+            println!("{subject_type}:{id}{suffix}");
+        } else {
+            println!(
+                "{subject_type}:{id}{suffix} (except {})",
+                excluded.join(", ")
+            );
         }
+        Ok(())
+    })
+    .await;
+    match printed {
+        Ok(()) => 0,
+        Err(e) => fail(e),
     }
 }
 
@@ -813,29 +816,10 @@ async fn handover(conn: &Connection, from: &str, to: &str) -> i32 {
         }),
         ..Default::default()
     };
-    let req = pb::ReadRelationshipsRequest {
-        consistency: client::fully_consistent(),
-        relationship_filter: Some(filter),
-        optional_limit: 0,
-        optional_cursor: None,
+    let owned = match client::read_relationships(&mut c, filter).await {
+        Ok(o) => o,
+        Err(e) => return fail(e),
     };
-    let mut stream = match c.permissions.read_relationships(req).await {
-        Ok(s) => s.into_inner(),
-        Err(s) => return fail(describe(&s)),
-    };
-    let mut owned = Vec::new();
-    loop {
-        match stream.message().await {
-            Ok(Some(r)) => {
-                match crate::api::convert::relationship(r.relationship.as_ref(), "relationship") {
-                    Ok(rel) => owned.push(rel),
-                    Err(s) => return fail(describe(&s)),
-                }
-            }
-            Ok(None) => break,
-            Err(s) => return fail(describe(&s)),
-        }
-    }
     if owned.is_empty() {
         println!("{from} has no relationships; nothing to hand over");
         return 0;
@@ -886,33 +870,18 @@ async fn rel_read(conn: &Connection, filter: &str, json: bool) -> i32 {
         Ok(c) => c,
         Err(e) => return fail(e),
     };
-    let req = crate::api::proto::authzed::api::v1::ReadRelationshipsRequest {
-        consistency: client::fully_consistent(),
-        relationship_filter: Some(filter),
-        optional_limit: 0,
-        optional_cursor: None,
-    };
-    let mut stream = match c.permissions.read_relationships(req).await {
-        Ok(s) => s.into_inner(),
-        Err(s) => return fail(describe(&s)),
-    };
-    loop {
-        match stream.message().await {
-            Ok(Some(r)) => {
-                let Some(rel) = r.relationship.as_ref() else {
-                    continue;
-                };
-                match crate::api::convert::relationship(Some(rel), "relationship") {
-                    Ok(rel) if json => {
-                        println!("{}", serde_json::json!({"relationship": rel.to_string()}))
-                    }
-                    Ok(rel) => println!("{rel}"),
-                    Err(s) => return fail(describe(&s)),
+    match client::read_relationships(&mut c, filter).await {
+        Ok(rels) => {
+            for rel in rels {
+                if json {
+                    println!("{}", serde_json::json!({"relationship": rel.to_string()}));
+                } else {
+                    println!("{rel}");
                 }
             }
-            Ok(None) => return 0,
-            Err(s) => return fail(describe(&s)),
+            0
         }
+        Err(e) => fail(e),
     }
 }
 

@@ -103,6 +103,46 @@ impl Connection {
     }
 }
 
+/// Hands each message of a server stream to `each` until the stream ends;
+/// the first failure (of the stream or of `each`) ends it with a message.
+pub async fn drain<T>(
+    mut stream: tonic::Streaming<T>,
+    mut each: impl FnMut(T) -> Result<(), String>,
+) -> Result<(), String> {
+    while let Some(message) = stream.message().await.map_err(|s| describe(&s))? {
+        each(message)?;
+    }
+    Ok(())
+}
+
+/// Every relationship matching `filter`, read fully consistent.
+pub async fn read_relationships(
+    client: &mut Client,
+    filter: pb::RelationshipFilter,
+) -> Result<Vec<Relationship>, String> {
+    let req = pb::ReadRelationshipsRequest {
+        consistency: fully_consistent(),
+        relationship_filter: Some(filter),
+        optional_limit: 0,
+        optional_cursor: None,
+    };
+    let stream = client
+        .permissions
+        .read_relationships(req)
+        .await
+        .map_err(|s| describe(&s))?
+        .into_inner();
+    let mut out = Vec::new();
+    drain(stream, |r| {
+        if let Some(rel) = r.relationship.as_ref() {
+            out.push(convert::relationship(Some(rel), "relationship").map_err(|s| describe(&s))?);
+        }
+        Ok(())
+    })
+    .await?;
+    Ok(out)
+}
+
 /// Formats a failed call for a person: code, message and reason.
 pub fn describe(status: &tonic::Status) -> String {
     let reason = crate::api::status::reason_of(status)
