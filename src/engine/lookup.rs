@@ -12,7 +12,7 @@
 //! cost is one check per candidate (the cache shares sub-problems).
 
 use super::{Engine, Error};
-use crate::model::{ObjectRef, Relationship, Revision, SubjectRef, WILDCARD_ID};
+use crate::model::{ObjectRef, Relationship, Revision, SubjectRef};
 use crate::store::{Page, RelationshipFilter, SubjectFilter};
 
 /// Candidates are read in pages of this many relationships.
@@ -153,6 +153,9 @@ impl Engine {
         ids.dedup();
 
         let mut page = SubjectsPage::default();
+        // With a wildcard every candidate is decided up front (for the
+        // exclusions); those decisions then serve the concrete list too.
+        let mut decided: Option<Vec<bool>> = None;
         if after.is_none() && subject_relation.is_none() {
             let mut probe = String::from("kinbar-wildcard-probe");
             while ids.binary_search(&probe).is_ok() {
@@ -163,31 +166,39 @@ impl Engine {
                 .await?
                 .is_allowed()
             {
-                let mut excluded = Vec::new();
+                let mut granted = Vec::with_capacity(ids.len());
                 for id in &ids {
-                    if !self
-                        .check_at(at, resource, permission, &subject(id))
-                        .await?
-                        .is_allowed()
-                    {
-                        excluded.push(id.clone());
-                    }
+                    granted.push(
+                        self.check_at(at, resource, permission, &subject(id))
+                            .await?
+                            .is_allowed(),
+                    );
                 }
-                page.wildcard = Some(excluded);
+                page.wildcard = Some(
+                    ids.iter()
+                        .zip(&granted)
+                        .filter(|(_, g)| !**g)
+                        .map(|(id, _)| id.clone())
+                        .collect(),
+                );
+                decided = Some(granted);
             }
         }
-        for id in ids
-            .iter()
-            .filter(|id| after.is_none_or(|a| id.as_str() > a) && *id != WILDCARD_ID)
-        {
+        for (i, id) in ids.iter().enumerate() {
+            if after.is_some_and(|a| id.as_str() <= a) {
+                continue;
+            }
             if page.subject_ids.len() >= limit {
                 break;
             }
-            if self
-                .check_at(at, resource, permission, &subject(id))
-                .await?
-                .is_allowed()
-            {
+            let granted = match &decided {
+                Some(g) => g[i],
+                None => self
+                    .check_at(at, resource, permission, &subject(id))
+                    .await?
+                    .is_allowed(),
+            };
+            if granted {
                 page.subject_ids.push(id.clone());
             }
         }
