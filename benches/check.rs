@@ -84,7 +84,7 @@ fn bench(c: &mut Criterion) {
     let baseline = RelationshipFilter::exact(&"customer:c7#owner@user:o7".parse().unwrap());
     g.bench_function("baseline_store_read", |b| {
         b.iter(|| {
-            rt.block_on(store.query(head, &baseline, &Page::default()))
+            rt.block_on(store.query(&head, &baseline, &Page::default()))
                 .unwrap()
         })
     });
@@ -113,10 +113,15 @@ fn bench(c: &mut Criterion) {
             let r: Relationship = text.parse().unwrap();
             let (res, perm, subj): (ObjectRef, String, SubjectRef) =
                 (r.resource, r.relation, r.subject);
-            let got = rt.block_on(e.check_at(head, &res, &perm, &subj)).unwrap();
+            let got = rt
+                .block_on(e.check_at(head.clone(), &res, &perm, &subj))
+                .unwrap();
             assert_eq!(got.is_allowed(), expected, "{text}");
             g.bench_function(format!("{name}/{label}"), |b| {
-                b.iter(|| rt.block_on(e.check_at(head, &res, &perm, &subj)).unwrap())
+                b.iter(|| {
+                    rt.block_on(e.check_at(head.clone(), &res, &perm, &subj))
+                        .unwrap()
+                })
             });
         }
     }

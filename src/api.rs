@@ -89,7 +89,7 @@ impl Api {
         self.engine.store().id()
     }
 
-    pub(crate) fn token(&self, revision: Revision) -> pb::ZedToken {
+    pub(crate) fn token(&self, revision: &Revision) -> pb::ZedToken {
         pb::ZedToken {
             token: token::encode(revision, self.datastore_id()),
         }
@@ -120,18 +120,15 @@ impl Api {
             Some(R::AtLeastAsFresh(t)) => {
                 let wanted = self.decode_token(t)?;
                 let opt = optimized().await?;
-                let head = store.head_revision().await.map_err(status::from_store)?;
-                if wanted > head {
-                    return Err(Status::invalid_argument(
-                        "ZedToken is newer than this datastore's head",
-                    ));
-                }
-                wanted.max(opt)
+                store
+                    .at_least_as_fresh(&wanted, opt)
+                    .await
+                    .map_err(status::from_store)?
             }
             Some(R::AtExactSnapshot(t)) => self.decode_token(t)?,
         };
         store
-            .check_revision(rev)
+            .check_revision(&rev)
             .await
             .map_err(status::from_store)?;
         Ok(rev)
@@ -171,7 +168,7 @@ impl Api {
 /// (commits by other processes), or the client went away. `false`: end
 /// the stream.
 pub(crate) async fn wait_for_commit<T>(
-    commits: &mut tokio::sync::watch::Receiver<Revision>,
+    commits: &mut tokio::sync::watch::Receiver<u64>,
     closing: &mut tokio::sync::watch::Receiver<bool>,
     tx: &tokio::sync::mpsc::Sender<T>,
 ) -> bool {

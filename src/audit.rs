@@ -32,7 +32,8 @@ pub struct AuditChange {
 pub struct AuditRecord {
     /// Position in the chain, from 1, in commit order.
     pub sequence: u64,
-    pub revision: u64,
+    /// The datastore's revision text (opaque; as in ZedTokens).
+    pub revision: String,
     /// Commit time, milliseconds since the Unix epoch.
     pub committed_at_ms: u64,
     /// The authenticated key name (`anonymous` without keys).
@@ -55,7 +56,7 @@ impl AuditRecord {
     pub fn of(sequence: u64, txn: &CommittedTxn) -> AuditRecord {
         AuditRecord {
             sequence,
-            revision: txn.revision.0,
+            revision: txn.revision.to_string(),
             committed_at_ms: txn.committed_at_ms,
             actor: txn.metadata.actor.clone(),
             request_id: txn.metadata.request_id.clone(),
@@ -96,7 +97,7 @@ impl AuditRecord {
     }
 
     pub fn revision(&self) -> Revision {
-        Revision(self.revision)
+        Revision::new(self.revision.as_str())
     }
 }
 
@@ -108,7 +109,7 @@ pub enum Verification {
     /// The first record whose content or link does not match.
     Broken {
         sequence: u64,
-        revision: u64,
+        revision: String,
         reason: String,
     },
 }
@@ -134,7 +135,7 @@ impl Verifier {
     pub fn push(&mut self, r: &AuditRecord) -> Result<(), Verification> {
         let broken = |reason: String| Verification::Broken {
             sequence: r.sequence,
-            revision: r.revision,
+            revision: r.revision.clone(),
             reason,
         };
         if r.sequence != self.next_sequence {
@@ -254,7 +255,7 @@ mod tests {
         (1..=n)
             .map(|i| {
                 let txn = CommittedTxn {
-                    revision: Revision(i),
+                    revision: Revision::new(i.to_string()),
                     committed_at_ms: 1_000 * i,
                     metadata: TxnMetadata {
                         actor: "admin".into(),

@@ -140,7 +140,8 @@ pub struct Engine {
     /// The last compiled schema, by the revision that wrote it.
     compiled: Mutex<Option<(Revision, Arc<Schema>)>>,
     /// The latest revision this engine committed (wakes Watch streams).
-    commits: tokio::sync::watch::Sender<Revision>,
+    /// Counts this engine's commits; streams wait on it for news.
+    commits: tokio::sync::watch::Sender<u64>,
     pub metrics: EngineMetrics,
 }
 
@@ -167,7 +168,7 @@ impl Evaluator<'_> {
         Ok(self
             .engine
             .store
-            .query(self.at, filter, &Page::default())
+            .query(&self.at, filter, &Page::default())
             .await?)
     }
 
@@ -187,7 +188,7 @@ impl Evaluator<'_> {
 
     fn cache_key(&self, resource: &ObjectRef, member: &str, subject: &SubjectRef) -> CacheKey {
         (
-            self.at,
+            self.at.clone(),
             resource.clone(),
             member.to_string(),
             subject.clone(),
@@ -206,18 +207,18 @@ impl Engine {
             config,
             cache,
             compiled: Mutex::new(None),
-            commits: tokio::sync::watch::Sender::new(Revision(0)),
+            commits: tokio::sync::watch::Sender::new(0),
             metrics: EngineMetrics::default(),
         }
     }
 
     /// Notified with each revision this engine commits.
-    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<Revision> {
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
         self.commits.subscribe()
     }
 
-    fn committed(&self, revision: Revision) {
-        self.commits.send_replace(revision);
+    fn committed(&self) {
+        self.commits.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     /// An engine over a fresh embedded memory store with default settings.
@@ -239,7 +240,7 @@ impl Engine {
 
     /// The compiled schema in force at `at`.
     pub async fn schema_at(&self, at: Revision) -> Result<Arc<Schema>, Error> {
-        let stored = self.store.read_schema(at).await?.ok_or(Error::NoSchema)?;
+        let stored = self.store.read_schema(&at).await?.ok_or(Error::NoSchema)?;
         if let Ok(guard) = self.compiled.lock()
             && let Some((rev, schema)) = guard.as_ref()
             && *rev == stored.written_at
@@ -266,14 +267,14 @@ impl Engine {
 
     /// The schema text in force at `at`, and the revision that wrote it.
     pub async fn read_schema_text(&self, at: Revision) -> Result<(String, Revision), Error> {
-        let stored = self.store.read_schema(at).await?.ok_or(Error::NoSchema)?;
+        let stored = self.store.read_schema(&at).await?.ok_or(Error::NoSchema)?;
         Ok((stored.text.to_string(), stored.written_at))
     }
 
     async fn evaluator(&self, at: Revision) -> Result<Evaluator<'_>, Error> {
         Ok(Evaluator {
             engine: self,
-            schema: self.schema_at(at).await?,
+            schema: self.schema_at(at.clone()).await?,
             at,
             max_depth: self.config.max_depth,
             frames: AtomicU64::new(0),
@@ -295,12 +296,15 @@ impl Engine {
             .map_err(|e| Error::Schema(Box::new(e)))?;
         for attempt in 0.. {
             let head = self.store.head_revision().await?;
-            let current = self.store.read_schema(head).await?;
+            let current = self.store.read_schema(&head).await?;
             let (expected, preconditions) = match &current {
                 None => (None, Vec::new()),
                 Some(stored) => {
                     let old = self.schema_at(head).await?;
-                    (Some(stored.written_at), orphan_filters(&old, &schema))
+                    (
+                        Some(stored.written_at.clone()),
+                        orphan_filters(&old, &schema),
+                    )
                 }
             };
             let txn = WriteTxn {
@@ -314,7 +318,7 @@ impl Engine {
             };
             match self.store.write(txn).await {
                 Ok(c) => {
-                    self.committed(c.revision);
+                    self.committed();
                     return Ok(SchemaWriteResult {
                         revision: c.revision,
                         warnings,
@@ -326,7 +330,7 @@ impl Engine {
                     let examples = self
                         .store
                         .query(
-                            self.store.head_revision().await?,
+                            &self.store.head_revision().await?,
                             filter,
                             &Page {
                                 after: None,
@@ -433,7 +437,11 @@ impl Engine {
     async fn write_validated(&self, mut txn: WriteTxn) -> Result<CommittedTxn, Error> {
         for attempt in 0.. {
             let head = self.store.head_revision().await?;
-            let stored = self.store.read_schema(head).await?.ok_or(Error::NoSchema)?;
+            let stored = self
+                .store
+                .read_schema(&head)
+                .await?
+                .ok_or(Error::NoSchema)?;
             let schema = self.schema_at(head).await?;
             for u in &txn.updates {
                 if u.operation != crate::store::Operation::Delete {
@@ -455,7 +463,7 @@ impl Engine {
             match self.store.write(txn.clone()).await {
                 Err(StoreError::SchemaChanged) if attempt < 5 => continue,
                 Ok(c) => {
-                    self.committed(c.revision);
+                    self.committed();
                     return Ok(c);
                 }
                 Err(e) => return Err(e.into()),
@@ -471,7 +479,7 @@ impl Engine {
         filter: &RelationshipFilter,
         page: &Page,
     ) -> Result<Vec<Relationship>, Error> {
-        Ok(self.store.query(at, filter, page).await?)
+        Ok(self.store.query(&at, filter, page).await?)
     }
 
     /// Checks at the head revision.
@@ -482,7 +490,8 @@ impl Engine {
         subject: &SubjectRef,
     ) -> Result<Decision, Error> {
         let at = self.store.head_revision().await?;
-        self.check_at(at, resource, permission, subject).await
+        self.check_at(at.clone(), resource, permission, subject)
+            .await
     }
 
     /// Is `subject` in `resource#permission` at revision `at`?
@@ -493,7 +502,7 @@ impl Engine {
         permission: &str,
         subject: &SubjectRef,
     ) -> Result<Decision, Error> {
-        let eval = self.evaluator(at).await?;
+        let eval = self.evaluator(at.clone()).await?;
         validate_check(&eval.schema, resource, permission, subject)?;
         let key = eval.cache_key(resource, permission, subject);
         // Top-level singleflight: identical concurrent checks compute once.
@@ -516,7 +525,7 @@ impl Engine {
         permission: &str,
     ) -> Result<ExpandTree, Error> {
         let at = self.store.head_revision().await?;
-        self.expand_at(at, resource, permission).await
+        self.expand_at(at.clone(), resource, permission).await
     }
 
     /// The userset tree of `resource#permission` at `at`.
@@ -526,7 +535,7 @@ impl Engine {
         resource: &ObjectRef,
         permission: &str,
     ) -> Result<ExpandTree, Error> {
-        let eval = self.evaluator(at).await?;
+        let eval = self.evaluator(at.clone()).await?;
         validate_object(&eval.schema, resource)?;
         validate_member(&eval.schema, &resource.object_type, permission)?;
         eval.expand(resource, permission).await

@@ -235,14 +235,27 @@ impl std::str::FromStr for Relationship {
 
 /// A point in a datastore's history. Every read happens at one.
 ///
-/// The number is backend-defined (memory: a counter; Postgres: a transaction
-/// id); only its order and equality are meaningful outside `store/`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
-pub struct Revision(pub u64);
+/// Opaque outside `store/`: the text is backend-defined (memory: a commit
+/// counter; Postgres: a snapshot), and only the datastore that issued a
+/// revision can order it against another (`Datastore::at_least_as_fresh`).
+/// Equality is textual, which is what caches need. The text never contains
+/// `|` (cursors use it as a separator) and is at most 4 KiB.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Revision(std::sync::Arc<str>);
+
+impl Revision {
+    pub fn new(text: impl Into<std::sync::Arc<str>>) -> Self {
+        Revision(text.into())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
 
 impl fmt::Display for Revision {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)
+        f.write_str(&self.0)
     }
 }
 

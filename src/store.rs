@@ -237,6 +237,8 @@ pub enum StoreError {
         requested: Revision,
         oldest: Revision,
     },
+    #[error("{0}")]
+    InvalidRevision(String),
     #[error("revision {0} is in the future of this datastore")]
     RevisionInFuture(Revision),
     #[error("relationship `{0}` already exists (CREATE of an existing relationship)")]
@@ -277,16 +279,26 @@ pub trait Datastore: Send + Sync + 'static {
         quantum: std::time::Duration,
     ) -> Result<Revision, StoreError>;
 
-    /// Fails if `at` is not readable (garbage-collected or in the future).
-    async fn check_revision(&self, at: Revision) -> Result<(), StoreError>;
+    /// Fails if `at` is not readable (garbage-collected, in the future, or
+    /// not a revision of this backend).
+    async fn check_revision(&self, at: &Revision) -> Result<(), StoreError>;
+
+    /// A revision that sees everything `wanted` sees: `candidate` (typically
+    /// the optimized revision, so caches are shared) if it is at least as
+    /// fresh, else `wanted` itself. Only the store can order its revisions.
+    async fn at_least_as_fresh(
+        &self,
+        wanted: &Revision,
+        candidate: Revision,
+    ) -> Result<Revision, StoreError>;
 
     /// The schema in force at `at`, if any was written.
-    async fn read_schema(&self, at: Revision) -> Result<Option<StoredSchema>, StoreError>;
+    async fn read_schema(&self, at: &Revision) -> Result<Option<StoredSchema>, StoreError>;
 
     /// Relationships matching `filter` at `at`, in a stable order, paged.
     async fn query(
         &self,
-        at: Revision,
+        at: &Revision,
         filter: &RelationshipFilter,
         page: &Page,
     ) -> Result<Vec<Relationship>, StoreError>;
@@ -304,9 +316,11 @@ pub trait Datastore: Send + Sync + 'static {
     ) -> Result<Vec<crate::audit::AuditRecord>, StoreError>;
 
     /// Transactions committed after `after`, in commit order, at most `limit`.
+    /// Each returned transaction's `revision` is a valid resume point: the
+    /// changes since it are exactly the transactions that follow it here.
     async fn changes_since(
         &self,
-        after: Revision,
+        after: &Revision,
         limit: usize,
     ) -> Result<Vec<CommittedTxn>, StoreError>;
 }

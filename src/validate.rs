@@ -222,7 +222,7 @@ async fn run(
                 .map_err(|e| format!("{display}:{line}: bad assertion: {e}"))?;
             let kind = if expect { "assertTrue" } else { "assertFalse" };
             match engine
-                .check_at(at, &rel.resource, &rel.relation, &rel.subject)
+                .check_at(at.clone(), &rel.resource, &rel.relation, &rel.subject)
                 .await
             {
                 Ok(d) if d.is_allowed() == expect => report.passed += 1,
@@ -251,7 +251,7 @@ async fn run(
         for entry in expected.unwrap_or_default() {
             want.insert(expected_subject(&entry).map_err(|e| format!("{display}:{line}: {e}"))?);
         }
-        match subject_set(&engine, at, &resource, member, &subjects).await {
+        match subject_set(&engine, at.clone(), &resource, member, &subjects).await {
             Ok(got) if covered(&got, &want) == want => report.passed += 1,
             Ok(got) => {
                 let got = covered(&got, &want);
@@ -274,7 +274,7 @@ async fn run(
     }
 
     if options.exhaustive {
-        exhaustive(&engine, at, &objects, &subjects, report).await;
+        exhaustive(&engine, at.clone(), &objects, &subjects, report).await;
     }
     Ok(())
 }
@@ -355,14 +355,18 @@ async fn subject_set(
         if s.is_wildcard() {
             continue;
         }
-        if engine.check_at(at, resource, member, s).await?.is_allowed() {
+        if engine
+            .check_at(at.clone(), resource, member, s)
+            .await?
+            .is_allowed()
+        {
             out.insert(s.to_string());
         }
     }
     for t in types {
         let probe = SubjectRef::object(ObjectRef::new(t.clone(), "kinbar--wildcard--probe"));
         if engine
-            .check_at(at, resource, member, &probe)
+            .check_at(at.clone(), resource, member, &probe)
             .await?
             .is_allowed()
         {
@@ -381,7 +385,7 @@ async fn exhaustive(
     subjects: &BTreeSet<SubjectRef>,
     report: &mut FileReport,
 ) {
-    let Ok(schema) = engine.schema_at(at).await else {
+    let Ok(schema) = engine.schema_at(at.clone()).await else {
         return;
     };
     let mut candidates: Vec<SubjectRef> = subjects
@@ -406,7 +410,7 @@ async fn exhaustive(
         };
         let members = def.relations.keys().chain(def.permissions.keys());
         for member in members {
-            let tree = match engine.expand_at(at, object, member).await {
+            let tree = match engine.expand_at(at.clone(), object, member).await {
                 Ok(t) => t,
                 Err(e) => {
                     report.failures.push(Failure {
@@ -423,7 +427,7 @@ async fn exhaustive(
             let mut via_lookup: BTreeMap<&str, crate::engine::SubjectsPage> = BTreeMap::new();
             for t in types {
                 match engine
-                    .lookup_subjects_at(at, object, member, t, None, None, usize::MAX)
+                    .lookup_subjects_at(at.clone(), object, member, t, None, None, usize::MAX)
                     .await
                 {
                     Ok(page) => {
@@ -436,7 +440,7 @@ async fn exhaustive(
                 }
             }
             for s in &candidates {
-                let check = engine.check_at(at, object, member, s).await;
+                let check = engine.check_at(at.clone(), object, member, s).await;
                 if let (Ok(d), Some(page)) = (&check, via_lookup.get(s.object.object_type.as_str()))
                 {
                     let id = &s.object.object_id;
@@ -449,7 +453,14 @@ async fn exhaustive(
                         });
                     }
                     let resources = engine
-                        .lookup_resources_at(at, &object.object_type, member, s, None, usize::MAX)
+                        .lookup_resources_at(
+                            at.clone(),
+                            &object.object_type,
+                            member,
+                            s,
+                            None,
+                            usize::MAX,
+                        )
                         .await;
                     match resources {
                         Ok(ids) if ids.contains(&object.object_id) == d.is_allowed() => {}
@@ -459,7 +470,7 @@ async fn exhaustive(
                         }),
                     }
                 }
-                let via_tree = tree_contains(engine, at, &tree, s).await;
+                let via_tree = tree_contains(engine, at.clone(), &tree, s).await;
                 match (check, via_tree) {
                     (Ok(a), Ok(b)) if a == b => report.passed += 1,
                     (a, b) => report.failures.push(Failure {
@@ -493,7 +504,7 @@ fn tree_contains<'a>(
                     }
                     if let Some(r) = &s.relation
                         && engine
-                            .check_at(at, &s.object, r, subject)
+                            .check_at(at.clone(), &s.object, r, subject)
                             .await?
                             .is_allowed()
                     {
@@ -504,7 +515,10 @@ fn tree_contains<'a>(
             }
             ExpandKind::Union(children) => {
                 for c in children {
-                    if tree_contains(engine, at, c, subject).await?.is_allowed() {
+                    if tree_contains(engine, at.clone(), c, subject)
+                        .await?
+                        .is_allowed()
+                    {
                         return Ok(Decision::Allowed);
                     }
                 }
@@ -515,7 +529,10 @@ fn tree_contains<'a>(
                     return Ok(Decision::Denied);
                 }
                 for c in children {
-                    if !tree_contains(engine, at, c, subject).await?.is_allowed() {
+                    if !tree_contains(engine, at.clone(), c, subject)
+                        .await?
+                        .is_allowed()
+                    {
                         return Ok(Decision::Denied);
                     }
                 }
@@ -526,14 +543,17 @@ fn tree_contains<'a>(
                 let Some(first) = it.next() else {
                     return Ok(Decision::Denied);
                 };
-                if !tree_contains(engine, at, first, subject)
+                if !tree_contains(engine, at.clone(), first, subject)
                     .await?
                     .is_allowed()
                 {
                     return Ok(Decision::Denied);
                 }
                 for c in it {
-                    if tree_contains(engine, at, c, subject).await?.is_allowed() {
+                    if tree_contains(engine, at.clone(), c, subject)
+                        .await?
+                        .is_allowed()
+                    {
                         return Ok(Decision::Denied);
                     }
                 }

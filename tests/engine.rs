@@ -580,7 +580,7 @@ async fn concurrent_checks_and_writes_see_consistent_snapshots() {
                 for j in 0..=i {
                     let d = e
                         .check_at(
-                            at,
+                            at.clone(),
                             &obj(&format!("doc:{w}")),
                             "view_unbanned",
                             &subj(&format!("user:u{j}")),

@@ -257,7 +257,7 @@ async fn check_allowed_denied_and_tokens() {
         Code::InvalidArgument
     );
     let foreign = pb::ZedToken {
-        token: kinbar::api::token::encode(kinbar::Revision(1), "another-store"),
+        token: kinbar::api::token::encode(&kinbar::Revision::new("1"), "another-store"),
     };
     let e = check(
         &mut perms,

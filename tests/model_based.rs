@@ -344,7 +344,15 @@ fn run_case(c: &Case) -> Result<(), TestCaseError> {
             }
             let resource: ObjectRef = obj.parse().unwrap();
             let page = engine
-                .lookup_subjects_at(at, &resource, member, "user", None, None, usize::MAX)
+                .lookup_subjects_at(
+                    at.clone(),
+                    &resource,
+                    member,
+                    "user",
+                    None,
+                    None,
+                    usize::MAX,
+                )
                 .await
                 .map_err(|e| TestCaseError::fail(format!("lookup_subjects error: {e}")))?;
             for u in 0..USERS {
@@ -369,7 +377,7 @@ fn run_case(c: &Case) -> Result<(), TestCaseError> {
             for u in 0..USERS {
                 let subject: SubjectRef = format!("user:u{u}").parse().unwrap();
                 let got = engine
-                    .lookup_resources_at(at, "doc", member, &subject, None, usize::MAX)
+                    .lookup_resources_at(at.clone(), "doc", member, &subject, None, usize::MAX)
                     .await
                     .map_err(|e| TestCaseError::fail(format!("lookup_resources error: {e}")))?;
                 let want: Vec<String> = (0..DOCS)

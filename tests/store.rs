@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use kinbar::model::{Relationship, Revision};
+use kinbar::model::Relationship;
 use kinbar::store::memory::{MemoryOptions, MemoryStore};
 use kinbar::store::{Datastore, Page, RelationshipFilter, StoreError, conformance};
 use proptest::prelude::*;
@@ -56,7 +56,7 @@ async fn revisions_outside_retention_are_reported_too_old() {
     }
     assert_eq!(store.retained_revisions(), 3);
     match store
-        .query(revs[0], &RelationshipFilter::default(), &Page::default())
+        .query(&revs[0], &RelationshipFilter::default(), &Page::default())
         .await
     {
         Err(StoreError::RevisionTooOld { requested, oldest }) => {
@@ -66,7 +66,7 @@ async fn revisions_outside_retention_are_reported_too_old() {
         other => panic!("expected too old, got {other:?}"),
     }
     let at_oldest = store
-        .query(revs[3], &RelationshipFilter::default(), &Page::default())
+        .query(&revs[3], &RelationshipFilter::default(), &Page::default())
         .await
         .unwrap();
     assert_eq!(at_oldest.len(), 4);
@@ -74,8 +74,8 @@ async fn revisions_outside_retention_are_reported_too_old() {
     tokio::time::sleep(Duration::from_millis(5)).await;
     store.gc_with_window(Duration::ZERO).unwrap();
     assert_eq!(store.retained_revisions(), 1);
-    assert!(store.check_revision(*revs.last().unwrap()).await.is_ok());
-    assert!(store.check_revision(Revision(revs[4].0)).await.is_err());
+    assert!(store.check_revision(revs.last().unwrap()).await.is_ok());
+    assert!(store.check_revision(&revs[4]).await.is_err());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -100,7 +100,7 @@ async fn a_reader_holding_a_revision_never_sees_later_writes() {
     };
     for _ in 0..200 {
         let seen = store
-            .query(at, &RelationshipFilter::default(), &Page::default())
+            .query(&at, &RelationshipFilter::default(), &Page::default())
             .await
             .unwrap();
         assert_eq!(seen.len(), 1);
@@ -110,7 +110,7 @@ async fn a_reader_holding_a_revision_never_sees_later_writes() {
     let head = store.head_revision().await.unwrap();
     assert_eq!(
         store
-            .query(head, &RelationshipFilter::default(), &Page::default())
+            .query(&head, &RelationshipFilter::default(), &Page::default())
             .await
             .unwrap()
             .len(),

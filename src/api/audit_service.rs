@@ -23,7 +23,7 @@ fn timestamp_ms(t: &prost_types::Timestamp) -> u64 {
 fn to_pb(api: &Api, r: &AuditRecord) -> kpb::AuditTransaction {
     kpb::AuditTransaction {
         sequence: r.sequence,
-        revision_token: api.token(r.revision()).token,
+        revision_token: api.token(&r.revision()).token,
         committed_at: Some(prost_types::Timestamp {
             seconds: (r.committed_at_ms / 1000) as i64,
             nanos: ((r.committed_at_ms % 1000) * 1_000_000) as i32,
@@ -152,7 +152,7 @@ impl AuditService for AuditApi {
                         intact: false,
                         verified_transactions: sequence.saturating_sub(1),
                         first_broken_sequence: sequence,
-                        first_broken_revision: revision,
+                        first_broken_revision: revision.clone(),
                         message: format!(
                             "audit transaction {sequence} (revision {revision}) is broken: {reason}"
                         ),
@@ -169,7 +169,7 @@ impl AuditService for AuditApi {
             intact: true,
             verified_transactions: records,
             first_broken_sequence: 0,
-            first_broken_revision: 0,
+            first_broken_revision: String::new(),
             message: format!("{records} audit transactions verified"),
             head_hash: hex(&head),
         }))

@@ -29,9 +29,9 @@ fn refuse_context(ctx: Option<&prost_types::Struct>) -> Result<(), Status> {
 
 /// Cursors pin the revision of the first page and the last item sent
 /// (a relationship, or an object id for lookups).
-fn encode_cursor(rev: Revision, after: &impl std::fmt::Display) -> pb::Cursor {
+fn encode_cursor(rev: &Revision, after: &impl std::fmt::Display) -> pb::Cursor {
     use base64::Engine as _;
-    let text = format!("1|{}|{}", rev.0, after);
+    let text = format!("1|{}|{}", rev, after);
     pb::Cursor {
         token: base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text),
     }
@@ -54,8 +54,7 @@ fn decode_cursor(c: &pb::Cursor) -> Result<(Revision, String), Status> {
     let mut parts = text.splitn(3, '|');
     match (parts.next(), parts.next(), parts.next()) {
         (Some("1"), Some(rev), Some(after)) if !after.is_empty() => {
-            let rev = rev.parse::<u64>().map_err(|_| invalid_cursor())?;
-            Ok((Revision(rev), after.to_string()))
+            Ok((Revision::new(rev), after.to_string()))
         }
         _ => Err(invalid_cursor()),
     }
@@ -78,7 +77,7 @@ impl PermissionsApi {
                 self.0
                     .engine
                     .store()
-                    .check_revision(rev)
+                    .check_revision(&rev)
                     .await
                     .map_err(status::from_store)?;
                 Ok((rev, Some(after)))
@@ -112,7 +111,7 @@ impl PermissionsApi {
         let d = self
             .0
             .engine
-            .check_at(at, &resource, &permission, &subject)
+            .check_at(at.clone(), &resource, &permission, &subject)
             .await
             .map_err(engine_err)?;
         Ok(convert::permissionship(d))
@@ -139,7 +138,7 @@ impl PermissionsApi {
                     after: after.clone(),
                     limit: Some(page_size.min(remaining)),
                 };
-                let batch = match engine.read_relationships(at, &filter, &page).await {
+                let batch = match engine.read_relationships(at.clone(), &filter, &page).await {
                     Ok(b) => b,
                     Err(e) => {
                         let _ = tx.send(Err(engine_err(e))).await;
@@ -152,7 +151,7 @@ impl PermissionsApi {
                 remaining -= batch.len();
                 after = batch.last().cloned();
                 let full = batch.len() == page.limit.unwrap_or(0);
-                for item in emit(batch, at) {
+                for item in emit(batch, at.clone()) {
                     if tx.send(Ok(item)).await.is_err() {
                         return;
                     }
@@ -191,14 +190,14 @@ impl PermissionsService for PermissionsApi {
             0 => None,
             n => Some(n as usize),
         };
-        let token = self.0.token(at);
+        let token = self.0.token(&at);
         let stream = self.stream_relationships(at, filter, after, limit, move |batch, rev| {
             batch
                 .iter()
                 .map(|r| pb::ReadRelationshipsResponse {
                     read_at: Some(token.clone()),
                     relationship: Some(convert::relationship_pb(r)),
-                    after_result_cursor: Some(encode_cursor(rev, r)),
+                    after_result_cursor: Some(encode_cursor(&rev, r)),
                 })
                 .collect()
         });
@@ -248,7 +247,7 @@ impl PermissionsService for PermissionsApi {
             .await
             .map_err(engine_err)?;
         Ok(Response::new(pb::WriteRelationshipsResponse {
-            written_at: Some(self.0.token(committed.revision)),
+            written_at: Some(self.0.token(&committed.revision)),
         }))
     }
 
@@ -292,7 +291,7 @@ impl PermissionsService for PermissionsApi {
                 .0
                 .engine
                 .read_relationships(
-                    committed.revision,
+                    committed.revision.clone(),
                     &filter,
                     &Page {
                         after: None,
@@ -306,7 +305,7 @@ impl PermissionsService for PermissionsApi {
         };
         use pb::delete_relationships_response::DeletionProgress as P;
         Ok(Response::new(pb::DeleteRelationshipsResponse {
-            deleted_at: Some(self.0.token(committed.revision)),
+            deleted_at: Some(self.0.token(&committed.revision)),
             deletion_progress: if partial {
                 P::Partial as i32
             } else {
@@ -329,9 +328,9 @@ impl PermissionsService for PermissionsApi {
             subject: req.subject.clone(),
             context: req.context.clone(),
         };
-        let permissionship = self.check_one(at, &item).await?;
+        let permissionship = self.check_one(at.clone(), &item).await?;
         Ok(Response::new(pb::CheckPermissionResponse {
-            checked_at: Some(self.0.token(at)),
+            checked_at: Some(self.0.token(&at)),
             permissionship,
             partial_caveat_info: None,
             debug_trace: None,
@@ -360,7 +359,7 @@ impl PermissionsService for PermissionsApi {
         let mut pairs = Vec::with_capacity(req.items.len());
         for item in &req.items {
             use pb::check_bulk_permissions_pair::Response as R;
-            let response = match self.check_one(at, item).await {
+            let response = match self.check_one(at.clone(), item).await {
                 Ok(permissionship) => R::Item(pb::CheckBulkPermissionsResponseItem {
                     permissionship,
                     partial_caveat_info: None,
@@ -378,7 +377,7 @@ impl PermissionsService for PermissionsApi {
             });
         }
         Ok(Response::new(pb::CheckBulkPermissionsResponse {
-            checked_at: Some(self.0.token(at)),
+            checked_at: Some(self.0.token(&at)),
             pairs,
         }))
     }
@@ -395,11 +394,11 @@ impl PermissionsService for PermissionsApi {
         let tree = self
             .0
             .engine
-            .expand_at(at, &resource, &permission)
+            .expand_at(at.clone(), &resource, &permission)
             .await
             .map_err(engine_err)?;
         Ok(Response::new(pb::ExpandPermissionTreeResponse {
-            expanded_at: Some(self.0.token(at)),
+            expanded_at: Some(self.0.token(&at)),
             tree_root: Some(convert::tree_pb(&tree)),
         }))
     }
@@ -424,7 +423,7 @@ impl PermissionsService for PermissionsApi {
         let engine = self.0.engine.clone();
         let first = engine
             .lookup_resources_at(
-                at,
+                at.clone(),
                 &req.resource_object_type,
                 &req.permission,
                 &subject,
@@ -433,7 +432,7 @@ impl PermissionsService for PermissionsApi {
             )
             .await
             .map_err(engine_err)?;
-        let token = self.0.token(at);
+        let token = self.0.token(&at);
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         tokio::spawn(async move {
             let mut batch = first;
@@ -444,7 +443,7 @@ impl PermissionsService for PermissionsApi {
                     sent += 1;
                     let item = pb::LookupResourcesResponse {
                         looked_up_at: Some(token.clone()),
-                        after_result_cursor: Some(encode_cursor(at, &id)),
+                        after_result_cursor: Some(encode_cursor(&at, &id)),
                         resource_object_id: id.clone(),
                         permissionship: pb::LookupPermissionship::HasPermission as i32,
                         partial_caveat_info: None,
@@ -459,7 +458,7 @@ impl PermissionsService for PermissionsApi {
                 }
                 batch = match engine
                     .lookup_resources_at(
-                        at,
+                        at.clone(),
                         &req.resource_object_type,
                         &req.permission,
                         &subject,
@@ -505,7 +504,7 @@ impl PermissionsService for PermissionsApi {
             .0
             .engine
             .lookup_subjects_at(
-                at,
+                at.clone(),
                 &resource,
                 &req.permission,
                 &req.subject_object_type,
@@ -515,7 +514,7 @@ impl PermissionsService for PermissionsApi {
             )
             .await
             .map_err(engine_err)?;
-        let token = self.0.token(at);
+        let token = self.0.token(&at);
         let has = pb::LookupPermissionship::HasPermission as i32;
         let resolved = |id: &str| pb::ResolvedSubject {
             subject_object_id: id.to_string(),
@@ -546,7 +545,7 @@ impl PermissionsService for PermissionsApi {
                 partial_caveat_info: None,
                 subject: Some(resolved(id)),
                 excluded_subjects: vec![],
-                after_result_cursor: Some(encode_cursor(at, id)),
+                after_result_cursor: Some(encode_cursor(&at, id)),
             });
         }
         Ok(Response::new(Box::pin(tokio_stream::iter(
@@ -607,7 +606,7 @@ impl PermissionsService for PermissionsApi {
             n => Some(n as usize),
         };
         let stream = self.stream_relationships(at, filter, after, limit, |batch, rev| {
-            let cursor = batch.last().map(|r| encode_cursor(rev, r));
+            let cursor = batch.last().map(|r| encode_cursor(&rev, r));
             vec![pb::ExportBulkRelationshipsResponse {
                 after_result_cursor: cursor,
                 relationships: batch.iter().map(convert::relationship_pb).collect(),

@@ -197,18 +197,18 @@ impl SchemaService for SchemaApi {
     ) -> Result<Response<pb::ReadSchemaResponse>, Status> {
         self.0.authorize(&request, Scope::Check)?;
         let head = self.0.engine.head_revision().await.map_err(engine_err)?;
-        let (text, _) = self
-            .0
-            .engine
-            .read_schema_text(head)
-            .await
-            .map_err(|e| match e {
-                crate::Error::NoSchema => Status::not_found("no schema has been written yet"),
-                other => engine_err(other),
-            })?;
+        let (text, _) =
+            self.0
+                .engine
+                .read_schema_text(head.clone())
+                .await
+                .map_err(|e| match e {
+                    crate::Error::NoSchema => Status::not_found("no schema has been written yet"),
+                    other => engine_err(other),
+                })?;
         Ok(Response::new(pb::ReadSchemaResponse {
             schema_text: text,
-            read_at: Some(self.0.token(head)),
+            read_at: Some(self.0.token(&head)),
         }))
     }
 
@@ -225,7 +225,7 @@ impl SchemaService for SchemaApi {
             .await
             .map_err(engine_err)?;
         Ok(Response::new(pb::WriteSchemaResponse {
-            written_at: Some(self.0.token(result.revision)),
+            written_at: Some(self.0.token(&result.revision)),
         }))
     }
 
@@ -236,7 +236,12 @@ impl SchemaService for SchemaApi {
         self.0.authorize(&request, Scope::Check)?;
         let req = request.get_ref();
         let at = self.0.revision(req.consistency.as_ref()).await?;
-        let schema = self.0.engine.schema_at(at).await.map_err(engine_err)?;
+        let schema = self
+            .0
+            .engine
+            .schema_at(at.clone())
+            .await
+            .map_err(engine_err)?;
         let filters = &req.optional_filters;
         let definitions = schema
             .definitions
@@ -253,7 +258,7 @@ impl SchemaService for SchemaApi {
         Ok(Response::new(pb::ReflectSchemaResponse {
             definitions,
             caveats: vec![],
-            read_at: Some(self.0.token(at)),
+            read_at: Some(self.0.token(&at)),
         }))
     }
 
@@ -264,7 +269,12 @@ impl SchemaService for SchemaApi {
         self.0.authorize(&request, Scope::Check)?;
         let req = request.get_ref();
         let at = self.0.revision(req.consistency.as_ref()).await?;
-        let schema = self.0.engine.schema_at(at).await.map_err(engine_err)?;
+        let schema = self
+            .0
+            .engine
+            .schema_at(at.clone())
+            .await
+            .map_err(engine_err)?;
         member_exists(&schema, &req.definition_name, &req.relation_name)?;
         let permissions = schema
             .dependents(&req.definition_name, &req.relation_name)
@@ -274,7 +284,7 @@ impl SchemaService for SchemaApi {
             .collect();
         Ok(Response::new(pb::ComputablePermissionsResponse {
             permissions,
-            read_at: Some(self.0.token(at)),
+            read_at: Some(self.0.token(&at)),
         }))
     }
 
@@ -285,7 +295,12 @@ impl SchemaService for SchemaApi {
         self.0.authorize(&request, Scope::Check)?;
         let req = request.get_ref();
         let at = self.0.revision(req.consistency.as_ref()).await?;
-        let schema = self.0.engine.schema_at(at).await.map_err(engine_err)?;
+        let schema = self
+            .0
+            .engine
+            .schema_at(at.clone())
+            .await
+            .map_err(engine_err)?;
         member_exists(&schema, &req.definition_name, &req.permission_name)?;
         if schema
             .definition(&req.definition_name)
@@ -303,7 +318,7 @@ impl SchemaService for SchemaApi {
             .collect();
         Ok(Response::new(pb::DependentRelationsResponse {
             relations,
-            read_at: Some(self.0.token(at)),
+            read_at: Some(self.0.token(&at)),
         }))
     }
 
@@ -314,7 +329,12 @@ impl SchemaService for SchemaApi {
         self.0.authorize(&request, Scope::Check)?;
         let req = request.get_ref();
         let at = self.0.revision(req.consistency.as_ref()).await?;
-        let current = self.0.engine.schema_at(at).await.map_err(engine_err)?;
+        let current = self
+            .0
+            .engine
+            .schema_at(at.clone())
+            .await
+            .map_err(engine_err)?;
         let other = schema::compile(
             &req.comparison_schema,
             &self.0.engine.config().schema_limits,
@@ -322,7 +342,7 @@ impl SchemaService for SchemaApi {
         .map_err(|e| engine_err(crate::Error::Schema(Box::new(e))))?;
         Ok(Response::new(pb::DiffSchemaResponse {
             diffs: diff(&current, &other.schema),
-            read_at: Some(self.0.token(at)),
+            read_at: Some(self.0.token(&at)),
         }))
     }
 }

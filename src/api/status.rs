@@ -91,7 +91,9 @@ pub fn from_store(e: StoreError) -> Status {
         StoreError::RevisionTooOld { .. } => Status::failed_precondition(format!(
             "{msg}; retry with a newer ZedToken or with minimize_latency / fully_consistent"
         )),
-        StoreError::RevisionInFuture(_) => Status::invalid_argument(msg),
+        StoreError::RevisionInFuture(_) | StoreError::InvalidRevision(_) => {
+            Status::invalid_argument(msg)
+        }
         StoreError::AlreadyExists(_) => {
             with_reason(Code::AlreadyExists, msg, R::AttemptToRecreateRelationship)
         }

@@ -46,7 +46,7 @@ impl WatchService for WatchApi {
         };
         // Fail fast if the start is already garbage-collected.
         store
-            .changes_since(cursor, 1)
+            .changes_since(&cursor, 1)
             .await
             .map_err(status::from_store)?;
         let mut commits = self.0.engine.subscribe();
@@ -55,7 +55,7 @@ impl WatchService for WatchApi {
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         tokio::spawn(async move {
             loop {
-                let batch = match store.changes_since(cursor, 100).await {
+                let batch = match store.changes_since(&cursor, 100).await {
                     Ok(b) => b,
                     Err(e) => {
                         let _ = tx.send(Err(status::from_store(e))).await;
@@ -63,7 +63,7 @@ impl WatchService for WatchApi {
                     }
                 };
                 for txn in &batch {
-                    cursor = txn.revision;
+                    cursor = txn.revision.clone();
                     let updates: Vec<pb::RelationshipUpdate> = txn
                         .changes
                         .iter()
@@ -85,7 +85,7 @@ impl WatchService for WatchApi {
                     );
                     let response = pb::WatchResponse {
                         updates,
-                        changes_through: Some(api.token(txn.revision)),
+                        changes_through: Some(api.token(&txn.revision)),
                         optional_transaction_metadata: Some(convert::json_struct(&meta)),
                         schema_updated,
                         is_checkpoint: false,

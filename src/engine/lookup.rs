@@ -40,7 +40,7 @@ impl Engine {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<String>, Error> {
-        let schema = self.schema_at(at).await?;
+        let schema = self.schema_at(at.clone()).await?;
         if schema.definition(resource_type).is_none() {
             return Err(Error::UnknownType(resource_type.to_string()));
         }
@@ -72,7 +72,7 @@ impl Engine {
         let mut out: Vec<String> = Vec::new();
         let mut last_id: Option<String> = after.map(str::to_string);
         loop {
-            let batch = self.store.query(at, &filter, &page).await?;
+            let batch = self.store.query(&at, &filter, &page).await?;
             let full = batch.len() == READ_BATCH;
             for rel in &batch {
                 let id = &rel.resource.object_id;
@@ -81,7 +81,7 @@ impl Engine {
                 }
                 last_id = Some(id.clone());
                 if self
-                    .check_at(at, &rel.resource, permission, subject)
+                    .check_at(at.clone(), &rel.resource, permission, subject)
                     .await?
                     .is_allowed()
                 {
@@ -112,7 +112,7 @@ impl Engine {
         after: Option<&str>,
         limit: usize,
     ) -> Result<SubjectsPage, Error> {
-        let schema = self.schema_at(at).await?;
+        let schema = self.schema_at(at.clone()).await?;
         super::validate_object(&schema, resource)?;
         super::validate_member(&schema, &resource.object_type, permission)?;
         if schema.definition(subject_type).is_none() {
@@ -137,7 +137,7 @@ impl Engine {
         };
         let mut ids: Vec<String> = self
             .store
-            .query(at, &filter, &Page::default())
+            .query(&at, &filter, &Page::default())
             .await?
             .into_iter()
             .map(|r| r.subject.object.object_id)
@@ -162,14 +162,14 @@ impl Engine {
                 probe.push('_');
             }
             if self
-                .check_at(at, resource, permission, &subject(&probe))
+                .check_at(at.clone(), resource, permission, &subject(&probe))
                 .await?
                 .is_allowed()
             {
                 let mut granted = Vec::with_capacity(ids.len());
                 for id in &ids {
                     granted.push(
-                        self.check_at(at, resource, permission, &subject(id))
+                        self.check_at(at.clone(), resource, permission, &subject(id))
                             .await?
                             .is_allowed(),
                     );
@@ -194,7 +194,7 @@ impl Engine {
             let granted = match &decided {
                 Some(g) => g[i],
                 None => self
-                    .check_at(at, resource, permission, &subject(id))
+                    .check_at(at.clone(), resource, permission, &subject(id))
                     .await?
                     .is_allowed(),
             };

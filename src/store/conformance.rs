@@ -4,7 +4,7 @@
 //! code that lives here so every backend's tests can call it).
 #![allow(clippy::panic)]
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 
 use crate::model::{Relationship, Revision};
@@ -33,7 +33,7 @@ fn all() -> RelationshipFilter {
     RelationshipFilter::default()
 }
 
-async fn read(store: &dyn Datastore, at: Revision, filter: &RelationshipFilter) -> Vec<String> {
+async fn read(store: &dyn Datastore, at: &Revision, filter: &RelationshipFilter) -> Vec<String> {
     store
         .query(at, filter, &Page::default())
         .await
@@ -41,6 +41,22 @@ async fn read(store: &dyn Datastore, at: Revision, filter: &RelationshipFilter) 
         .iter()
         .map(|r| r.to_string())
         .collect()
+}
+
+async fn head(store: &dyn Datastore) -> Revision {
+    store
+        .head_revision()
+        .await
+        .unwrap_or_else(|e| panic!("head_revision failed: {e}"))
+}
+
+/// Whether `a` sees everything `b` sees, by the store's own ordering.
+async fn sees(store: &dyn Datastore, a: &Revision, b: &Revision) -> bool {
+    store
+        .at_least_as_fresh(b, a.clone())
+        .await
+        .unwrap_or_else(|e| panic!("at_least_as_fresh failed: {e}"))
+        == *a
 }
 
 async fn write(store: &dyn Datastore, txn: WriteTxn) -> CommittedTxn {
@@ -64,26 +80,43 @@ pub async fn snapshot_isolation(store: Arc<dyn Datastore>) {
         relationship: rel("doc:1#viewer@user:a"),
     });
     let r3 = write(&*store, del).await.revision;
-    assert!(r1 < r2 && r2 < r3, "revisions increase: {r1} {r2} {r3}");
-    assert_eq!(read(&*store, r1, &all()).await, ["doc:1#viewer@user:a"]);
+    assert!(
+        sees(&*store, &r2, &r1).await
+            && sees(&*store, &r3, &r2).await
+            && sees(&*store, &r3, &r1).await,
+        "later revisions see earlier ones: {r1} {r2} {r3}"
+    );
+    assert!(
+        !sees(&*store, &r1, &r2).await && !sees(&*store, &r2, &r3).await,
+        "earlier revisions do not see later ones: {r1} {r2} {r3}"
+    );
+    assert_eq!(read(&*store, &r1, &all()).await, ["doc:1#viewer@user:a"]);
     assert_eq!(
-        read(&*store, r2, &all()).await,
+        read(&*store, &r2, &all()).await,
         ["doc:1#viewer@user:a", "doc:1#viewer@user:b"]
     );
-    assert_eq!(read(&*store, r3, &all()).await, ["doc:1#viewer@user:b"]);
-    assert_eq!(store.head_revision().await.ok(), Some(r3));
-    let future = Revision(r3.0 + 1000);
-    assert!(matches!(
-        store.query(future, &all(), &Page::default()).await,
-        Err(StoreError::RevisionInFuture(_))
-    ));
+    assert_eq!(read(&*store, &r3, &all()).await, ["doc:1#viewer@user:b"]);
+    assert_eq!(
+        read(&*store, &head(&*store).await, &all()).await,
+        ["doc:1#viewer@user:b"]
+    );
+    for garbage in ["", "not a revision", "99999999999999999999999", "1:2:3:4"] {
+        let r = Revision::new(garbage);
+        assert!(
+            matches!(
+                store.query(&r, &all(), &Page::default()).await,
+                Err(StoreError::InvalidRevision(_) | StoreError::RevisionInFuture(_))
+            ),
+            "`{garbage}` must be refused as a revision"
+        );
+    }
 }
 
 /// Create fails on an existing relationship; touch does not; nothing of a
 /// failed transaction is applied.
 pub async fn create_touch_conflicts(store: Arc<dyn Datastore>) {
     write(&*store, touch(&["doc:1#viewer@user:a"])).await;
-    let head = store.head_revision().await.ok();
+    let before = store.head_revision().await.ok();
     let txn = WriteTxn {
         updates: vec![
             Update {
@@ -103,11 +136,11 @@ pub async fn create_touch_conflicts(store: Arc<dyn Datastore>) {
     ));
     assert_eq!(
         store.head_revision().await.ok(),
-        head,
+        before,
         "a failed write makes no revision"
     );
-    let at = store.head_revision().await.unwrap_or_default();
-    assert_eq!(read(&*store, at, &all()).await, ["doc:1#viewer@user:a"]);
+    let at = head(&*store).await;
+    assert_eq!(read(&*store, &at, &all()).await, ["doc:1#viewer@user:a"]);
     // Touching an existing relationship is a no-op change.
     let c = write(&*store, touch(&["doc:1#viewer@user:a"])).await;
     assert!(c.changes.is_empty());
@@ -155,7 +188,7 @@ pub async fn delete_and_filters(store: Arc<dyn Datastore>) {
         ]),
     )
     .await;
-    let at = store.head_revision().await.unwrap_or_default();
+    let at = head(&*store).await;
     let by_subject = RelationshipFilter {
         subject: Some(SubjectFilter {
             subject_type: "user".into(),
@@ -164,9 +197,9 @@ pub async fn delete_and_filters(store: Arc<dyn Datastore>) {
         }),
         ..Default::default()
     };
-    let got = read(&*store, at, &by_subject).await;
+    let got = read(&*store, &at, &by_subject).await;
     let everything = store
-        .query(at, &all(), &Page::default())
+        .query(&at, &all(), &Page::default())
         .await
         .unwrap_or_default();
     let expected: Vec<String> = everything
@@ -185,7 +218,7 @@ pub async fn delete_and_filters(store: Arc<dyn Datastore>) {
         ..Default::default()
     };
     assert_eq!(
-        read(&*store, at, &usersets).await,
+        read(&*store, &at, &usersets).await,
         ["doc:3#viewer@team:x#member"]
     );
     let no_wildcard = RelationshipFilter {
@@ -198,7 +231,7 @@ pub async fn delete_and_filters(store: Arc<dyn Datastore>) {
         }),
         ..Default::default()
     };
-    assert!(read(&*store, at, &no_wildcard).await.is_empty());
+    assert!(read(&*store, &at, &no_wildcard).await.is_empty());
     // resource#relation@subject seeks (the engine's direct check).
     let mut seek = RelationshipFilter::resource_relation("doc", "3", "viewer");
     seek.subject = Some(SubjectFilter {
@@ -206,14 +239,14 @@ pub async fn delete_and_filters(store: Arc<dyn Datastore>) {
         subject_ids: vec!["a".into(), "*".into()],
         ..Default::default()
     });
-    assert_eq!(read(&*store, at, &seek).await, ["doc:3#viewer@user:*"]);
+    assert_eq!(read(&*store, &at, &seek).await, ["doc:3#viewer@user:*"]);
     seek.subject = Some(SubjectFilter {
         subject_type: "team".into(),
         relation: Some(Some("member".into())),
         ..Default::default()
     });
     assert_eq!(
-        read(&*store, at, &seek).await,
+        read(&*store, &at, &seek).await,
         ["doc:3#viewer@team:x#member"]
     );
     let mut seek = RelationshipFilter::resource_relation("doc", "2", "viewer");
@@ -222,14 +255,14 @@ pub async fn delete_and_filters(store: Arc<dyn Datastore>) {
         subject_ids: vec!["a".into()],
         ..Default::default()
     });
-    assert_eq!(read(&*store, at, &seek).await, ["doc:2#viewer@user:a"]);
+    assert_eq!(read(&*store, &at, &seek).await, ["doc:2#viewer@user:a"]);
     let prefix = RelationshipFilter {
         resource_type: Some("doc".into()),
         resource_id_prefix: Some("2".into()),
         ..Default::default()
     };
     assert_eq!(
-        read(&*store, at, &prefix).await,
+        read(&*store, &at, &prefix).await,
         ["doc:2#editor@user:a", "doc:2#viewer@user:a"]
     );
 
@@ -264,9 +297,9 @@ pub async fn delete_and_filters(store: Arc<dyn Datastore>) {
     let c = write(&*store, txn).await;
     assert_eq!(c.changes.len(), 4);
     assert!(c.changes.iter().all(|ch| ch.operation == Operation::Delete));
-    let at = store.head_revision().await.unwrap_or_default();
+    let at = head(&*store).await;
     assert_eq!(
-        read(&*store, at, &all()).await,
+        read(&*store, &at, &all()).await,
         ["doc:2#editor@user:a", "folder:1#viewer@user:a"]
     );
 }
@@ -278,14 +311,14 @@ pub async fn paging(store: Arc<dyn Datastore>) {
         .collect();
     let refs: Vec<&str> = rels.iter().map(String::as_str).collect();
     write(&*store, touch(&refs)).await;
-    let at = store.head_revision().await.unwrap_or_default();
+    let at = head(&*store).await;
     let mut seen = Vec::new();
     let mut page = Page {
         after: None,
         limit: Some(10),
     };
     loop {
-        let batch = store.query(at, &all(), &page).await.unwrap_or_default();
+        let batch = store.query(&at, &all(), &page).await.unwrap_or_default();
         if batch.is_empty() {
             break;
         }
@@ -315,20 +348,21 @@ pub async fn large_and_odd_writes(store: Arc<dyn Datastore>) {
     ];
     let refs: Vec<&str> = odd.iter().map(String::as_str).collect();
     write(&*store, touch(&refs)).await;
-    let at = store.head_revision().await.unwrap_or_default();
+    let at = head(&*store).await;
     for o in &odd {
         let r = rel(o);
         assert_eq!(
-            read(&*store, at, &RelationshipFilter::exact(&r)).await,
+            read(&*store, &at, &RelationshipFilter::exact(&r)).await,
             std::slice::from_ref(o)
         );
     }
 }
 
 /// Concurrent writers: no lost write, distinct revisions, and a log of
-/// changes in commit order with no gap and no duplicate.
+/// changes in commit order with no gap and no duplicate, where each
+/// transaction's revision reads exactly the transactions up to it.
 pub async fn concurrent_writers_and_changes(store: Arc<dyn Datastore>) {
-    let before = store.head_revision().await.unwrap_or_default();
+    let before = head(&*store).await;
     let mut tasks = Vec::new();
     for w in 0..8 {
         let store = store.clone();
@@ -345,35 +379,65 @@ pub async fn concurrent_writers_and_changes(store: Arc<dyn Datastore>) {
     for t in tasks {
         all_revs.extend(t.await.unwrap_or_default());
     }
-    let distinct: BTreeSet<Revision> = all_revs.iter().copied().collect();
+    let distinct: HashSet<Revision> = all_revs.iter().cloned().collect();
     assert_eq!(distinct.len(), 200, "every commit has its own revision");
-    let at = store.head_revision().await.unwrap_or_default();
-    assert_eq!(read(&*store, at, &all()).await.len(), 200);
-    let changes = store
-        .changes_since(before, 10_000)
+    let at = head(&*store).await;
+    assert_eq!(read(&*store, &at, &all()).await.len(), 200);
+    let mut changes = Vec::new();
+    let mut cursor = before.clone();
+    loop {
+        let batch = store
+            .changes_since(&cursor, 37)
+            .await
+            .unwrap_or_else(|e| panic!("changes_since failed: {e}"));
+        let Some(last) = batch.last() else { break };
+        cursor = last.revision.clone();
+        changes.extend(batch);
+    }
+    let rels: Vec<String> = changes
+        .iter()
+        .flat_map(|c| c.changes.iter().map(|ch| ch.relationship.to_string()))
+        .collect();
+    let unique: BTreeSet<&String> = rels.iter().collect();
+    assert_eq!(rels.len(), 200, "every change once (no gap, no duplicate)");
+    assert_eq!(unique.len(), 200);
+    // Each position reads exactly the prefix of the log up to it.
+    for i in [0, 57, 99, 199] {
+        let mut expected: Vec<String> = rels[..=i].to_vec();
+        expected.sort();
+        assert_eq!(
+            read(&*store, &changes[i].revision, &all()).await,
+            expected,
+            "the revision of change {i} reads the log up to it"
+        );
+    }
+    let rest = store
+        .changes_since(&changes[99].revision, 10_000)
         .await
         .unwrap_or_default();
-    let revs: Vec<Revision> = changes.iter().map(|c| c.revision).collect();
-    let mut sorted = revs.clone();
-    sorted.sort();
-    sorted.dedup();
-    assert_eq!(revs, sorted, "changes in commit order, no duplicates");
-    assert_eq!(revs.len(), 200);
-    let mid = revs[99];
-    let rest = store.changes_since(mid, 10_000).await.unwrap_or_default();
     assert_eq!(
         rest.len(),
         100,
         "resuming after a revision continues without gap"
     );
-    assert_eq!(rest[0].revision, revs[100]);
+    assert_eq!(rest[0].changes, changes[100].changes);
+    // Resuming at a write's own revision yields what followed it.
+    let own = &all_revs[0];
+    let after_own = store.changes_since(own, 10_000).await.unwrap_or_default();
+    assert!(after_own.len() < 200);
+    assert!(
+        after_own
+            .iter()
+            .all(|c| c.changes[0].relationship.to_string() != "doc:w0#viewer@user:u0"),
+        "a write is not replayed after its own revision"
+    );
 }
 
 /// Schema text is versioned like relationships; a stale expected schema is refused.
 pub async fn schema_versions(store: Arc<dyn Datastore>) {
     assert!(
         store
-            .read_schema(Revision(0))
+            .read_schema(&head(&*store).await)
             .await
             .ok()
             .flatten()
@@ -404,7 +468,7 @@ pub async fn schema_versions(store: Arc<dyn Datastore>) {
         Some((Some("definition a {}".into()), "definition b {}".into()))
     );
     let s1 = store
-        .read_schema(c1.revision)
+        .read_schema(&c1.revision)
         .await
         .ok()
         .flatten()
@@ -428,24 +492,31 @@ pub async fn schema_versions(store: Arc<dyn Datastore>) {
 /// The optimized revision is the head without quantization, and otherwise a
 /// readable revision no newer than the head, stable within its window.
 pub async fn optimized_revisions(store: Arc<dyn Datastore>) {
-    let head = write(&*store, touch(&["doc:1#viewer@user:a"]))
+    let newest = write(&*store, touch(&["doc:1#viewer@user:a"]))
         .await
         .revision;
-    let opt = store.optimized_revision(std::time::Duration::ZERO).await;
-    assert_eq!(opt.ok(), Some(head));
+    let opt = store
+        .optimized_revision(std::time::Duration::ZERO)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        sees(&*store, &opt, &newest).await,
+        "unquantized is the head"
+    );
     let day = std::time::Duration::from_secs(86_400);
     let first = store
         .optimized_revision(day)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    assert!(first <= head);
-    assert!(store.check_revision(first).await.is_ok());
+    assert!(store.check_revision(&first).await.is_ok());
+    assert!(sees(&*store, &newest, &first).await);
     write(&*store, touch(&["doc:2#viewer@user:a"])).await;
     let again = store
         .optimized_revision(day)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    assert!(again >= first && again <= store.head_revision().await.unwrap_or_default());
+    assert!(sees(&*store, &again, &first).await);
+    assert!(store.check_revision(&again).await.is_ok());
 }
 
 /// Runs every check, each on a fresh store from `new_store`.

@@ -79,11 +79,12 @@ impl ReverseKey {
 
 struct Versions {
     /// revision → (snapshot, commit time in ms)
-    snapshots: BTreeMap<Revision, (Snapshot, u64)>,
-    log: VecDeque<Arc<CommittedTxn>>,
+    snapshots: BTreeMap<u64, (Snapshot, u64)>,
+    /// `(revision number, transaction)` in commit order.
+    log: VecDeque<(u64, Arc<CommittedTxn>)>,
     /// The audit chain: appended and sealed with each commit, never pruned.
     audit: Vec<Arc<crate::audit::AuditRecord>>,
-    head: Revision,
+    head: u64,
 }
 
 /// The in-memory MVCC datastore.
@@ -94,7 +95,7 @@ pub struct MemoryStore {
     writer: Mutex<()>,
     /// `(window start, quantum, revision)` of the last optimized revision:
     /// every request in the same window shares it without scanning.
-    optimized: Mutex<Option<(u64, u64, Revision)>>,
+    optimized: Mutex<Option<(u64, u64, u64)>>,
 }
 
 impl Default for MemoryStore {
@@ -110,6 +111,18 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// The text form of revision number `n`.
+fn revision(n: u64) -> Revision {
+    Revision::new(n.to_string())
+}
+
+/// The number of a memory revision; anything else is not one of ours.
+fn number(r: &Revision) -> Result<u64, StoreError> {
+    r.as_str().parse().map_err(|_| {
+        StoreError::InvalidRevision(format!("`{r}` is not a revision of the memory datastore"))
+    })
+}
+
 fn poisoned() -> StoreError {
     StoreError::Internal("memory store lock poisoned by a panic".into())
 }
@@ -117,7 +130,7 @@ fn poisoned() -> StoreError {
 impl MemoryStore {
     pub fn new(options: MemoryOptions) -> Self {
         let mut snapshots = BTreeMap::new();
-        snapshots.insert(Revision(0), (Snapshot::default(), now_ms()));
+        snapshots.insert(0, (Snapshot::default(), now_ms()));
         MemoryStore {
             id: format!("mem-{:016x}", rand::random::<u64>()),
             options,
@@ -125,23 +138,24 @@ impl MemoryStore {
                 snapshots,
                 log: VecDeque::new(),
                 audit: Vec::new(),
-                head: Revision(0),
+                head: 0,
             }),
             writer: Mutex::new(()),
             optimized: Mutex::new(None),
         }
     }
 
-    fn snapshot(&self, at: Revision) -> Result<Snapshot, StoreError> {
+    fn snapshot(&self, at: &Revision) -> Result<Snapshot, StoreError> {
+        let n = number(at)?;
         let v = self.versions.read().map_err(|_| poisoned())?;
-        if at > v.head {
-            return Err(StoreError::RevisionInFuture(at));
+        if n > v.head {
+            return Err(StoreError::RevisionInFuture(at.clone()));
         }
-        match v.snapshots.range(..=at).next_back() {
+        match v.snapshots.range(..=n).next_back() {
             Some((_, (snap, _))) => Ok(snap.clone()),
             None => Err(StoreError::RevisionTooOld {
-                requested: at,
-                oldest: v.snapshots.keys().next().copied().unwrap_or(v.head),
+                requested: at.clone(),
+                oldest: revision(v.snapshots.keys().next().copied().unwrap_or(v.head)),
             }),
         }
     }
@@ -162,7 +176,7 @@ impl MemoryStore {
             v.snapshots.remove(&oldest);
         }
         let oldest = v.snapshots.keys().next().copied().unwrap_or(v.head);
-        while v.log.front().is_some_and(|t| t.revision < oldest) {
+        while v.log.front().is_some_and(|(n, _)| *n < oldest) {
             v.log.pop_front();
         }
     }
@@ -375,14 +389,14 @@ impl Datastore for MemoryStore {
     }
 
     async fn head_revision(&self) -> Result<Revision, StoreError> {
-        Ok(self.versions.read().map_err(|_| poisoned())?.head)
+        Ok(revision(self.versions.read().map_err(|_| poisoned())?.head))
     }
 
     async fn optimized_revision(&self, quantum: Duration) -> Result<Revision, StoreError> {
         let v = self.versions.read().map_err(|_| poisoned())?;
         let q = quantum.as_millis() as u64;
         if q == 0 {
-            return Ok(v.head);
+            return Ok(revision(v.head));
         }
         let now = now_ms();
         let window_start = now - now % q;
@@ -391,7 +405,7 @@ impl Datastore for MemoryStore {
             && (w, cq) == (window_start, q)
             && v.snapshots.contains_key(&rev)
         {
-            return Ok(rev);
+            return Ok(revision(rev));
         }
         let chosen = v
             .snapshots
@@ -404,20 +418,36 @@ impl Datastore for MemoryStore {
         if let Ok(mut cached) = self.optimized.lock() {
             *cached = Some((window_start, q, chosen));
         }
-        Ok(chosen)
+        Ok(revision(chosen))
     }
 
-    async fn check_revision(&self, at: Revision) -> Result<(), StoreError> {
+    async fn check_revision(&self, at: &Revision) -> Result<(), StoreError> {
         self.snapshot(at).map(|_| ())
     }
 
-    async fn read_schema(&self, at: Revision) -> Result<Option<StoredSchema>, StoreError> {
+    async fn at_least_as_fresh(
+        &self,
+        wanted: &Revision,
+        candidate: Revision,
+    ) -> Result<Revision, StoreError> {
+        let w = number(wanted)?;
+        if w > self.versions.read().map_err(|_| poisoned())?.head {
+            return Err(StoreError::RevisionInFuture(wanted.clone()));
+        }
+        Ok(if number(&candidate)? >= w {
+            candidate
+        } else {
+            wanted.clone()
+        })
+    }
+
+    async fn read_schema(&self, at: &Revision) -> Result<Option<StoredSchema>, StoreError> {
         Ok(self.snapshot(at)?.schema)
     }
 
     async fn query(
         &self,
-        at: Revision,
+        at: &Revision,
         filter: &RelationshipFilter,
         page: &Page,
     ) -> Result<Vec<Relationship>, StoreError> {
@@ -437,7 +467,7 @@ impl Datastore for MemoryStore {
             (v.head, snap)
         };
         if let Some(expected) = txn.expected_schema
-            && snap.schema.as_ref().map(|s| s.written_at) != expected
+            && snap.schema.as_ref().map(|s| &s.written_at) != expected.as_ref()
         {
             return Err(StoreError::SchemaChanged);
         }
@@ -468,7 +498,8 @@ impl Datastore for MemoryStore {
                 _ => {}
             }
         }
-        let revision = Revision(head.0 + 1);
+        let number = head + 1;
+        let revision = revision(number);
         let mut changes = Vec::new();
         for d in &txn.deletes {
             let limit = d.limit.map(|l| l.saturating_add(1));
@@ -528,7 +559,7 @@ impl Datastore for MemoryStore {
             schema_change = Some((old, s.text.clone()));
             snap.schema = Some(StoredSchema {
                 text: Arc::from(s.text.as_str()),
-                written_at: revision,
+                written_at: revision.clone(),
             });
         }
         let committed_at_ms = now_ms();
@@ -540,8 +571,8 @@ impl Datastore for MemoryStore {
             schema_change,
         };
         let mut v = self.versions.write().map_err(|_| poisoned())?;
-        v.snapshots.insert(revision, (snap, committed_at_ms));
-        v.head = revision;
+        v.snapshots.insert(number, (snap, committed_at_ms));
+        v.head = number;
         if !committed.changes.is_empty() || committed.schema_change.is_some() {
             // Same critical section as the commit: a change is never visible
             // without its audit record, and records are sealed in commit order.
@@ -551,7 +582,7 @@ impl Datastore for MemoryStore {
             record.seal(previous);
             v.audit.push(Arc::new(record));
         }
-        v.log.push_back(Arc::new(committed.clone()));
+        v.log.push_back((number, Arc::new(committed.clone())));
         self.prune(&mut v, committed_at_ms);
         Ok(committed)
     }
@@ -576,22 +607,26 @@ impl Datastore for MemoryStore {
 
     async fn changes_since(
         &self,
-        after: Revision,
+        after: &Revision,
         limit: usize,
     ) -> Result<Vec<CommittedTxn>, StoreError> {
+        let n = number(after)?;
         let v = self.versions.read().map_err(|_| poisoned())?;
+        if n > v.head {
+            return Err(StoreError::RevisionInFuture(after.clone()));
+        }
         let oldest = v.snapshots.keys().next().copied().unwrap_or(v.head);
-        if after < oldest && after != Revision(0) {
+        if n < oldest && n != 0 {
             return Err(StoreError::RevisionTooOld {
-                requested: after,
-                oldest,
+                requested: after.clone(),
+                oldest: revision(oldest),
             });
         }
         Ok(v.log
             .iter()
-            .filter(|t| t.revision > after)
+            .filter(|(t, _)| *t > n)
             .take(limit)
-            .map(|t| (**t).clone())
+            .map(|(_, t)| (**t).clone())
             .collect())
     }
 }
