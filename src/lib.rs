@@ -42,7 +42,8 @@
 //!   Start here.
 //! - [`schema`]: the schema language — parser, type checker, formatter,
 //!   compiler-style diagnostics.
-//! - [`store`]: the [`store::Datastore`] trait and its backends (memory now).
+//! - [`store`]: the [`store::Datastore`] trait and its backends (memory,
+//!   Postgres).
 //! - [`engine`]: Check and Expand semantics, validated writes, caching.
 //! - [`validate`]: SpiceDB validation files (`kinbar validate`).
 //! - [`cli`]: the `kinbar` command line.
@@ -60,6 +61,7 @@ pub mod schema;
 pub mod server;
 pub mod store;
 pub mod telemetry;
+pub mod testing;
 pub mod validate;
 
 pub use engine::{Decision, Engine, EngineConfig, Error};

@@ -239,7 +239,7 @@ impl std::str::FromStr for Relationship {
 /// counter; Postgres: a snapshot), and only the datastore that issued a
 /// revision can order it against another (`Datastore::at_least_as_fresh`).
 /// Equality is textual, which is what caches need. The text never contains
-/// `|` (cursors use it as a separator) and is at most 4 KiB.
+/// `|` (cursors use it as a separator) and stays under 32 KiB.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Revision(std::sync::Arc<str>);
 

@@ -11,6 +11,8 @@
 
 pub mod conformance;
 pub mod memory;
+pub mod pgsnap;
+pub mod postgres;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
