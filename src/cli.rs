@@ -87,6 +87,14 @@ pub enum Command {
         #[arg(long)]
         exhaustive: bool,
     },
+    /// Create or upgrade the Postgres datastore's tables (versioned
+    /// migrations; safe to run again). `kinbar serve` refuses an
+    /// unmigrated or newer database.
+    Migrate {
+        /// `postgres://…` URL.
+        #[arg(long, env = "KINBAR_DATASTORE")]
+        datastore: String,
+    },
     /// Offline schema tools.
     Schema {
         #[command(subcommand)]
@@ -167,6 +175,7 @@ pub async fn run(cli: Cli) -> i32 {
             code
         }
         Command::Serve(args) => serve(args).await,
+        Command::Migrate { datastore } => migrate(&datastore).await,
         Command::Schema {
             command: SchemaCommand::Read,
         } => schema_read(&cli.connection).await,
@@ -513,6 +522,31 @@ async fn lookup_subjects(
     match printed {
         Ok(()) => 0,
         Err(e) => fail(e),
+    }
+}
+
+async fn migrate(url: &str) -> i32 {
+    if !crate::server::is_postgres_url(url) {
+        eprintln!(
+            "error: `kinbar migrate` needs a postgres:// URL (the memory datastore needs no migration)"
+        );
+        return 2;
+    }
+    match crate::store::postgres::PostgresStore::migrate(url).await {
+        Ok(applied) if applied.is_empty() => {
+            println!("the database is up to date");
+            0
+        }
+        Ok(applied) => {
+            for v in applied {
+                println!("applied migration {v}");
+            }
+            0
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            2
+        }
     }
 }
 

@@ -44,6 +44,13 @@ pub struct Config {
     pub request_timeout_secs: u64,
     /// `text` or `json`.
     pub log_format: String,
+    /// Dead relationship versions younger than this stay readable; older
+    /// revisions are refused (FAILED_PRECONDITION). Seconds.
+    pub gc_window_secs: u64,
+    /// How often garbage collection runs (Postgres), seconds.
+    pub gc_interval_secs: u64,
+    /// Postgres connection pool size.
+    pub postgres_max_connections: u32,
 }
 
 impl Default for Config {
@@ -72,6 +79,9 @@ impl Default for Config {
             concurrency_limit_per_connection: 256,
             request_timeout_secs: 30,
             log_format: "text".into(),
+            gc_window_secs: 24 * 3600,
+            gc_interval_secs: 60,
+            postgres_max_connections: 20,
         }
     }
 }
@@ -110,6 +120,13 @@ pub struct ServeArgs {
     pub revision_quantum_ms: Option<u64>,
     #[arg(long, env = "KINBAR_LOG_FORMAT")]
     pub log_format: Option<String>,
+    /// Garbage-collection window in seconds (default 86400).
+    #[arg(long, env = "KINBAR_GC_WINDOW_SECS")]
+    pub gc_window_secs: Option<u64>,
+    #[arg(long, env = "KINBAR_GC_INTERVAL_SECS")]
+    pub gc_interval_secs: Option<u64>,
+    #[arg(long, env = "KINBAR_POSTGRES_MAX_CONNECTIONS")]
+    pub postgres_max_connections: Option<u32>,
 }
 
 impl Config {
@@ -155,6 +172,15 @@ impl Config {
         if let Some(v) = &args.log_format {
             c.log_format = v.clone();
         }
+        if let Some(v) = args.gc_window_secs {
+            c.gc_window_secs = v;
+        }
+        if let Some(v) = args.gc_interval_secs {
+            c.gc_interval_secs = v;
+        }
+        if let Some(v) = args.postgres_max_connections {
+            c.postgres_max_connections = v;
+        }
         c.validate()?;
         Ok(c)
     }
@@ -166,6 +192,9 @@ impl Config {
         }
         if self.tls_client_ca.is_some() && self.tls_cert.is_none() {
             return Err("--tls-client-ca (mTLS) needs --tls-cert and --tls-key".into());
+        }
+        if self.gc_interval_secs == 0 || self.postgres_max_connections == 0 {
+            return Err("gc_interval_secs and postgres_max_connections must be positive".into());
         }
         if self.max_depth == 0 || self.max_updates_per_write == 0 || self.max_read_page == 0 {
             return Err("limits must be positive".into());

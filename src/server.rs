@@ -21,6 +21,7 @@ use crate::engine::{Engine, EngineConfig};
 use crate::schema::Limits;
 use crate::store::Datastore;
 use crate::store::memory::MemoryStore;
+use crate::store::postgres::{PostgresOptions, PostgresStore};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -91,19 +92,41 @@ impl http_body::Body for OversizedStatus {
     }
 }
 
-/// Opens the datastore named by the configuration.
-pub fn open_datastore(config: &Config) -> Result<Arc<dyn Datastore>, ServerError> {
+/// Opens the datastore named by the configuration. Postgres must already
+/// be migrated to this version (`kinbar migrate`); its background sealer and
+/// garbage collector start here.
+pub async fn open_datastore(config: &Config) -> Result<Arc<dyn Datastore>, ServerError> {
+    let window = std::time::Duration::from_secs(config.gc_window_secs);
     match config.datastore.as_str() {
-        "memory" => Ok(Arc::new(MemoryStore::default())),
-        other if other.starts_with("postgres://") || other.starts_with("postgresql://") => {
-            Err(ServerError::Config(
-                "the Postgres datastore is not available in this build yet; use `--datastore memory`".into(),
-            ))
+        "memory" => Ok(Arc::new(MemoryStore::new(
+            crate::store::memory::MemoryOptions {
+                gc_window: window,
+                ..Default::default()
+            },
+        ))),
+        url if is_postgres_url(url) => {
+            let options = PostgresOptions {
+                max_connections: config.postgres_max_connections,
+                gc_window: window,
+                gc_interval: Some(std::time::Duration::from_secs(config.gc_interval_secs)),
+                ..Default::default()
+            };
+            let store = Arc::new(
+                PostgresStore::open(url, options)
+                    .await
+                    .map_err(|e| ServerError::Config(format!("datastore: {e}")))?,
+            );
+            store.start_background();
+            Ok(store)
         }
         other => Err(ServerError::Config(format!(
             "unknown datastore `{other}`: use `memory` or a `postgres://` URL"
         ))),
     }
+}
+
+pub fn is_postgres_url(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
 }
 
 /// The engine and API state a configuration describes.
@@ -158,7 +181,7 @@ pub async fn run(
              listen on a loopback address, or pass --insecure-allow-unauthenticated"
         )));
     }
-    let store = open_datastore(&config)?;
+    let store = open_datastore(&config).await?;
     let api = build_api(&config, store)?;
     serve(config, api, listener, shutdown).await
 }

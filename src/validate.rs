@@ -85,8 +85,22 @@ pub struct Options {
     pub exhaustive: bool,
 }
 
-/// Validates one file.
+/// Validates one file on a fresh embedded memory store.
 pub async fn validate_file(path: &Path, options: &Options) -> FileReport {
+    validate_file_in(
+        path,
+        options,
+        std::sync::Arc::new(crate::store::memory::MemoryStore::default()),
+    )
+    .await
+}
+
+/// Validates one file, loading it into `store` (which must be empty).
+pub async fn validate_file_in(
+    path: &Path,
+    options: &Options,
+    store: std::sync::Arc<dyn crate::store::Datastore>,
+) -> FileReport {
     let display = path.display().to_string();
     let mut report = FileReport {
         path: display.clone(),
@@ -99,7 +113,7 @@ pub async fn validate_file(path: &Path, options: &Options) -> FileReport {
             return report;
         }
     };
-    if let Err(e) = run(path, &raw, options, &mut report).await {
+    if let Err(e) = run(path, &raw, options, store, &mut report).await {
         report.error = Some(e);
     }
     report
@@ -112,7 +126,8 @@ pub async fn validate_text(path: &Path, raw: &str, options: &Options) -> FileRep
         path: path.display().to_string(),
         ..Default::default()
     };
-    if let Err(e) = run(path, raw, options, &mut report).await {
+    let store = std::sync::Arc::new(crate::store::memory::MemoryStore::default());
+    if let Err(e) = run(path, raw, options, store, &mut report).await {
         report.error = Some(e);
     }
     report
@@ -122,6 +137,7 @@ async fn run(
     path: &Path,
     raw: &str,
     options: &Options,
+    store: std::sync::Arc<dyn crate::store::Datastore>,
     report: &mut FileReport,
 ) -> Result<(), String> {
     let display = path.display().to_string();
@@ -138,7 +154,7 @@ async fn run(
     };
     let schema_line = line_of(raw, "schema", 0).unwrap_or(1);
     let engine = Engine::new(
-        std::sync::Arc::new(crate::store::memory::MemoryStore::default()),
+        store,
         EngineConfig {
             max_updates_per_write: usize::MAX,
             ..Default::default()

@@ -115,3 +115,34 @@ async fn unreachable_database_is_unavailable() {
         "{err:?}"
     );
 }
+
+/// The validation corpus (ours, and SpiceDB's phase-1 files when present
+/// beside the project) passes on Postgres exactly as on memory, each file
+/// in its own fresh database, exhaustively (Check ⇔ Expand ⇔ lookups).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validation_corpus_passes_on_postgres() {
+    let mut files: Vec<std::path::PathBuf> = std::fs::read_dir("tests/validation")
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    let corpus = std::path::Path::new("../shared/conformance");
+    if let Ok(list) = std::fs::read_to_string(corpus.join("phase1.txt")) {
+        files.extend(
+            list.lines()
+                .filter(|l| !l.trim().is_empty())
+                .map(|l| corpus.join("spicedb").join(l.trim())),
+        );
+    }
+    files.sort();
+    assert!(files.len() >= 10, "corpus found: {files:?}");
+    let options = kinbar::validate::Options { exhaustive: true };
+    let mut failed = Vec::new();
+    for f in &files {
+        let report = kinbar::validate::validate_file_in(f, &options, postgres().await).await;
+        if report.error.is_some() || !report.failures.is_empty() {
+            failed.push(report.render());
+        }
+    }
+    assert!(failed.is_empty(), "{}", failed.join("\n"));
+}
