@@ -12,9 +12,9 @@ CREATE TABLE kinbar_metadata (
 
 INSERT INTO kinbar_metadata (key, value) VALUES
     ('datastore_id', 'pg-' || replace(gen_random_uuid()::text, '-', '')),
-    -- Reads at revisions whose xmin is below this are refused as too old:
-    -- garbage collection may have removed versions they need.
-    ('gc_horizon', '0');
+    -- A snapshot every readable revision must see ('' before the first
+    -- collection): garbage collection removes versions dead in it.
+    ('gc_horizon', '');
 
 CREATE TABLE relationships (
     resource_type    text COLLATE "C" NOT NULL,
@@ -57,8 +57,6 @@ CREATE UNIQUE INDEX schema_versions_live ON schema_versions ((true))
 -- which transactions become visible, forming a SHA-256 chain.
 CREATE TABLE transactions (
     xid            xid8 PRIMARY KEY DEFAULT pg_current_xact_id(),
-    -- xmin of the writer's snapshot: the GC horizon is derived from it.
-    snapshot_xmin  xid8 NOT NULL,
     revision       text NOT NULL,
     committed_at   timestamptz NOT NULL DEFAULT clock_timestamp(),
     actor          text NOT NULL,

@@ -16,10 +16,10 @@
 //! * Watch (`changes_since`) takes a snapshot and returns the transactions
 //!   it sees that the previous position did not, by xid; each one's
 //!   revision is a position that sees exactly what was delivered so far.
-//! * Garbage collection deletes versions whose deleter is below the GC
+//! * Garbage collection deletes versions whose deleter is visible in the GC
 //!   horizon published by the previous run, then publishes a new horizon:
-//!   the snapshot xmin of the newest transaction older than the window.
-//!   Reads at revisions whose xmin is below the horizon are refused.
+//!   the revision of the newest transaction older than the window. Reads at
+//!   revisions that do not see the horizon are refused (too old).
 
 use std::collections::HashSet;
 use std::str::FromStr;
@@ -81,7 +81,7 @@ impl Default for PostgresOptions {
 pub struct GcStats {
     pub relationships_deleted: u64,
     pub schemas_deleted: u64,
-    /// The horizon published for the next run (xid).
+    /// The xmax of the horizon published for the next run (0: none yet).
     pub horizon: u64,
 }
 
@@ -89,8 +89,8 @@ pub struct PostgresStore {
     id: String,
     pool: PgPool,
     options: PostgresOptions,
-    /// `(fetched at, horizon)`.
-    horizon: Mutex<Option<(Instant, u64)>>,
+    /// `(fetched at, horizon)`: revisions must see the horizon snapshot.
+    horizon: Mutex<Option<(Instant, Option<Snapshot>)>>,
     /// The largest xmax seen in a current snapshot (revisions beyond are in the future).
     seen_xmax: AtomicU64,
     optimized: Mutex<Option<(u64, u64, Revision)>>,
@@ -392,28 +392,34 @@ impl PostgresStore {
         Ok(snap)
     }
 
-    async fn gc_horizon(&self) -> Result<u64, StoreError> {
+    async fn gc_horizon(&self) -> Result<Option<Snapshot>, StoreError> {
         if let Ok(h) = self.horizon.lock()
-            && let Some((at, value)) = *h
+            && let Some((at, value)) = h.as_ref()
             && at.elapsed() < HORIZON_TTL
         {
-            return Ok(value);
+            return Ok(value.clone());
         }
         let value = self.published_horizon().await?;
         if let Ok(mut h) = self.horizon.lock() {
-            *h = Some((Instant::now(), value));
+            *h = Some((Instant::now(), value.clone()));
         }
         Ok(value)
     }
 
-    async fn published_horizon(&self) -> Result<u64, StoreError> {
+    /// The published GC horizon: a snapshot every readable revision must
+    /// see (`None` before the first collection).
+    async fn published_horizon(&self) -> Result<Option<Snapshot>, StoreError> {
         let text: String =
             sqlx::query_scalar("SELECT value FROM kinbar_metadata WHERE key = 'gc_horizon'")
                 .fetch_one(&self.pool)
                 .await
                 .map_err(db_err)?;
-        text.parse()
-            .map_err(|_| StoreError::Internal(format!("bad gc_horizon `{text}`")))
+        if text.is_empty() {
+            return Ok(None);
+        }
+        Snapshot::parse(&text)
+            .map(Some)
+            .ok_or_else(|| StoreError::Internal(format!("bad gc_horizon `{text}`")))
     }
 
     /// Parses `at` and checks it is readable.
@@ -425,11 +431,12 @@ impl PostgresStore {
                 return Err(StoreError::RevisionInFuture(at.clone()));
             }
         }
-        let horizon = self.gc_horizon().await?;
-        if snap.xmin < horizon {
+        if let Some(horizon) = self.gc_horizon().await?
+            && !snap.sees(&horizon)
+        {
             return Err(StoreError::RevisionTooOld {
                 requested: at.clone(),
-                oldest: Revision::new(format!("{horizon}:{horizon}:")),
+                oldest: Revision::new(horizon.to_string()),
             });
         }
         Ok(snap)
@@ -527,54 +534,56 @@ impl PostgresStore {
     ) -> Result<GcStats, StoreError> {
         let horizon = self.published_horizon().await?;
         let mut stats = GcStats {
-            horizon,
+            horizon: horizon.as_ref().map(|h| h.xmax).unwrap_or(0),
             ..Default::default()
         };
-        for (table, counter) in [
-            ("relationships", &mut stats.relationships_deleted),
-            ("schema_versions", &mut stats.schemas_deleted),
-        ] {
-            loop {
-                let done = sqlx::query(AssertSqlSafe(format!(
-                    "DELETE FROM {table} WHERE ctid IN (SELECT ctid FROM {table} \
-                     WHERE deleted_xid IS NOT NULL AND deleted_xid < $1::text::xid8 LIMIT $2)"
-                )))
-                .bind(horizon.to_string())
-                .bind(self.options.gc_batch)
-                .execute(&mut *conn)
-                .await
-                .map_err(db_err)?
-                .rows_affected();
-                *counter += done;
-                if done < self.options.gc_batch as u64 {
-                    break;
+        if let Some(h) = &horizon {
+            for (table, counter) in [
+                ("relationships", &mut stats.relationships_deleted),
+                ("schema_versions", &mut stats.schemas_deleted),
+            ] {
+                loop {
+                    let done = sqlx::query(AssertSqlSafe(format!(
+                        "DELETE FROM {table} WHERE ctid IN (SELECT ctid FROM {table} \
+                         WHERE deleted_xid IS NOT NULL AND deleted_xid < $1::text::xid8 \
+                         AND pg_visible_in_snapshot(deleted_xid, $2::pg_snapshot) LIMIT $3)"
+                    )))
+                    .bind(h.xmax.to_string())
+                    .bind(h.to_string())
+                    .bind(self.options.gc_batch)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(db_err)?
+                    .rows_affected();
+                    *counter += done;
+                    if done < self.options.gc_batch as u64 {
+                        break;
+                    }
                 }
             }
         }
-        // The next horizon: the snapshot xmin of the newest transaction
-        // committed before the window. Revisions taken after it have an
-        // xmin at least this (xmin only grows), so they stay readable.
-        let next: Option<i64> = sqlx::query_scalar(
-            "SELECT max(snapshot_xmin::text::bigint) FROM transactions \
-             WHERE committed_at < clock_timestamp() - make_interval(secs => $1)",
+        // The next horizon: the revision of the newest transaction committed
+        // before the window. Every revision taken after that commit sees it;
+        // only revisions older than the window (or concurrent with that
+        // transaction) are refused from now on.
+        let next: Option<String> = sqlx::query_scalar(
+            "SELECT revision FROM transactions \
+             WHERE committed_at < clock_timestamp() - make_interval(secs => $1) \
+             ORDER BY xid DESC LIMIT 1",
         )
         .bind(window.as_secs_f64())
-        .fetch_one(&mut *conn)
+        .fetch_optional(&mut *conn)
         .await
         .map_err(db_err)?;
-        if let Some(next) = next
-            && next as u64 > horizon
+        if let Some(next) = next.as_deref().and_then(Snapshot::parse)
+            && horizon.as_ref().is_none_or(|h| next.sees(h) && next != *h)
         {
-            sqlx::query(
-                "UPDATE kinbar_metadata SET value = $1 WHERE key = 'gc_horizon' \
-                 AND value::bigint < $2",
-            )
-            .bind(next.to_string())
-            .bind(next)
-            .execute(&mut *conn)
-            .await
-            .map_err(db_err)?;
-            stats.horizon = next as u64;
+            sqlx::query("UPDATE kinbar_metadata SET value = $1 WHERE key = 'gc_horizon'")
+                .bind(next.to_string())
+                .execute(&mut *conn)
+                .await
+                .map_err(db_err)?;
+            stats.horizon = next.xmax;
         }
         Ok(stats)
     }
@@ -749,9 +758,9 @@ impl PostgresStore {
         }
         let metadata = serde_json::Value::Object(txn.metadata.fields.clone().into_iter().collect());
         let committed_at_ms: i64 = sqlx::query_scalar(
-            "INSERT INTO transactions (snapshot_xmin, revision, actor, request_id, metadata, \
+            "INSERT INTO transactions (revision, actor, request_id, metadata, \
              schema_changed, old_schema, new_schema) \
-             VALUES (pg_snapshot_xmin(pg_current_snapshot()), $1, $2, $3, $4, $5, $6, $7) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) \
              RETURNING (extract(epoch from committed_at) * 1000)::bigint",
         )
         .bind(&revision)
@@ -849,6 +858,27 @@ async fn insert_keys(
         return Ok(HashSet::new());
     }
     let [a, b, c, d, e, f] = key_arrays(rels);
+    // Lock the live versions first (in key order, against deadlocks). A
+    // version deleted by a concurrent transaction then fails this one with
+    // a serialization error (retried) instead of the insert slipping past
+    // the partial unique index: so changes to one relationship are always
+    // ordered, and their order is the order of the writers' xids.
+    sqlx::query(AssertSqlSafe(format!(
+        "SELECT 1 FROM relationships r, {UNNEST6} AS u(a, b, c, d, e, f) \
+         WHERE r.resource_type = u.a AND r.resource_id = u.b AND r.relation = u.c \
+         AND r.subject_type = u.d AND r.subject_id = u.e AND r.subject_relation = u.f \
+         AND r.deleted_xid IS NULL \
+         ORDER BY r.resource_type, r.resource_id, r.relation, r.subject_type, r.subject_id, r.subject_relation \
+         FOR UPDATE OF r"
+    )))
+    .bind(&a)
+    .bind(&b)
+    .bind(&c)
+    .bind(&d)
+    .bind(&e)
+    .bind(&f)
+    .fetch_all(&mut *tx)
+    .await?;
     let rows = sqlx::query(AssertSqlSafe(format!(
         "INSERT INTO relationships ({COLS}) SELECT * FROM {UNNEST6} \
          ON CONFLICT ({COLS}) WHERE deleted_xid IS NULL DO NOTHING RETURNING {COLS}"
