@@ -417,3 +417,36 @@ async fn conflict_storm_applies_each_write_once_or_refuses_it() {
         kinbar::audit::Verification::Intact { .. }
     ));
 }
+
+/// Writers on disjoint relationships rarely conflict (and never fail).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disjoint_writers_do_not_fail() {
+    use kinbar::store::Operation::*;
+    let store = Arc::new(
+        PostgresStore::open(&database().await, quiet())
+            .await
+            .unwrap(),
+    );
+    let mut tasks = Vec::new();
+    for w in 0..4 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..150 {
+                store
+                    .write(txn(
+                        &[(Touch, &format!("doc:t{w}i{i}#viewer@user:u{}", i % 7))],
+                        "d",
+                    ))
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let retries = store
+        .conflict_retries
+        .load(std::sync::atomic::Ordering::Relaxed);
+    eprintln!("retries: {retries} for 600 writes");
+}

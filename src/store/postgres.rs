@@ -40,7 +40,7 @@ use crate::model::{ObjectRef, Relationship, Revision, SubjectRef};
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();
 
 /// How often a write is retried after a serialization failure.
-const MAX_WRITE_ATTEMPTS: u32 = 10;
+const MAX_WRITE_ATTEMPTS: u32 = 20;
 /// Advisory lock keys (arbitrary, fixed).
 const SEAL_LOCK: i64 = 0x6b69_6e62_6172_0001;
 const GC_LOCK: i64 = 0x6b69_6e62_6172_0002;
@@ -96,6 +96,8 @@ pub struct PostgresStore {
     optimized: Mutex<Option<(u64, u64, Revision)>>,
     /// Background tasks end when the store is dropped.
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Write attempts retried after a serialization failure or deadlock.
+    pub conflict_retries: AtomicU64,
 }
 
 impl Drop for PostgresStore {
@@ -306,6 +308,7 @@ impl PostgresStore {
             seen_xmax: AtomicU64::new(0),
             optimized: Mutex::new(None),
             tasks: Mutex::new(Vec::new()),
+            conflict_retries: AtomicU64::new(0),
         };
         Ok(store)
     }
@@ -592,6 +595,13 @@ impl PostgresStore {
     async fn try_write(&self, txn: &WriteTxn) -> Result<CommittedTxn, Attempt> {
         let mut tx = self.pool.begin().await.map_err(Attempt::Db)?;
         sqlx::query("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE")
+            .execute(&mut *tx)
+            .await
+            .map_err(Attempt::Db)?;
+        // Sequential scans take relation-level predicate locks, which make
+        // every pair of concurrent writers conflict; index scans lock only
+        // the pages and tuples they touch.
+        sqlx::query("SET LOCAL enable_seqscan = off")
             .execute(&mut *tx)
             .await
             .map_err(Attempt::Db)?;
@@ -1081,15 +1091,20 @@ impl Datastore for PostgresStore {
     }
 
     async fn write(&self, txn: WriteTxn) -> Result<CommittedTxn, StoreError> {
-        let mut backoff = Duration::from_millis(2);
+        let mut backoff = Duration::from_millis(4);
         for attempt in 1..=MAX_WRITE_ATTEMPTS {
             match self.try_write(&txn).await {
                 Ok(c) => return Ok(c),
                 Err(Attempt::Store(e)) => return Err(e),
                 Err(Attempt::Db(e)) if retryable(&e) && attempt < MAX_WRITE_ATTEMPTS => {
-                    let jitter = Duration::from_micros(rand::random::<u64>() % 2000);
-                    tokio::time::sleep(backoff + jitter).await;
-                    backoff = (backoff * 2).min(Duration::from_millis(200));
+                    self.conflict_retries.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(attempt, error = %e, "write conflicted; retrying");
+                    // Full jitter: colliding writers spread out instead of
+                    // colliding again in lockstep.
+                    let cap = backoff.as_micros() as u64;
+                    tokio::time::sleep(Duration::from_micros(rand::random::<u64>() % cap.max(1)))
+                        .await;
+                    backoff = (backoff * 2).min(Duration::from_millis(500));
                 }
                 Err(Attempt::Db(e)) if retryable(&e) => {
                     return Err(StoreError::Unavailable(format!(

@@ -1,0 +1,129 @@
+//! Helpers shared by the gRPC-level test binaries: request builders and a
+//! throwaway Postgres cluster per binary.
+#![allow(dead_code)] // each binary uses a subset
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use kinbar::api::proto::authzed::api::v1 as pb;
+use kinbar::testing::TempPostgres;
+use tonic::transport::Channel;
+
+pub fn cluster() -> &'static TempPostgres {
+    static CLUSTER: OnceLock<TempPostgres> = OnceLock::new();
+    CLUSTER.get_or_init(|| TempPostgres::start().expect("throwaway Postgres cluster"))
+}
+
+/// A migrated, empty database on this binary's cluster.
+pub async fn database() -> String {
+    let url = cluster().fresh_database().await.expect("fresh database");
+    kinbar::store::postgres::PostgresStore::migrate(&url)
+        .await
+        .expect("migrate");
+    url
+}
+
+pub fn rel(text: &str) -> pb::Relationship {
+    let r: kinbar::Relationship = text.parse().expect("relationship literal");
+    kinbar::api::convert::relationship_pb(&r)
+}
+
+pub fn write(
+    op: pb::relationship_update::Operation,
+    texts: &[&str],
+    reason: &str,
+) -> pb::WriteRelationshipsRequest {
+    let mut meta = std::collections::BTreeMap::new();
+    meta.insert("reason".to_string(), serde_json::json!(reason));
+    pb::WriteRelationshipsRequest {
+        updates: texts
+            .iter()
+            .map(|t| pb::RelationshipUpdate {
+                operation: op as i32,
+                relationship: Some(rel(t)),
+            })
+            .collect(),
+        optional_preconditions: vec![],
+        optional_transaction_metadata: Some(kinbar::api::convert::json_struct(&meta)),
+    }
+}
+
+pub fn touch(texts: &[&str], reason: &str) -> pb::WriteRelationshipsRequest {
+    write(pb::relationship_update::Operation::Touch, texts, reason)
+}
+
+pub fn consistency(r: pb::consistency::Requirement) -> Option<pb::Consistency> {
+    Some(pb::Consistency {
+        requirement: Some(r),
+    })
+}
+
+pub fn full() -> Option<pb::Consistency> {
+    consistency(pb::consistency::Requirement::FullyConsistent(true))
+}
+
+pub fn fresh(t: &pb::ZedToken) -> Option<pb::Consistency> {
+    consistency(pb::consistency::Requirement::AtLeastAsFresh(t.clone()))
+}
+
+pub fn exact(t: &pb::ZedToken) -> Option<pb::Consistency> {
+    consistency(pb::consistency::Requirement::AtExactSnapshot(t.clone()))
+}
+
+pub fn check(
+    resource: &str,
+    permission: &str,
+    subject: &str,
+    consistency: Option<pb::Consistency>,
+) -> pb::CheckPermissionRequest {
+    let r: kinbar::Relationship = format!("{resource}#{permission}@{subject}")
+        .parse()
+        .expect("check literal");
+    let p = kinbar::api::convert::relationship_pb(&r);
+    pb::CheckPermissionRequest {
+        consistency,
+        resource: p.resource,
+        permission: permission.into(),
+        subject: p.subject,
+        context: None,
+        with_tracing: false,
+    }
+}
+
+pub fn has(r: &pb::CheckPermissionResponse) -> bool {
+    r.permissionship == pb::check_permission_response::Permissionship::HasPermission as i32
+}
+
+/// Connects to `addr`, retrying while the server comes up.
+pub async fn channel(addr: std::net::SocketAddr) -> Channel {
+    let mut last = String::new();
+    for _ in 0..200 {
+        match Channel::from_shared(format!("http://{addr}"))
+            .expect("uri")
+            .connect()
+            .await
+        {
+            Ok(c) => return c,
+            Err(e) => last = e.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("server at {addr} did not come up: {last}");
+}
+
+/// Starts an in-process server on 127.0.0.1:0 over `datastore`.
+pub async fn serve(datastore: &str) -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let config = kinbar::config::Config {
+        datastore: datastore.to_string(),
+        ..Default::default()
+    };
+    tokio::spawn(kinbar::server::run(config, listener, async {
+        let _ = rx.await;
+    }));
+    (addr, tx)
+}

@@ -1,0 +1,73 @@
+//! A Postgres restart while Kinbar serves: requests fail with UNAVAILABLE
+//! (never a wrong answer), and Kinbar recovers by itself when Postgres is
+//! back. Its own test binary: it stops its cluster, which would disturb
+//! other tests sharing one.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use kinbar::api::proto::authzed::api::v1 as pb;
+use kinbar::api::proto::authzed::api::v1::permissions_service_client::PermissionsServiceClient;
+use kinbar::api::proto::authzed::api::v1::schema_service_client::SchemaServiceClient;
+use tonic::Code;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_restart_gives_unavailable_then_recovers() {
+    let url = database().await;
+    let (addr, _stop) = serve(&url).await;
+    let channel = channel(addr).await;
+    SchemaServiceClient::new(channel.clone())
+        .write_schema(pb::WriteSchemaRequest {
+            schema: "definition user {}\ndefinition doc { relation viewer: user\n permission view = viewer }".into(),
+        })
+        .await
+        .unwrap();
+    let mut client = PermissionsServiceClient::new(channel);
+    client
+        .write_relationships(touch(&["doc:1#viewer@user:a"], "before"))
+        .await
+        .unwrap();
+    let allowed = || check("doc:1", "view", "user:a", full());
+
+    cluster().stop().unwrap();
+    let err = client.check_permission(allowed()).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    let err = client
+        .write_relationships(touch(&["doc:2#viewer@user:a"], "during"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+
+    cluster().start_again().unwrap();
+    let mut recovered = None;
+    for _ in 0..100 {
+        match client.check_permission(allowed()).await {
+            Ok(r) => {
+                recovered = Some(r.into_inner());
+                break;
+            }
+            Err(e) => {
+                assert_eq!(
+                    e.code(),
+                    Code::Unavailable,
+                    "only UNAVAILABLE while recovering: {e:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    assert!(has(&recovered.expect("kinbar recovered without a restart")));
+    client
+        .write_relationships(touch(&["doc:2#viewer@user:a"], "after"))
+        .await
+        .unwrap();
+    let r = client
+        .check_permission(check("doc:2", "view", "user:a", full()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(has(&r));
+}
