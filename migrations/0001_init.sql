@@ -34,9 +34,12 @@ CREATE TABLE relationships (
 CREATE UNIQUE INDEX relationships_live ON relationships
     (resource_type, resource_id, relation, subject_type, subject_id, subject_relation)
     WHERE deleted_xid IS NULL;
--- Reverse lookups: who is related to a subject.
+-- Reverse lookups: what a subject is related to. It ends with resource_id
+-- so that a lookup of one exact relationship is an exact seek whichever
+-- index the planner picks (many relationships share one subject, such as
+-- `team:sales#member` or `user:*`).
 CREATE INDEX relationships_by_subject ON relationships
-    (subject_type, subject_id, subject_relation, resource_type, relation);
+    (subject_type, subject_id, subject_relation, resource_type, relation, resource_id);
 -- Garbage collection scans dead versions.
 CREATE INDEX relationships_deleted ON relationships (deleted_xid)
     WHERE deleted_xid IS NOT NULL;

@@ -293,12 +293,20 @@ async fn audit_chain_is_sealed_and_detects_sql_tampering() {
             .await
             .unwrap();
     }
+    // Unicode and JSON-special characters in the reason survive the round
+    // trip through jsonb and the hash.
+    let odd_reason = "Übergabe an Jörg ✓ \"quoted\" \\ back\nslash 🚀";
+    store
+        .write(txn(&[(Touch, "doc:u#viewer@user:z")], odd_reason))
+        .await
+        .unwrap();
     let failed = store
         .write(txn(&[(Create, "doc:0#viewer@user:a")], "dup"))
         .await;
     assert!(failed.is_err());
     let records = store.read_audit(0, &Default::default(), 100).await.unwrap();
-    assert_eq!(records.len(), 5, "a failed write leaves no audit row");
+    assert_eq!(records.len(), 6, "a failed write leaves no audit row");
+    assert_eq!(records[5].metadata["reason"], serde_json::json!(odd_reason));
     assert_eq!(records[0].actor, "tester");
     assert_eq!(records[0].request_id, "req-r0");
     assert_eq!(records[0].metadata["reason"], serde_json::json!("r0"));
@@ -310,7 +318,7 @@ async fn audit_chain_is_sealed_and_detects_sql_tampering() {
     );
     assert!(matches!(
         verify(&store).await,
-        kinbar::audit::Verification::Intact { records: 5, .. }
+        kinbar::audit::Verification::Intact { records: 6, .. }
     ));
 
     let pool = store.pool_ref().clone();

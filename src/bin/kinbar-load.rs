@@ -6,7 +6,15 @@
 //! example schema and a seeded dataset; `--endpoint` targets a running
 //! server instead (loopback only). Request loops are bounded by count.
 //!
-//! `cargo run --release --bin kinbar-load -- [--requests N] [--concurrency 1,8,32,64]`
+//! `--datastore postgres` runs the in-process server on a throwaway Postgres
+//! cluster (started and removed by the tool) instead of the memory store;
+//! `--customers N` scales the dataset (3 relationships per customer);
+//! `--cache-capacity 0` measures uncached evaluation; `--writes` adds write
+//! throughput (one relationship per write, and batches of 1,000) and, on
+//! Postgres, the cost of a garbage-collection pass.
+//!
+//! `cargo run --release --bin kinbar-load -- [--requests N] [--concurrency 1,8,32,64]
+//!   [--datastore memory|postgres] [--customers N] [--cache-capacity N] [--writes]`
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a benchmark tool: failing loudly is right
 
 use std::time::{Duration, Instant};
@@ -20,6 +28,10 @@ struct Args {
     requests: usize,
     concurrency: Vec<usize>,
     endpoint: Option<String>,
+    datastore: String,
+    customers: usize,
+    cache_capacity: Option<u64>,
+    writes: bool,
 }
 
 fn args() -> Args {
@@ -27,6 +39,10 @@ fn args() -> Args {
         requests: 20_000,
         concurrency: vec![1, 8, 32, 64],
         endpoint: None,
+        datastore: "memory".into(),
+        customers: 1000,
+        cache_capacity: None,
+        writes: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -46,15 +62,31 @@ fn args() -> Args {
                     .collect()
             }
             "--endpoint" => a.endpoint = it.next(),
+            "--datastore" => a.datastore = it.next().expect("--datastore memory|postgres"),
+            "--customers" => {
+                a.customers = it
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .expect("--customers N")
+            }
+            "--cache-capacity" => {
+                a.cache_capacity = Some(
+                    it.next()
+                        .and_then(|v| v.parse().ok())
+                        .expect("--cache-capacity N"),
+                )
+            }
+            "--writes" => a.writes = true,
             other => panic!(
-                "unknown flag {other}; flags: --requests N --concurrency 1,8,32 --endpoint URL"
+                "unknown flag {other}; flags: --requests N --concurrency 1,8,32 --endpoint URL \
+                 --datastore memory|postgres --customers N --cache-capacity N --writes"
             ),
         }
     }
     a
 }
 
-async fn seed(channel: Channel) -> Option<pb::ZedToken> {
+async fn seed(channel: Channel, customers: usize) -> Option<pb::ZedToken> {
     let mut schema = SchemaServiceClient::new(channel.clone());
     schema
         .write_schema(pb::WriteSchemaRequest {
@@ -67,12 +99,13 @@ async fn seed(channel: Channel) -> Option<pb::ZedToken> {
         "team:sales#member@team:juniors#member".to_string(),
         "team:juniors#member@user:jules".to_string(),
     ];
-    for i in 0..1000 {
+    for i in 0..customers {
         texts.push(format!("customer:c{i}#sales_rep@team:sales#membership"));
         texts.push(format!("customer:c{i}#owner@user:o{i}"));
         texts.push(format!("customer:c{i}#signed@user:*"));
     }
     let mut token = None;
+    let started = Instant::now();
     for chunk in texts.chunks(1000) {
         let updates = chunk
             .iter()
@@ -92,7 +125,99 @@ async fn seed(channel: Channel) -> Option<pb::ZedToken> {
             .into_inner()
             .written_at;
     }
+    eprintln!(
+        "seeded {} relationships in {:.1} s",
+        texts.len(),
+        started.elapsed().as_secs_f64()
+    );
     token
+}
+
+fn touches(texts: &[String]) -> pb::WriteRelationshipsRequest {
+    pb::WriteRelationshipsRequest {
+        updates: texts
+            .iter()
+            .map(|t| pb::RelationshipUpdate {
+                operation: pb::relationship_update::Operation::Touch as i32,
+                relationship: Some(kinbar::api::convert::relationship_pb(&t.parse().unwrap())),
+            })
+            .collect(),
+        optional_preconditions: vec![],
+        optional_transaction_metadata: None,
+    }
+}
+
+/// Write throughput: relationships per second, one per write and batched.
+async fn write_throughput(channel: Channel) {
+    println!();
+    println!("| writes | concurrency | writes/s | relationships/s | p50 | p99 |");
+    println!("|---|---|---|---|---|---|");
+    for (batch, concurrency, writes) in [(1, 1, 500), (1, 8, 2000), (1000, 1, 20), (1000, 4, 40)] {
+        let ch = channel.clone();
+        let stats = measure(concurrency, writes, move |i| {
+            let mut p = PermissionsServiceClient::new(ch.clone());
+            let texts: Vec<String> = (0..batch)
+                .map(|j| format!("customer:w{i}x{j}#owner@user:writer{j}"))
+                .collect();
+            async move {
+                p.write_relationships(touches(&texts)).await.unwrap();
+            }
+        })
+        .await;
+        println!(
+            "| {batch} per write | {concurrency} | {:.0} | {:.0} | {:.0} µs | {:.0} µs |",
+            stats.rps,
+            stats.rps * batch as f64,
+            stats.p50.as_secs_f64() * 1e6,
+            stats.p99.as_secs_f64() * 1e6,
+        );
+    }
+}
+
+/// The cost of collecting `n` dead versions on Postgres.
+async fn gc_cost(url: &str, n: usize) {
+    use kinbar::store::postgres::{PostgresOptions, PostgresStore};
+    use kinbar::store::{Datastore, Operation, Update, WriteTxn};
+    let store = PostgresStore::open(
+        url,
+        PostgresOptions {
+            seal_interval: None,
+            gc_interval: None,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    for chunk in (0..n).collect::<Vec<_>>().chunks(1000) {
+        for op in [Operation::Touch, Operation::Delete] {
+            let updates = chunk
+                .iter()
+                .map(|i| Update {
+                    operation: op,
+                    relationship: format!("customer:gc{i}#owner@user:g").parse().unwrap(),
+                })
+                .collect();
+            store
+                .write(WriteTxn {
+                    updates,
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+        }
+    }
+    // The first pass publishes the horizon, the second collects.
+    store.gc_with_window(Duration::ZERO).await.unwrap();
+    let started = Instant::now();
+    let stats = store.gc_with_window(Duration::ZERO).await.unwrap();
+    let took = started.elapsed();
+    println!();
+    println!(
+        "GC pass: {} dead versions collected in {:.0} ms ({:.0} versions/s, batches of 1,000)",
+        stats.relationships_deleted,
+        took.as_secs_f64() * 1e3,
+        stats.relationships_deleted as f64 / took.as_secs_f64()
+    );
 }
 
 struct Stats {
@@ -137,21 +262,40 @@ where
 #[tokio::main]
 async fn main() {
     let a = args();
+    let mut pg = None;
+    let datastore = match a.datastore.as_str() {
+        "memory" => "memory".to_string(),
+        "postgres" => {
+            let cluster = kinbar::testing::TempPostgres::start().expect("throwaway Postgres");
+            let url = cluster.fresh_database().await.expect("database");
+            kinbar::store::postgres::PostgresStore::migrate(&url)
+                .await
+                .expect("migrate");
+            pg = Some(cluster);
+            url
+        }
+        other => panic!("--datastore memory|postgres, not {other}"),
+    };
     let (endpoint, _server) = match &a.endpoint {
         Some(e) => (e.clone(), None),
         None => {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = listener.local_addr().unwrap();
-            let config = kinbar::config::Config {
+            let mut config = kinbar::config::Config {
                 revision_quantum_ms: 5_000,
+                datastore: datastore.clone(),
+                max_updates_per_write: 1000,
                 ..Default::default()
             };
+            if let Some(c) = a.cache_capacity {
+                config.cache_capacity = c;
+            }
             let handle = tokio::spawn(kinbar::server::run(
                 config,
                 listener,
                 std::future::pending(),
             ));
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            tokio::time::sleep(Duration::from_millis(500)).await;
             (format!("http://{addr}"), Some(handle))
         }
     };
@@ -162,14 +306,26 @@ async fn main() {
         .expect("connect");
     // Checks are at least as fresh as the seed (then the quantized revision).
     let consistency = if a.endpoint.is_none() {
-        seed(channel.clone()).await.map(|t| pb::Consistency {
-            requirement: Some(pb::consistency::Requirement::AtLeastAsFresh(t)),
-        })
+        seed(channel.clone(), a.customers)
+            .await
+            .map(|t| pb::Consistency {
+                requirement: Some(pb::consistency::Requirement::AtLeastAsFresh(t)),
+            })
     } else {
         Some(pb::Consistency {
             requirement: Some(pb::consistency::Requirement::MinimizeLatency(true)),
         })
     };
+    let customers = a.customers.max(1);
+    println!(
+        "datastore: {}, {} relationships, cache capacity {}",
+        a.datastore,
+        a.customers * 3 + 2,
+        a.cache_capacity
+            .map(|c| c.to_string())
+            .unwrap_or_else(|| "default".into())
+    );
+    println!();
     println!("| concurrency | RPC | requests/s | p50 | p99 | × baseline p50 |");
     println!("|---|---|---|---|---|---|");
     for &c in &a.concurrency {
@@ -207,7 +363,7 @@ async fn main() {
                 consistency: consistency.clone(),
                 resource: Some(pb::ObjectReference {
                     object_type: "customer".into(),
-                    object_id: format!("c{}", i % 1000),
+                    object_id: format!("c{}", i % customers),
                 }),
                 permission: "add_friend".into(),
                 subject: Some(pb::SubjectReference {
@@ -239,4 +395,11 @@ async fn main() {
             );
         }
     }
+    if a.writes {
+        write_throughput(channel.clone()).await;
+        if pg.is_some() {
+            gc_cost(&datastore, 100_000).await;
+        }
+    }
+    drop(pg);
 }

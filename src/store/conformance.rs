@@ -461,7 +461,7 @@ pub async fn schema_versions(store: Arc<dyn Datastore>) {
         &*store,
         WriteTxn {
             schema: Some(SchemaWrite {
-                text: "definition b {}".into(),
+                text: "definition b {} // ünïcödé ✓".into(),
             }),
             ..Default::default()
         },
@@ -469,7 +469,10 @@ pub async fn schema_versions(store: Arc<dyn Datastore>) {
     .await;
     assert_eq!(
         c2.schema_change,
-        Some((Some("definition a {}".into()), "definition b {}".into()))
+        Some((
+            Some("definition a {}".into()),
+            "definition b {} // ünïcödé ✓".into()
+        ))
     );
     let s1 = store
         .read_schema(&c1.revision)

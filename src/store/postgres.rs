@@ -601,10 +601,18 @@ impl PostgresStore {
         // Sequential scans take relation-level predicate locks, which make
         // every pair of concurrent writers conflict; index scans lock only
         // the pages and tuples they touch.
-        sqlx::query("SET LOCAL enable_seqscan = off")
-            .execute(&mut *tx)
-            .await
-            .map_err(Attempt::Db)?;
+        // Key batches (UNNEST) join by nested loops over an index: one exact
+        // lookup per key, however large the table (a hash join would scan
+        // the whole index, and lock all of it for SSI). Plans are made for
+        // each execution: a cached generic plan made while the table was
+        // small scans it whole once it is large.
+        sqlx::raw_sql(
+            "SET LOCAL enable_seqscan = off; SET LOCAL enable_hashjoin = off; \
+             SET LOCAL enable_mergejoin = off; SET LOCAL plan_cache_mode = force_custom_plan",
+        )
+        .execute(&mut *tx)
+        .await
+        .map_err(Attempt::Db)?;
         // Take the transaction id together with the snapshot (one statement),
         // so the revision counts few ids between them as in progress.
         let row =
@@ -818,7 +826,10 @@ enum Attempt {
 /// Bulk-binds relationship keys as six text arrays.
 fn key_arrays(rels: &[Relationship]) -> [Vec<String>; 6] {
     let mut cols: [Vec<String>; 6] = Default::default();
-    for r in rels {
+    // In key order, so concurrent writers lock rows in the same order.
+    let mut sorted: Vec<&Relationship> = rels.iter().collect();
+    sorted.sort();
+    for r in sorted {
         for (c, k) in cols.iter_mut().zip(key(r)) {
             c.push(k.to_string());
         }
@@ -828,6 +839,16 @@ fn key_arrays(rels: &[Relationship]) -> [Vec<String>; 6] {
 
 const UNNEST6: &str =
     "UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[])";
+
+/// The live versions of the keys bound as six arrays, locked, as `l(ctid)`.
+/// A LATERAL subquery per key is always an exact index seek: a join would
+/// let the planner, misled by stale statistics on a growing table, scan and
+/// re-scan the whole table (seen: 6 s for 1,000 keys at 42,000 rows).
+const LIVE_VERSIONS: &str = "UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[]) \
+     AS u(a, b, c, d, e, f) CROSS JOIN LATERAL (SELECT r.ctid FROM relationships r \
+     WHERE r.resource_type = u.a AND r.resource_id = u.b AND r.relation = u.c \
+     AND r.subject_type = u.d AND r.subject_id = u.e AND r.subject_relation = u.f \
+     AND r.deleted_xid IS NULL FOR UPDATE) AS l";
 
 /// Marks the live versions of `rels` deleted; returns those that were live.
 async fn delete_keys(
@@ -839,12 +860,9 @@ async fn delete_keys(
     }
     let [a, b, c, d, e, f] = key_arrays(rels);
     let rows = sqlx::query(AssertSqlSafe(format!(
-        "UPDATE relationships r SET deleted_xid = pg_current_xact_id() \
-         FROM {UNNEST6} AS u(a, b, c, d, e, f) \
-         WHERE r.resource_type = u.a AND r.resource_id = u.b AND r.relation = u.c \
-         AND r.subject_type = u.d AND r.subject_id = u.e AND r.subject_relation = u.f \
-         AND r.deleted_xid IS NULL \
-         RETURNING r.resource_type, r.resource_id, r.relation, r.subject_type, r.subject_id, r.subject_relation"
+        "UPDATE relationships SET deleted_xid = pg_current_xact_id() \
+         WHERE ctid = ANY(ARRAY(SELECT l.ctid FROM {LIVE_VERSIONS})) \
+         RETURNING {COLS}"
     )))
     .bind(a)
     .bind(b)
@@ -873,22 +891,15 @@ async fn insert_keys(
     // a serialization error (retried) instead of the insert slipping past
     // the partial unique index: so changes to one relationship are always
     // ordered, and their order is the order of the writers' xids.
-    sqlx::query(AssertSqlSafe(format!(
-        "SELECT 1 FROM relationships r, {UNNEST6} AS u(a, b, c, d, e, f) \
-         WHERE r.resource_type = u.a AND r.resource_id = u.b AND r.relation = u.c \
-         AND r.subject_type = u.d AND r.subject_id = u.e AND r.subject_relation = u.f \
-         AND r.deleted_xid IS NULL \
-         ORDER BY r.resource_type, r.resource_id, r.relation, r.subject_type, r.subject_id, r.subject_relation \
-         FOR UPDATE OF r"
-    )))
-    .bind(&a)
-    .bind(&b)
-    .bind(&c)
-    .bind(&d)
-    .bind(&e)
-    .bind(&f)
-    .fetch_all(&mut *tx)
-    .await?;
+    sqlx::query(AssertSqlSafe(format!("SELECT 1 FROM {LIVE_VERSIONS}")))
+        .bind(&a)
+        .bind(&b)
+        .bind(&c)
+        .bind(&d)
+        .bind(&e)
+        .bind(&f)
+        .fetch_all(&mut *tx)
+        .await?;
     let rows = sqlx::query(AssertSqlSafe(format!(
         "INSERT INTO relationships ({COLS}) SELECT * FROM {UNNEST6} \
          ON CONFLICT ({COLS}) WHERE deleted_xid IS NULL DO NOTHING RETURNING {COLS}"
