@@ -51,6 +51,8 @@ pub struct Config {
     pub gc_interval_secs: u64,
     /// Postgres connection pool size.
     pub postgres_max_connections: u32,
+    /// Optional hot-standby replica (`postgres://…`) for reads.
+    pub postgres_read_replica: Option<String>,
 }
 
 impl Default for Config {
@@ -82,6 +84,7 @@ impl Default for Config {
             gc_window_secs: 24 * 3600,
             gc_interval_secs: 60,
             postgres_max_connections: 20,
+            postgres_read_replica: None,
         }
     }
 }
@@ -127,6 +130,10 @@ pub struct ServeArgs {
     pub gc_interval_secs: Option<u64>,
     #[arg(long, env = "KINBAR_POSTGRES_MAX_CONNECTIONS")]
     pub postgres_max_connections: Option<u32>,
+    /// A hot-standby replica URL for reads (used only once it has replayed
+    /// the revision a read asks for).
+    #[arg(long, env = "KINBAR_POSTGRES_READ_REPLICA")]
+    pub postgres_read_replica: Option<String>,
 }
 
 impl Config {
@@ -180,6 +187,9 @@ impl Config {
         }
         if let Some(v) = args.postgres_max_connections {
             c.postgres_max_connections = v;
+        }
+        if args.postgres_read_replica.is_some() {
+            c.postgres_read_replica = args.postgres_read_replica.clone();
         }
         c.validate()?;
         Ok(c)

@@ -109,6 +109,7 @@ pub async fn open_datastore(config: &Config) -> Result<Arc<dyn Datastore>, Serve
                 max_connections: config.postgres_max_connections,
                 gc_window: window,
                 gc_interval: Some(std::time::Duration::from_secs(config.gc_interval_secs)),
+                read_replica_url: config.postgres_read_replica.clone(),
                 ..Default::default()
             };
             let store = Arc::new(

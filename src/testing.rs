@@ -77,6 +77,43 @@ impl TempPostgres {
     /// Creates and starts a cluster; fails with a readable reason (e.g.
     /// the Postgres binaries are not installed).
     pub fn start() -> Result<TempPostgres, String> {
+        Self::create(|bin, data| {
+            let mut c = as_postgres(&bin.join("initdb"));
+            c.arg("-D").arg(data).args([
+                "-A",
+                "trust",
+                "--no-sync",
+                "-U",
+                "postgres",
+                "-E",
+                "UTF8",
+            ]);
+            c
+        })
+    }
+
+    /// Starts a streaming hot-standby replica of this cluster
+    /// (`pg_basebackup -R`), on its own directory and socket.
+    pub fn start_replica(&self) -> Result<TempPostgres, String> {
+        let primary = self.dir.clone();
+        Self::create(move |bin, data| {
+            let mut c = as_postgres(&bin.join("pg_basebackup"));
+            c.arg("-D").arg(data).arg("-h").arg(&primary).args([
+                "-U",
+                "postgres",
+                "-R",
+                "-X",
+                "stream",
+                "--no-sync",
+                "--checkpoint=fast",
+            ]);
+            c
+        })
+    }
+
+    /// A temp directory owned by the server's user, filled by `init`
+    /// (`bin`, `data dir`), then the server started under the watchdog.
+    fn create(init: impl FnOnce(&Path, &Path) -> Command) -> Result<TempPostgres, String> {
         let bin = bin_dir().ok_or(
             "Postgres server binaries not found: install the `postgresql` package or set KINBAR_PG_BIN",
         )?;
@@ -94,15 +131,12 @@ impl TempPostgres {
             }
         }
         let data = dir.join("data");
-        let out = as_postgres(&bin.join("initdb"))
-            .arg("-D")
-            .arg(&data)
-            .args(["-A", "trust", "--no-sync", "-U", "postgres", "-E", "UTF8"])
+        let out = init(&bin, &data)
             .output()
-            .map_err(|e| format!("running initdb: {e}"))?;
+            .map_err(|e| format!("initializing the cluster: {e}"))?;
         if !out.status.success() {
             return Err(format!(
-                "initdb failed: {}",
+                "initializing the cluster failed: {}",
                 String::from_utf8_lossy(&out.stderr)
             ));
         }

@@ -57,6 +57,10 @@ pub struct PostgresOptions {
     pub gc_window: Duration,
     /// Rows deleted per GC statement.
     pub gc_batch: i64,
+    /// A hot-standby replica for reads at a revision. A read goes there
+    /// only when the replica's snapshot sees the revision (else to the
+    /// primary), so a lagging replica never serves a stale answer.
+    pub read_replica_url: Option<String>,
     /// Background sealing and GC intervals (`None`: no background task).
     pub seal_interval: Option<Duration>,
     pub gc_interval: Option<Duration>,
@@ -70,6 +74,7 @@ impl Default for PostgresOptions {
             statement_timeout: Duration::from_secs(30),
             gc_window: Duration::from_secs(24 * 3600),
             gc_batch: 1000,
+            read_replica_url: None,
             seal_interval: Some(Duration::from_millis(250)),
             gc_interval: Some(Duration::from_secs(60)),
         }
@@ -94,10 +99,23 @@ pub struct PostgresStore {
     /// The largest xmax seen in a current snapshot (revisions beyond are in the future).
     seen_xmax: AtomicU64,
     optimized: Mutex<Option<(u64, u64, Revision)>>,
+    /// The schema read at the last revision asked for: requests share the
+    /// quantized revision, so this saves a query per request.
+    schema_at: Mutex<Option<(Revision, Option<StoredSchema>)>>,
     /// Background tasks end when the store is dropped.
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// Write attempts retried after a serialization failure or deadlock.
     pub conflict_retries: AtomicU64,
+    replica: Option<Replica>,
+}
+
+struct Replica {
+    pool: PgPool,
+    /// The newest snapshot seen on the replica.
+    seen: Mutex<Option<Snapshot>>,
+    /// Reads served by the replica, and reads it could not serve yet.
+    served: AtomicU64,
+    behind: AtomicU64,
 }
 
 impl Drop for PostgresStore {
@@ -300,13 +318,24 @@ impl PostgresStore {
                 .fetch_one(&pool)
                 .await
                 .map_err(db_err)?;
+        let replica = match &options.read_replica_url {
+            Some(url) => Some(Replica {
+                pool: Self::pool(url, &options).await?,
+                seen: Mutex::new(None),
+                served: AtomicU64::new(0),
+                behind: AtomicU64::new(0),
+            }),
+            None => None,
+        };
         let store = PostgresStore {
             id,
+            replica,
             pool,
             options,
             horizon: Mutex::new(None),
             seen_xmax: AtomicU64::new(0),
             optimized: Mutex::new(None),
+            schema_at: Mutex::new(None),
             tasks: Mutex::new(Vec::new()),
             conflict_retries: AtomicU64::new(0),
         };
@@ -382,6 +411,52 @@ impl PostgresStore {
 
     pub fn pool_ref(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// `(served, behind)`: reads served by the replica, and reads sent to
+    /// the primary because the replica had not replayed the revision yet.
+    pub fn replica_stats(&self) -> Option<(u64, u64)> {
+        self.replica.as_ref().map(|r| {
+            (
+                r.served.load(Ordering::Relaxed),
+                r.behind.load(Ordering::Relaxed),
+            )
+        })
+    }
+
+    /// The pool to read `at` from: the replica if it has replayed every
+    /// transaction `at` sees, else the primary.
+    async fn reader(&self, at: &Snapshot) -> &PgPool {
+        let Some(r) = &self.replica else {
+            return &self.pool;
+        };
+        let known = r.seen.lock().ok().and_then(|s| s.clone());
+        if known.is_some_and(|s| s.sees(at)) {
+            r.served.fetch_add(1, Ordering::Relaxed);
+            return &r.pool;
+        }
+        let fresh: Result<String, _> = sqlx::query_scalar("SELECT pg_current_snapshot()::text")
+            .fetch_one(&r.pool)
+            .await;
+        match fresh.ok().as_deref().and_then(Snapshot::parse) {
+            Some(s) => {
+                let ok = s.sees(at);
+                if let Ok(mut seen) = r.seen.lock() {
+                    *seen = Some(s);
+                }
+                if ok {
+                    r.served.fetch_add(1, Ordering::Relaxed);
+                    &r.pool
+                } else {
+                    r.behind.fetch_add(1, Ordering::Relaxed);
+                    &self.pool
+                }
+            }
+            None => {
+                r.behind.fetch_add(1, Ordering::Relaxed);
+                &self.pool
+            }
+        }
     }
 
     async fn current_snapshot(&self) -> Result<Snapshot, StoreError> {
@@ -1053,14 +1128,20 @@ impl Datastore for PostgresStore {
     }
 
     async fn read_schema(&self, at: &Revision) -> Result<Option<StoredSchema>, StoreError> {
-        self.readable(at).await?;
+        let snap = self.readable(at).await?;
+        if let Ok(cached) = self.schema_at.lock()
+            && let Some((rev, schema)) = cached.as_ref()
+            && rev == at
+        {
+            return Ok(schema.clone());
+        }
         let row = sqlx::query(
             "SELECT text, written_rev FROM schema_versions \
              WHERE pg_visible_in_snapshot(created_xid, $1::pg_snapshot) \
              AND (deleted_xid IS NULL OR NOT pg_visible_in_snapshot(deleted_xid, $1::pg_snapshot))",
         )
         .bind(at.as_str())
-        .fetch_optional(&self.pool)
+        .fetch_optional(self.reader(&snap).await)
         .await
         .map_err(db_err)?;
         match row {
@@ -1068,10 +1149,14 @@ impl Datastore for PostgresStore {
             Some(r) => {
                 let text: String = r.try_get(0).map_err(db_err)?;
                 let rev: String = r.try_get(1).map_err(db_err)?;
-                Ok(Some(StoredSchema {
+                let schema = Some(StoredSchema {
                     text: text.into(),
                     written_at: Revision::new(rev),
-                }))
+                });
+                if let Ok(mut cached) = self.schema_at.lock() {
+                    *cached = Some((at.clone(), schema.clone()));
+                }
+                Ok(schema)
             }
         }
     }
@@ -1082,7 +1167,7 @@ impl Datastore for PostgresStore {
         filter: &RelationshipFilter,
         page: &Page,
     ) -> Result<Vec<Relationship>, StoreError> {
-        self.readable(at).await?;
+        let snap = self.readable(at).await?;
         let mut qb = QueryBuilder::new(format!(
             "SELECT {COLS} FROM relationships WHERE pg_visible_in_snapshot(created_xid, "
         ));
@@ -1097,7 +1182,11 @@ impl Datastore for PostgresStore {
             qb.push(" LIMIT ")
                 .push_bind(l.min(i64::MAX as usize) as i64);
         }
-        let rows = qb.build().fetch_all(&self.pool).await.map_err(db_err)?;
+        let rows = qb
+            .build()
+            .fetch_all(self.reader(&snap).await)
+            .await
+            .map_err(db_err)?;
         rows.iter().map(row_rel).collect()
     }
 
