@@ -54,44 +54,28 @@ async fn no_new_enemy_under_concurrent_writes_and_checks() {
             for i in 0..250 {
                 let doc = format!("doc:t{t}i{i}");
                 let user = format!("user:u{}", i % 7);
-                let granted = client
-                    .write_relationships(touch(&[&format!("{doc}#viewer@{user}")], "grant"))
-                    .await
-                    .unwrap()
-                    .into_inner()
-                    .written_at
-                    .unwrap();
-                let r = client
-                    .check_permission(check(&doc, "view", &user, fresh(&granted)))
-                    .await
-                    .unwrap()
-                    .into_inner();
+                let granted = written(
+                    &mut client,
+                    touch(&[&format!("{doc}#viewer@{user}")], "grant"),
+                )
+                .await;
                 assert!(
-                    has(&r),
+                    allowed(&mut client, check(&doc, "view", &user, fresh(&granted))).await,
                     "{doc}: a check at the grant's token misses the grant"
                 );
-                let banned = client
-                    .write_relationships(touch(&[&format!("{doc}#banned@{user}")], "ban"))
-                    .await
-                    .unwrap()
-                    .into_inner()
-                    .written_at
-                    .unwrap();
-                let r = client
-                    .check_permission(check(&doc, "view", &user, fresh(&banned)))
-                    .await
-                    .unwrap()
-                    .into_inner();
+                let banned = written(
+                    &mut client,
+                    touch(&[&format!("{doc}#banned@{user}")], "ban"),
+                )
+                .await;
                 assert!(
-                    !has(&r),
+                    !allowed(&mut client, check(&doc, "view", &user, fresh(&banned))).await,
                     "{doc}: new enemy — the ban is not seen at its token"
                 );
-                let r = client
-                    .check_permission(check(&doc, "view", &user, exact(&granted)))
-                    .await
-                    .unwrap()
-                    .into_inner();
-                assert!(has(&r), "{doc}: the older token sees the later ban");
+                assert!(
+                    allowed(&mut client, check(&doc, "view", &user, exact(&granted))).await,
+                    "{doc}: the older token sees the later ban"
+                );
                 checks.fetch_add(3, Ordering::Relaxed);
             }
         }));
@@ -357,4 +341,41 @@ async fn sigkill_mid_writes_loses_nothing_acknowledged() {
     );
     server.kill().unwrap();
     server.wait().unwrap();
+}
+
+/// `kinbar serve` refuses an unmigrated database with a clear message;
+/// `kinbar migrate` applies the migrations once and is then a no-op.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_command_and_serve_refusal() {
+    let url = cluster().fresh_database().await.unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_kinbar"))
+        .args(["serve", "--datastore", &url, "--grpc-addr", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("not migrated") && err.contains("kinbar migrate"),
+        "{err}"
+    );
+    let migrate = || {
+        let out = Command::new(env!("CARGO_BIN_EXE_kinbar"))
+            .args(["migrate", "--datastore", &url])
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    assert_eq!(migrate(), (Some(0), "applied migration 1\n".to_string()));
+    assert_eq!(
+        migrate(),
+        (Some(0), "the database is up to date\n".to_string())
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_kinbar"))
+        .args(["migrate", "--datastore", "memory"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
 }

@@ -367,6 +367,14 @@ impl PostgresStore {
                     tick.tick().await;
                     let Some(store) = weak.upgrade() else { return };
                     match store.gc().await {
+                        Ok(stats) if stats.relationships_deleted + stats.schemas_deleted > 0 => {
+                            tracing::info!(
+                                relationships_deleted = stats.relationships_deleted,
+                                schemas_deleted = stats.schemas_deleted,
+                                conflict_retries = store.conflict_retries.load(Ordering::Relaxed),
+                                "garbage collection"
+                            )
+                        }
                         Ok(stats) => tracing::debug!(?stats, "garbage collection"),
                         Err(e) => {
                             tracing::warn!(error = %e, "garbage collection failed; will retry")
@@ -925,31 +933,42 @@ const LIVE_VERSIONS: &str = "UNNEST($1::text[], $2::text[], $3::text[], $4::text
      AND r.subject_type = u.d AND r.subject_id = u.e AND r.subject_relation = u.f \
      AND r.deleted_xid IS NULL FOR UPDATE) AS l";
 
-/// Marks the live versions of `rels` deleted; returns those that were live.
-async fn delete_keys(
+/// Runs `sql` with the keys of `rels` bound as `$1..$6` (six text arrays,
+/// in key order) and returns the relationships of the rows it returns.
+async fn with_keys(
     tx: &mut sqlx::PgConnection,
+    sql: String,
     rels: &[Relationship],
 ) -> Result<HashSet<Relationship>, sqlx::Error> {
     if rels.is_empty() {
         return Ok(HashSet::new());
     }
     let [a, b, c, d, e, f] = key_arrays(rels);
-    let rows = sqlx::query(AssertSqlSafe(format!(
-        "UPDATE relationships SET deleted_xid = pg_current_xact_id() \
-         WHERE ctid = ANY(ARRAY(SELECT l.ctid FROM {LIVE_VERSIONS})) \
-         RETURNING {COLS}"
-    )))
-    .bind(a)
-    .bind(b)
-    .bind(c)
-    .bind(d)
-    .bind(e)
-    .bind(f)
-    .fetch_all(&mut *tx)
-    .await?;
+    let rows = sqlx::query(AssertSqlSafe(sql))
+        .bind(a)
+        .bind(b)
+        .bind(c)
+        .bind(d)
+        .bind(e)
+        .bind(f)
+        .fetch_all(&mut *tx)
+        .await?;
     rows.iter()
         .map(|r| row_rel(r).map_err(|e| sqlx::Error::Protocol(e.to_string())))
         .collect()
+}
+
+/// Marks the live versions of `rels` deleted; returns those that were live.
+async fn delete_keys(
+    tx: &mut sqlx::PgConnection,
+    rels: &[Relationship],
+) -> Result<HashSet<Relationship>, sqlx::Error> {
+    let sql = format!(
+        "UPDATE relationships SET deleted_xid = pg_current_xact_id() \
+         WHERE ctid = ANY(ARRAY(SELECT l.ctid FROM {LIVE_VERSIONS})) \
+         RETURNING {COLS}"
+    );
+    with_keys(tx, sql, rels).await
 }
 
 /// Inserts live versions of `rels` where none exists; returns those inserted.
@@ -957,39 +976,20 @@ async fn insert_keys(
     tx: &mut sqlx::PgConnection,
     rels: &[Relationship],
 ) -> Result<HashSet<Relationship>, sqlx::Error> {
-    if rels.is_empty() {
-        return Ok(HashSet::new());
-    }
-    let [a, b, c, d, e, f] = key_arrays(rels);
     // Lock the live versions first (in key order, against deadlocks). A
     // version deleted by a concurrent transaction then fails this one with
     // a serialization error (retried) instead of the insert slipping past
     // the partial unique index: so changes to one relationship are always
     // ordered, and their order is the order of the writers' xids.
-    sqlx::query(AssertSqlSafe(format!("SELECT 1 FROM {LIVE_VERSIONS}")))
-        .bind(&a)
-        .bind(&b)
-        .bind(&c)
-        .bind(&d)
-        .bind(&e)
-        .bind(&f)
-        .fetch_all(&mut *tx)
-        .await?;
-    let rows = sqlx::query(AssertSqlSafe(format!(
+    let lock = format!(
+        "SELECT {COLS} FROM relationships WHERE ctid = ANY(ARRAY(SELECT l.ctid FROM {LIVE_VERSIONS}))"
+    );
+    with_keys(tx, lock, rels).await?;
+    let insert = format!(
         "INSERT INTO relationships ({COLS}) SELECT * FROM {UNNEST6} \
          ON CONFLICT ({COLS}) WHERE deleted_xid IS NULL DO NOTHING RETURNING {COLS}"
-    )))
-    .bind(a)
-    .bind(b)
-    .bind(c)
-    .bind(d)
-    .bind(e)
-    .bind(f)
-    .fetch_all(&mut *tx)
-    .await?;
-    rows.iter()
-        .map(|r| row_rel(r).map_err(|e| sqlx::Error::Protocol(e.to_string())))
-        .collect()
+    );
+    with_keys(tx, insert, rels).await
 }
 
 /// The changes of transactions `xids`, by xid, in their order.

@@ -127,3 +127,28 @@ pub async fn serve(datastore: &str) -> (std::net::SocketAddr, tokio::sync::onesh
     }));
     (addr, tx)
 }
+
+type Client =
+    kinbar::api::proto::authzed::api::v1::permissions_service_client::PermissionsServiceClient<
+        Channel,
+    >;
+
+/// Writes and returns the `written_at` token.
+pub async fn written(client: &mut Client, req: pb::WriteRelationshipsRequest) -> pb::ZedToken {
+    client
+        .write_relationships(req)
+        .await
+        .expect("write")
+        .into_inner()
+        .written_at
+        .expect("written_at")
+}
+
+/// Whether the check is HAS_PERMISSION.
+pub async fn allowed(client: &mut Client, req: pb::CheckPermissionRequest) -> bool {
+    has(&client
+        .check_permission(req)
+        .await
+        .expect("check")
+        .into_inner())
+}
