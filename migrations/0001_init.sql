@@ -14,7 +14,10 @@ INSERT INTO kinbar_metadata (key, value) VALUES
     ('datastore_id', 'pg-' || replace(gen_random_uuid()::text, '-', '')),
     -- A snapshot every readable revision must see ('' before the first
     -- collection): garbage collection removes versions dead in it.
-    ('gc_horizon', '');
+    ('gc_horizon', ''),
+    -- When it was published (ms since the epoch): versions are collected
+    -- only below a horizon older than the readers' cache of it.
+    ('gc_horizon_published_ms', '0');
 
 CREATE TABLE relationships (
     resource_type    text COLLATE "C" NOT NULL,

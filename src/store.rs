@@ -223,6 +223,17 @@ pub struct StoredSchema {
     pub written_at: Revision,
 }
 
+/// What a garbage-collection pass removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GcStats {
+    /// Dead relationship versions (Postgres) or retained revisions (memory).
+    pub relationships_deleted: u64,
+    /// Superseded schema versions (Postgres).
+    pub schemas_deleted: u64,
+    /// Backend-defined position of the horizon (Postgres: its xmax; 0: none).
+    pub horizon: u64,
+}
+
 /// Paging for reads: resume strictly after `after`, return at most `limit`.
 #[derive(Debug, Clone, Default)]
 pub struct Page {
@@ -316,6 +327,12 @@ pub trait Datastore: Send + Sync + 'static {
         filter: &crate::audit::AuditFilter,
         limit: usize,
     ) -> Result<Vec<crate::audit::AuditRecord>, StoreError>;
+
+    /// Removes what no revision younger than `window` needs. Reads at
+    /// revisions that needed it fail with [`StoreError::RevisionTooOld`]
+    /// from then on. Backends may stage it (Postgres collects what the
+    /// previous pass, at least two seconds earlier, made collectable).
+    async fn collect_garbage(&self, window: std::time::Duration) -> Result<GcStats, StoreError>;
 
     /// Transactions committed after `after`, in commit order, at most `limit`.
     /// Each returned transaction's `revision` is a valid resume point: the

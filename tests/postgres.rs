@@ -60,6 +60,7 @@ suite!(
     concurrent_writers_and_changes,
     schema_versions,
     optimized_revisions,
+    gc_keeps_what_live_revisions_need,
 );
 
 #[tokio::test]
@@ -240,6 +241,12 @@ async fn gc_removes_dead_versions_and_refuses_old_revisions() {
     let first = store.gc_with_window(Duration::ZERO).await.unwrap();
     assert_eq!(first.relationships_deleted, 0);
     assert!(first.horizon > 0);
+    let early = store.gc_with_window(Duration::ZERO).await.unwrap();
+    assert_eq!(
+        early.relationships_deleted, 0,
+        "nothing is collected below a horizon readers may not have seen yet"
+    );
+    tokio::time::sleep(Duration::from_millis(2100)).await;
     let second = store.gc_with_window(Duration::ZERO).await.unwrap();
     assert_eq!(second.relationships_deleted, 1);
     assert_eq!(dead(&store).await, 0);

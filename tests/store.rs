@@ -35,6 +35,7 @@ suite!(
     concurrent_writers_and_changes,
     schema_versions,
     optimized_revisions,
+    gc_keeps_what_live_revisions_need,
 );
 
 #[tokio::test]

@@ -208,6 +208,8 @@ async fn gc_cost(url: &str, n: usize) {
     }
     // The first pass publishes the horizon, the second collects.
     store.gc_with_window(Duration::ZERO).await.unwrap();
+    // Collection waits until readers have seen the published horizon.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
     let started = Instant::now();
     let stats = store.gc_with_window(Duration::ZERO).await.unwrap();
     let took = started.elapsed();

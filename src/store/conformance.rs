@@ -527,6 +527,61 @@ pub async fn optimized_revisions(store: Arc<dyn Datastore>) {
     assert!(store.check_revision(&again).await.is_ok());
 }
 
+/// Garbage collection keeps everything revisions inside the window need,
+/// and afterwards refuses revisions that needed what it removed (never a
+/// wrong answer from a collected revision).
+pub async fn gc_keeps_what_live_revisions_need(store: Arc<dyn Datastore>) {
+    let r1 = write(
+        &*store,
+        touch(&["doc:1#viewer@user:a", "doc:1#viewer@user:b"]),
+    )
+    .await
+    .revision;
+    let mut del = touch(&[]);
+    del.updates.push(Update {
+        operation: Operation::Delete,
+        relationship: rel("doc:1#viewer@user:a"),
+    });
+    let r2 = write(&*store, del).await.revision;
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    write(&*store, touch(&["doc:2#viewer@user:c"])).await;
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let hour = std::time::Duration::from_secs(3600);
+    let gc = |window| {
+        let store = store.clone();
+        async move {
+            store
+                .collect_garbage(window)
+                .await
+                .unwrap_or_else(|e| panic!("gc failed: {e}"))
+        }
+    };
+    // Passes may be staged: run two, more than the staging delay apart.
+    gc(hour).await;
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    gc(hour).await;
+    let ab = ["doc:1#viewer@user:a", "doc:1#viewer@user:b"];
+    assert_eq!(read(&*store, &r1, &all()).await, ab);
+    assert_eq!(read(&*store, &r2, &all()).await, ["doc:1#viewer@user:b"]);
+    gc(std::time::Duration::ZERO).await;
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    gc(std::time::Duration::ZERO).await;
+    match store.query(&r1, &all(), &Page::default()).await {
+        Err(StoreError::RevisionTooOld { .. }) => {}
+        Ok(rows) => assert_eq!(
+            rows.iter().map(|r| r.to_string()).collect::<Vec<_>>(),
+            ab,
+            "a read at a collected revision must fail, never answer differently"
+        ),
+        Err(e) => panic!("unexpected error: {e}"),
+    }
+    let now = head(&*store).await;
+    assert_eq!(
+        read(&*store, &now, &all()).await,
+        ["doc:1#viewer@user:b", "doc:2#viewer@user:c"]
+    );
+}
+
 /// Runs every check, each on a fresh store from `new_store`.
 pub async fn run_all<F, Fut>(new_store: F)
 where
@@ -542,4 +597,5 @@ where
     concurrent_writers_and_changes(new_store().await).await;
     schema_versions(new_store().await).await;
     optimized_revisions(new_store().await).await;
+    gc_keeps_what_live_revisions_need(new_store().await).await;
 }

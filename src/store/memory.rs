@@ -187,7 +187,8 @@ impl MemoryStore {
     }
 
     /// Garbage-collects now with `window` instead of the configured one.
-    pub fn gc_with_window(&self, window: Duration) -> Result<(), StoreError> {
+    pub fn gc_with_window(&self, window: Duration) -> Result<u64, StoreError> {
+        let mut removed = 0;
         let mut v = self.versions.write().map_err(|_| poisoned())?;
         let now = now_ms();
         let cutoff = window.as_millis() as u64;
@@ -199,8 +200,9 @@ impl MemoryStore {
                 break;
             }
             v.snapshots.remove(&oldest);
+            removed += 1;
         }
-        Ok(())
+        Ok(removed)
     }
 }
 
@@ -603,6 +605,13 @@ impl Datastore for MemoryStore {
             .take(limit)
             .map(|r| (**r).clone())
             .collect())
+    }
+
+    async fn collect_garbage(&self, window: Duration) -> Result<GcStats, StoreError> {
+        Ok(GcStats {
+            relationships_deleted: self.gc_with_window(window)?,
+            ..Default::default()
+        })
     }
 
     async fn changes_since(

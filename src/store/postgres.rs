@@ -81,15 +81,6 @@ impl Default for PostgresOptions {
     }
 }
 
-/// What a garbage-collection run did.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct GcStats {
-    pub relationships_deleted: u64,
-    pub schemas_deleted: u64,
-    /// The xmax of the horizon published for the next run (0: none yet).
-    pub horizon: u64,
-}
-
 pub struct PostgresStore {
     id: String,
     pool: PgPool,
@@ -623,7 +614,17 @@ impl PostgresStore {
             horizon: horizon.as_ref().map(|h| h.xmax).unwrap_or(0),
             ..Default::default()
         };
-        if let Some(h) = &horizon {
+        // Collect only below a horizon every process has seen: readers
+        // cache it for HORIZON_TTL, so it must be older than that.
+        let settled: bool = sqlx::query_scalar(
+            "SELECT value::bigint <= (extract(epoch from clock_timestamp()) * 1000)::bigint - $1 \
+             FROM kinbar_metadata WHERE key = 'gc_horizon_published_ms'",
+        )
+        .bind(2 * HORIZON_TTL.as_millis() as i64)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(db_err)?;
+        if let Some(h) = horizon.as_ref().filter(|_| settled) {
             for (table, counter) in [
                 ("relationships", &mut stats.relationships_deleted),
                 ("schema_versions", &mut stats.schemas_deleted),
@@ -664,12 +665,19 @@ impl PostgresStore {
         if let Some(next) = next.as_deref().and_then(Snapshot::parse)
             && horizon.as_ref().is_none_or(|h| next.sees(h) && next != *h)
         {
-            sqlx::query("UPDATE kinbar_metadata SET value = $1 WHERE key = 'gc_horizon'")
-                .bind(next.to_string())
-                .execute(&mut *conn)
-                .await
-                .map_err(db_err)?;
+            sqlx::query(
+                "UPDATE kinbar_metadata SET value = CASE key WHEN 'gc_horizon' THEN $1 \
+                 ELSE (extract(epoch from clock_timestamp()) * 1000)::bigint::text END \
+                 WHERE key IN ('gc_horizon', 'gc_horizon_published_ms')",
+            )
+            .bind(next.to_string())
+            .execute(&mut *conn)
+            .await
+            .map_err(db_err)?;
             stats.horizon = next.xmax;
+            if let Ok(mut h) = self.horizon.lock() {
+                *h = Some((Instant::now(), Some(next)));
+            }
         }
         Ok(stats)
     }
@@ -1253,6 +1261,10 @@ impl Datastore for PostgresStore {
             }
         }
         Ok(out)
+    }
+
+    async fn collect_garbage(&self, window: Duration) -> Result<GcStats, StoreError> {
+        self.gc_with_window(window).await
     }
 
     async fn changes_since(
