@@ -198,11 +198,7 @@ fn push_filter(qb: &mut QueryBuilder<Postgres>, filter: &RelationshipFilter) {
     if let Some(t) = &filter.resource_type {
         qb.push(" AND resource_type = ").push_bind(t.clone());
     }
-    if !filter.resource_ids.is_empty() {
-        qb.push(" AND resource_id = ANY(")
-            .push_bind(filter.resource_ids.clone())
-            .push(")");
-    }
+    push_any(qb, "resource_id", &filter.resource_ids);
     if let Some(p) = &filter.resource_id_prefix {
         qb.push(" AND starts_with(resource_id, ")
             .push_bind(p.clone())
@@ -214,17 +210,30 @@ fn push_filter(qb: &mut QueryBuilder<Postgres>, filter: &RelationshipFilter) {
     if let Some(s) = &filter.subject {
         qb.push(" AND subject_type = ")
             .push_bind(s.subject_type.clone());
-        if !s.subject_ids.is_empty() {
-            qb.push(" AND subject_id = ANY(")
-                .push_bind(s.subject_ids.clone())
-                .push(")");
-        }
+        push_any(qb, "subject_id", &s.subject_ids);
         if s.exclude_wildcard {
             qb.push(" AND subject_id <> '*'");
         }
         if let Some(r) = &s.relation {
             qb.push(" AND subject_relation = ")
                 .push_bind(r.clone().unwrap_or_default());
+        }
+    }
+}
+
+/// `AND column IN values` (nothing for no values). One value is bound as a
+/// scalar: the generic plan of `= ANY($n)` does not seek the index on that
+/// column (measured: 2× the cost of a whole read at 1,000 rows).
+fn push_any(qb: &mut QueryBuilder<Postgres>, column: &str, values: &[String]) {
+    match values {
+        [] => {}
+        [one] => {
+            qb.push(format!(" AND {column} = ")).push_bind(one.clone());
+        }
+        many => {
+            qb.push(format!(" AND {column} = ANY("))
+                .push_bind(many.to_vec())
+                .push(")");
         }
     }
 }
