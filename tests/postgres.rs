@@ -4,24 +4,14 @@
 //! (started on first use), one fresh database per test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
+use kinbar::store::Datastore;
 use kinbar::store::postgres::{PostgresOptions, PostgresStore};
-use kinbar::store::{Datastore, conformance};
-use kinbar::testing::TempPostgres;
+mod common;
 
-fn cluster() -> &'static TempPostgres {
-    static CLUSTER: OnceLock<TempPostgres> = OnceLock::new();
-    CLUSTER.get_or_init(|| TempPostgres::start().expect("throwaway Postgres cluster"))
-}
-
-/// A migrated, empty database and its URL.
-async fn database() -> String {
-    let url = cluster().fresh_database().await.unwrap();
-    PostgresStore::migrate(&url).await.unwrap();
-    url
-}
+use common::{cluster, database};
 
 fn quiet() -> PostgresOptions {
     PostgresOptions {
@@ -39,29 +29,7 @@ async fn postgres() -> Arc<dyn Datastore> {
     )
 }
 
-macro_rules! suite {
-    ($($name:ident),* $(,)?) => {
-        $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() {
-                conformance::$name(postgres().await).await;
-            }
-        )*
-    };
-}
-
-suite!(
-    snapshot_isolation,
-    create_touch_conflicts,
-    preconditions,
-    delete_and_filters,
-    paging,
-    large_and_odd_writes,
-    concurrent_writers_and_changes,
-    schema_versions,
-    optimized_revisions,
-    gc_keeps_what_live_revisions_need,
-);
+kinbar::datastore_conformance_tests!(postgres);
 
 #[tokio::test]
 async fn refuses_unmigrated_and_newer_databases() {

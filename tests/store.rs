@@ -7,36 +7,14 @@ use std::time::Duration;
 
 use kinbar::model::Relationship;
 use kinbar::store::memory::{MemoryOptions, MemoryStore};
-use kinbar::store::{Datastore, Page, RelationshipFilter, StoreError, conformance};
+use kinbar::store::{Datastore, Page, RelationshipFilter, StoreError};
 use proptest::prelude::*;
 
-fn memory() -> Arc<dyn Datastore> {
+async fn memory() -> Arc<dyn Datastore> {
     Arc::new(MemoryStore::default())
 }
 
-macro_rules! suite {
-    ($($name:ident),* $(,)?) => {
-        $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() {
-                conformance::$name(memory()).await;
-            }
-        )*
-    };
-}
-
-suite!(
-    snapshot_isolation,
-    create_touch_conflicts,
-    preconditions,
-    delete_and_filters,
-    paging,
-    large_and_odd_writes,
-    concurrent_writers_and_changes,
-    schema_versions,
-    optimized_revisions,
-    gc_keeps_what_live_revisions_need,
-);
+kinbar::datastore_conformance_tests!(memory);
 
 #[tokio::test]
 async fn revisions_outside_retention_are_reported_too_old() {
@@ -81,7 +59,7 @@ async fn revisions_outside_retention_are_reported_too_old() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reader_holding_a_revision_never_sees_later_writes() {
-    let store: Arc<dyn Datastore> = memory();
+    let store: Arc<dyn Datastore> = memory().await;
     let txn = |i: usize| kinbar::store::WriteTxn {
         updates: vec![kinbar::store::Update {
             operation: kinbar::store::Operation::Touch,

@@ -43,6 +43,16 @@ async fn read(store: &dyn Datastore, at: &Revision, filter: &RelationshipFilter)
         .collect()
 }
 
+fn delete(r: &str) -> WriteTxn {
+    WriteTxn {
+        updates: vec![Update {
+            operation: Operation::Delete,
+            relationship: rel(r),
+        }],
+        ..Default::default()
+    }
+}
+
 async fn head(store: &dyn Datastore) -> Revision {
     store
         .head_revision()
@@ -74,12 +84,7 @@ pub async fn snapshot_isolation(store: Arc<dyn Datastore>) {
     let r2 = write(&*store, touch(&["doc:1#viewer@user:b"]))
         .await
         .revision;
-    let mut del = touch(&[]);
-    del.updates.push(Update {
-        operation: Operation::Delete,
-        relationship: rel("doc:1#viewer@user:a"),
-    });
-    let r3 = write(&*store, del).await.revision;
+    let r3 = write(&*store, delete("doc:1#viewer@user:a")).await.revision;
     assert!(
         sees(&*store, &r2, &r1).await
             && sees(&*store, &r3, &r2).await
@@ -537,12 +542,7 @@ pub async fn gc_keeps_what_live_revisions_need(store: Arc<dyn Datastore>) {
     )
     .await
     .revision;
-    let mut del = touch(&[]);
-    del.updates.push(Update {
-        operation: Operation::Delete,
-        relationship: rel("doc:1#viewer@user:a"),
-    });
-    let r2 = write(&*store, del).await.revision;
+    let r2 = write(&*store, delete("doc:1#viewer@user:a")).await.revision;
     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     write(&*store, touch(&["doc:2#viewer@user:c"])).await;
     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
@@ -582,20 +582,31 @@ pub async fn gc_keeps_what_live_revisions_need(store: Arc<dyn Datastore>) {
     );
 }
 
-/// Runs every check, each on a fresh store from `new_store`.
-pub async fn run_all<F, Fut>(new_store: F)
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = Arc<dyn Datastore>>,
-{
-    snapshot_isolation(new_store().await).await;
-    create_touch_conflicts(new_store().await).await;
-    preconditions(new_store().await).await;
-    delete_and_filters(new_store().await).await;
-    paging(new_store().await).await;
-    large_and_odd_writes(new_store().await).await;
-    concurrent_writers_and_changes(new_store().await).await;
-    schema_versions(new_store().await).await;
-    optimized_revisions(new_store().await).await;
-    gc_keeps_what_live_revisions_need(new_store().await).await;
+/// Defines one `#[tokio::test]` per check of this suite, each on a fresh
+/// store from `$new_store` (an `async fn() -> Arc<dyn Datastore>`). Every
+/// backend's test file invokes it once, so the list lives here only.
+#[macro_export]
+macro_rules! datastore_conformance_tests {
+    ($new_store:path) => {
+        $crate::datastore_conformance_tests!(@each $new_store;
+            snapshot_isolation,
+            create_touch_conflicts,
+            preconditions,
+            delete_and_filters,
+            paging,
+            large_and_odd_writes,
+            concurrent_writers_and_changes,
+            schema_versions,
+            optimized_revisions,
+            gc_keeps_what_live_revisions_need,
+        );
+    };
+    (@each $new_store:path; $($name:ident,)*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                $crate::store::conformance::$name($new_store().await).await;
+            }
+        )*
+    };
 }

@@ -262,6 +262,7 @@ fn operation(s: &str) -> Result<Operation, StoreError> {
 }
 
 /// A transaction as stored, before its changes are attached.
+#[derive(sqlx::FromRow)]
 struct TxnRow {
     xid: i64,
     revision: String,
@@ -277,24 +278,12 @@ struct TxnRow {
     hash: Option<Vec<u8>>,
 }
 
-const TXN_COLS: &str = "xid::text::bigint, revision, (extract(epoch from committed_at) * 1000)::bigint, \
+const TXN_COLS: &str = "xid::text::bigint AS xid, revision, \
+     (extract(epoch from committed_at) * 1000)::bigint AS committed_at_ms, \
      actor, request_id, metadata, schema_changed, old_schema, new_schema, audit_seq, previous_hash, hash";
 
 fn txn_row(row: &sqlx::postgres::PgRow) -> Result<TxnRow, StoreError> {
-    Ok(TxnRow {
-        xid: row.try_get(0).map_err(db_err)?,
-        revision: row.try_get(1).map_err(db_err)?,
-        committed_at_ms: row.try_get(2).map_err(db_err)?,
-        actor: row.try_get(3).map_err(db_err)?,
-        request_id: row.try_get(4).map_err(db_err)?,
-        metadata: row.try_get(5).map_err(db_err)?,
-        schema_changed: row.try_get(6).map_err(db_err)?,
-        old_schema: row.try_get(7).map_err(db_err)?,
-        new_schema: row.try_get(8).map_err(db_err)?,
-        audit_seq: row.try_get(9).map_err(db_err)?,
-        previous_hash: row.try_get(10).map_err(db_err)?,
-        hash: row.try_get(11).map_err(db_err)?,
-    })
+    sqlx::FromRow::from_row(row).map_err(db_err)
 }
 
 fn hash32(v: Option<Vec<u8>>) -> [u8; 32] {
