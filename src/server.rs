@@ -126,6 +126,23 @@ pub async fn open_datastore(config: &Config) -> Result<Arc<dyn Datastore>, Serve
     }
 }
 
+/// `scheme://user:password@host…` with the password replaced, for logs.
+pub fn redact_credentials(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or("");
+            let hidden = if userinfo.contains(':') { ":***" } else { "" };
+            format!("{scheme}://{user}{hidden}@{host}{tail}")
+        }
+        None => url.to_string(),
+    }
+}
+
 pub fn is_postgres_url(url: &str) -> bool {
     url.starts_with("postgres://") || url.starts_with("postgresql://")
 }
@@ -236,7 +253,11 @@ pub async fn serve(
         }
         builder = builder.tls_config(tls)?;
     }
-    tracing::info!(addr = %listener.local_addr()?, datastore = %config.datastore, "kinbar serving");
+    tracing::info!(
+        addr = %listener.local_addr()?,
+        datastore = %redact_credentials(&config.datastore),
+        "kinbar serving"
+    );
     let closing = api.clone();
     let shutdown = async move {
         shutdown.await;
@@ -259,4 +280,26 @@ pub async fn serve(
         .await?;
     tracing::info!("kinbar stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_credentials;
+
+    #[test]
+    fn passwords_never_reach_the_logs() {
+        assert_eq!(
+            redact_credentials("postgres://kinbar:s3cr:et@db:5432/kinbar?sslmode=require"),
+            "postgres://kinbar:***@db:5432/kinbar?sslmode=require"
+        );
+        assert_eq!(
+            redact_credentials("postgres://kinbar@db/x"),
+            "postgres://kinbar@db/x"
+        );
+        assert_eq!(
+            redact_credentials("postgres://u:p@localhost/db?host=/tmp/a@b"),
+            "postgres://u:***@localhost/db?host=/tmp/a@b"
+        );
+        assert_eq!(redact_credentials("memory"), "memory");
+    }
 }
