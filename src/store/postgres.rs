@@ -595,10 +595,15 @@ impl PostgresStore {
             return Ok(GcStats::default());
         }
         let result = self.gc_locked(&mut conn, window).await;
-        let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
+        let unlocked = sqlx::query("SELECT pg_advisory_unlock($1)")
             .bind(GC_LOCK)
             .execute(&mut *conn)
             .await;
+        if unlocked.is_err() {
+            // A session lock must not stay with a pooled connection: closing
+            // the connection releases it.
+            conn.close_on_drop();
+        }
         result
     }
 
