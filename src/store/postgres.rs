@@ -692,14 +692,11 @@ impl PostgresStore {
             .execute(&mut *tx)
             .await
             .map_err(Attempt::Db)?;
-        // Sequential scans take relation-level predicate locks, which make
-        // every pair of concurrent writers conflict; index scans lock only
-        // the pages and tuples they touch.
-        // Key batches (UNNEST) join by nested loops over an index: one exact
-        // lookup per key, however large the table (a hash join would scan
-        // the whole index, and lock all of it for SSI). Plans are made for
-        // each execution: a cached generic plan made while the table was
-        // small scans it whole once it is large.
+        // Writes only seek. Sequential scans take relation-level predicate
+        // locks (every pair of concurrent writers would conflict) and hash
+        // or merge joins read whole indexes; plans are made per execution,
+        // since a generic plan cached while the table was small scans it
+        // whole once it is large.
         sqlx::raw_sql(
             "SET LOCAL enable_seqscan = off; SET LOCAL enable_hashjoin = off; \
              SET LOCAL enable_mergejoin = off; SET LOCAL plan_cache_mode = force_custom_plan",
