@@ -221,14 +221,26 @@ fn push_filter(qb: &mut QueryBuilder<Postgres>, filter: &RelationshipFilter) {
     }
 }
 
-/// `AND column IN values` (nothing for no values). One value is bound as a
-/// scalar: the generic plan of `= ANY($n)` does not seek the index on that
-/// column (measured: 2× the cost of a whole read at 1,000 rows).
+/// `AND column IN values` (nothing for no values). A few values are bound
+/// as scalars (`col = $a OR col = $b`): the generic plan of `= ANY($n)` on
+/// a column after the leading one keeps the index order and filters the
+/// whole range instead of seeking (measured at 2,000 rows: a single-id read
+/// 400 → 130 µs, the check's `[id, *]` seek 280 → 187 µs).
 fn push_any(qb: &mut QueryBuilder<Postgres>, column: &str, values: &[String]) {
     match values {
         [] => {}
         [one] => {
             qb.push(format!(" AND {column} = ")).push_bind(one.clone());
+        }
+        few if few.len() <= 8 => {
+            qb.push(" AND (");
+            for (i, v) in few.iter().enumerate() {
+                if i > 0 {
+                    qb.push(" OR ");
+                }
+                qb.push(format!("{column} = ")).push_bind(v.clone());
+            }
+            qb.push(")");
         }
         many => {
             qb.push(format!(" AND {column} = ANY("))
