@@ -529,6 +529,31 @@ impl PostgresStore {
         Ok(snap)
     }
 
+    /// Closes the one gap the cached horizon leaves: GC deletes only below
+    /// a horizon published at least 2 × HORIZON_TTL ago, and the cache is at
+    /// most HORIZON_TTL old, so a read can only have raced a collection of
+    /// its revision if more than HORIZON_TTL passed between its horizon check
+    /// (`started`) and the end of its SQL. Such slow reads re-check against
+    /// the published horizon, so they fail instead of answering from a
+    /// collected state.
+    async fn still_readable(
+        &self,
+        at: &Revision,
+        snap: &Snapshot,
+        started: Instant,
+    ) -> Result<(), StoreError> {
+        if started.elapsed() < HORIZON_TTL {
+            return Ok(());
+        }
+        match self.published_horizon().await? {
+            Some(h) if !snap.sees(&h) => Err(StoreError::RevisionTooOld {
+                requested: at.clone(),
+                oldest: Revision::new(h.to_string()),
+            }),
+            _ => Ok(()),
+        }
+    }
+
     /// Links every unsealed, committed transaction into the audit chain.
     /// Safe to run from many processes at once (advisory lock).
     pub async fn seal(&self) -> Result<u64, StoreError> {
@@ -1148,6 +1173,7 @@ impl Datastore for PostgresStore {
     }
 
     async fn read_schema(&self, at: &Revision) -> Result<Option<StoredSchema>, StoreError> {
+        let started = Instant::now();
         let snap = self.readable(at).await?;
         if let Ok(cached) = self.schema_at.lock()
             && let Some((rev, schema)) = cached.as_ref()
@@ -1164,6 +1190,7 @@ impl Datastore for PostgresStore {
         .fetch_optional(self.reader(&snap).await)
         .await
         .map_err(db_err)?;
+        self.still_readable(at, &snap, started).await?;
         match row {
             None => Ok(None),
             Some(r) => {
@@ -1187,6 +1214,7 @@ impl Datastore for PostgresStore {
         filter: &RelationshipFilter,
         page: &Page,
     ) -> Result<Vec<Relationship>, StoreError> {
+        let started = Instant::now();
         let snap = self.readable(at).await?;
         let mut qb = QueryBuilder::new(format!(
             "SELECT {COLS} FROM relationships WHERE pg_visible_in_snapshot(created_xid, "
@@ -1207,6 +1235,7 @@ impl Datastore for PostgresStore {
             .fetch_all(self.reader(&snap).await)
             .await
             .map_err(db_err)?;
+        self.still_readable(at, &snap, started).await?;
         rows.iter().map(row_rel).collect()
     }
 
