@@ -274,6 +274,14 @@ pub enum StoreError {
     Internal(String),
 }
 
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 /// The storage boundary. Implementations must give snapshot isolation: a
 /// read at revision R sees exactly the transactions committed at or before R.
 #[async_trait]

@@ -1,7 +1,7 @@
 //! ZedTokens: opaque, versioned consistency tokens carrying the datastore id
 //! and a revision, with a checksum so garbage and tampering are rejected.
 //!
-//! Layout (before URL-safe base64): `version(1) | checksum(8) | revision length(2, BE) |
+//! Layout (before URL-safe base64): `version(1) | checksum(8) | revision length(4, BE) |
 //! revision text | datastore id`, where checksum = SHA-256(version | length | revision | id)[..8].
 //! The revision text is the datastore's own (opaque here).
 
@@ -12,11 +12,21 @@ use sha2::{Digest, Sha256};
 use crate::model::Revision;
 
 const VERSION: u8 = 2;
+/// Version, checksum and revision length.
+const HEADER: usize = 13;
+
+/// The revision's length field. Revisions stay far below 4 GiB (see
+/// `Revision`), so the text is always carried whole, never cut.
+fn rev_len(revision: &[u8]) -> [u8; 4] {
+    u32::try_from(revision.len())
+        .unwrap_or(u32::MAX)
+        .to_be_bytes()
+}
 
 fn checksum(revision: &[u8], datastore_id: &[u8]) -> [u8; 8] {
     let mut h = Sha256::new();
     h.update([VERSION]);
-    h.update((revision.len() as u16).to_be_bytes());
+    h.update(rev_len(revision));
     h.update(revision);
     h.update(datastore_id);
     let digest = h.finalize();
@@ -28,12 +38,10 @@ fn checksum(revision: &[u8], datastore_id: &[u8]) -> [u8; 8] {
 /// Encodes a token for `revision` of the datastore `datastore_id`.
 pub fn encode(revision: &Revision, datastore_id: &str) -> String {
     let rev = revision.as_str().as_bytes();
-    // Revisions are at most 4 KiB (see `Revision`); clamp defensively.
-    let rev = &rev[..rev.len().min(u16::MAX as usize)];
-    let mut bytes = Vec::with_capacity(11 + rev.len() + datastore_id.len());
+    let mut bytes = Vec::with_capacity(HEADER + rev.len() + datastore_id.len());
     bytes.push(VERSION);
     bytes.extend_from_slice(&checksum(rev, datastore_id.as_bytes()));
-    bytes.extend_from_slice(&(rev.len() as u16).to_be_bytes());
+    bytes.extend_from_slice(&rev_len(rev));
     bytes.extend_from_slice(rev);
     bytes.extend_from_slice(datastore_id.as_bytes());
     URL_SAFE_NO_PAD.encode(bytes)
@@ -51,14 +59,14 @@ pub fn decode(token: &str, datastore_id: &str) -> Result<Revision, String> {
     if bytes[0] != VERSION {
         return Err(format!("unsupported ZedToken version {}", bytes[0]));
     }
-    if bytes.len() < 11 {
+    if bytes.len() < HEADER {
         return Err("malformed ZedToken: too short".into());
     }
-    let len = u16::from_be_bytes([bytes[9], bytes[10]]) as usize;
-    let Some(rev) = bytes.get(11..11 + len) else {
+    let len = u32::from_be_bytes([bytes[9], bytes[10], bytes[11], bytes[12]]) as usize;
+    let Some(rev) = bytes.get(HEADER..HEADER.saturating_add(len)) else {
         return Err("malformed ZedToken: truncated".into());
     };
-    let id = &bytes[11 + len..];
+    let id = &bytes[HEADER + len..];
     if bytes[1..9] != checksum(rev, id) {
         return Err("malformed ZedToken: checksum mismatch".into());
     }
@@ -88,7 +96,7 @@ mod tests {
         assert!(decode("garbage!", "mem-1").is_err());
         assert!(decode("", "mem-1").is_err());
         let mut bytes = URL_SAFE_NO_PAD.decode(&t).unwrap();
-        bytes[11] ^= 1; // change the revision
+        bytes[13] ^= 1; // change the revision
         assert!(
             decode(&URL_SAFE_NO_PAD.encode(bytes), "mem-1")
                 .unwrap_err()

@@ -92,17 +92,12 @@ impl Snapshot {
         let xmax = after.xmax.max(cut + 1);
         let mut xip: Vec<u64> = now.xip.iter().copied().filter(|x| *x <= cut).collect();
         xip.extend(after.xip.iter().copied().filter(|x| *x > cut));
-        xip.sort_unstable();
-        xip.dedup();
-        let mut s = Snapshot {
-            xmin: xip.first().copied().unwrap_or(xmax),
-            xmax,
-            xip,
-        };
+        let mut s = Snapshot { xmin: 0, xmax, xip };
         s.normalize();
         s
     }
 
+    /// Sorts and dedups `xip` and sets `xmin` to the oldest invisible id.
     fn normalize(&mut self) {
         self.xip.sort_unstable();
         self.xip.dedup();

@@ -25,7 +25,7 @@ use std::collections::HashSet;
 use std::str::FromStr;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
@@ -146,17 +146,16 @@ fn retryable(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if matches!(d.code().as_deref(), Some("40001" | "40P01")))
 }
 
+/// A snapshot Postgres itself printed (`pg_current_snapshot()`).
+fn server_snapshot(text: &str) -> Result<Snapshot, StoreError> {
+    Snapshot::parse(text)
+        .ok_or_else(|| StoreError::Internal(format!("unexpected snapshot `{text}`")))
+}
+
 fn parse_rev(r: &Revision) -> Result<Snapshot, StoreError> {
     Snapshot::parse(r.as_str()).ok_or_else(|| {
         StoreError::InvalidRevision(format!("`{r}` is not a revision of the Postgres datastore"))
     })
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// The six key columns of a relationship, in order.
@@ -293,6 +292,16 @@ struct TxnRow {
 const TXN_COLS: &str = "xid::text::bigint AS xid, revision, \
      (extract(epoch from committed_at) * 1000)::bigint AS committed_at_ms, \
      actor, request_id, metadata, schema_changed, old_schema, new_schema, audit_seq, previous_hash, hash";
+
+impl TxnRow {
+    /// The stored `optional_transaction_metadata` fields.
+    fn fields(&self) -> std::collections::BTreeMap<String, serde_json::Value> {
+        match &self.metadata {
+            serde_json::Value::Object(m) => m.clone().into_iter().collect(),
+            _ => Default::default(),
+        }
+    }
+}
 
 fn txn_row(row: &sqlx::postgres::PgRow) -> Result<TxnRow, StoreError> {
     sqlx::FromRow::from_row(row).map_err(db_err)
@@ -473,8 +482,7 @@ impl PostgresStore {
             .fetch_one(&self.pool)
             .await
             .map_err(db_err)?;
-        let snap = Snapshot::parse(&text)
-            .ok_or_else(|| StoreError::Internal(format!("unexpected snapshot `{text}`")))?;
+        let snap = server_snapshot(&text)?;
         self.seen_xmax.fetch_max(snap.xmax, Ordering::Relaxed);
         Ok(snap)
     }
@@ -879,11 +887,7 @@ impl PostgresStore {
             i = j;
         }
         // The revision: this transaction's snapshot, with itself committed.
-        let snap = Snapshot::parse(&snap_text).ok_or_else(|| {
-            Attempt::Store(StoreError::Internal(format!(
-                "unexpected snapshot `{snap_text}`"
-            )))
-        })?;
+        let snap = server_snapshot(&snap_text).map_err(Attempt::Store)?;
         let own = snap.with_committed(xid as u64);
         let revision = own.to_string();
         let mut schema_change = None;
@@ -1067,10 +1071,7 @@ fn audit_record(t: &TxnRow, changes: Vec<(String, String)>) -> AuditRecord {
         committed_at_ms: t.committed_at_ms.max(0) as u64,
         actor: t.actor.clone(),
         request_id: t.request_id.clone(),
-        metadata: match &t.metadata {
-            serde_json::Value::Object(m) => m.clone().into_iter().collect(),
-            _ => Default::default(),
-        },
+        metadata: t.fields(),
         changes: changes
             .into_iter()
             .map(|(operation, relationship)| AuditChange {
@@ -1323,8 +1324,7 @@ impl Datastore for PostgresStore {
             .fetch_one(&mut *tx)
             .await
             .map_err(db_err)?;
-        let now = Snapshot::parse(&now_text)
-            .ok_or_else(|| StoreError::Internal(format!("unexpected snapshot `{now_text}`")))?;
+        let now = server_snapshot(&now_text)?;
         if from.xmax > now.xmax {
             return Err(StoreError::RevisionInFuture(after.clone()));
         }
@@ -1363,10 +1363,7 @@ impl Datastore for PostgresStore {
                 metadata: TxnMetadata {
                     actor: t.actor.clone(),
                     request_id: t.request_id.clone(),
-                    fields: match &t.metadata {
-                        serde_json::Value::Object(m) => m.clone().into_iter().collect(),
-                        _ => Default::default(),
-                    },
+                    fields: t.fields(),
                 },
                 changes: list,
                 schema_change: t.schema_changed.then(|| {
