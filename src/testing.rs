@@ -21,9 +21,10 @@ pub struct TempPostgres {
 
 /// The directory holding `initdb` and `postgres`: `$KINBAR_PG_BIN`, the
 /// newest `/usr/lib/postgresql/*/bin`, or whatever `PATH` has.
-fn bin_dir() -> Option<PathBuf> {
+pub fn bin_dir() -> Option<PathBuf> {
     if let Ok(d) = std::env::var("KINBAR_PG_BIN") {
-        return Some(PathBuf::from(d));
+        let d = PathBuf::from(d);
+        return d.join("postgres").exists().then_some(d);
     }
     let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
         .ok()?
@@ -72,6 +73,26 @@ done
 kill -INT "$pid" 2>/dev/null; wait "$pid"
 rm -rf "$dir"
 "#;
+
+/// Whether a Postgres-backed test should be skipped: true (with a notice
+/// on stderr) when no server binaries are installed, so `cargo test` works
+/// on a machine without Postgres. With `KINBAR_REQUIRE_POSTGRES` set (CI
+/// sets it) a missing installation panics instead of skipping silently.
+pub fn skip_postgres_tests() -> bool {
+    if bin_dir().is_some() {
+        return false;
+    }
+    let hint = "Postgres server binaries not found: install the `postgresql` package \
+                (initdb and postgres) or set KINBAR_PG_BIN";
+    if std::env::var_os("KINBAR_REQUIRE_POSTGRES").is_some() {
+        #[allow(clippy::panic)] // test support: CI demands the Postgres tests run
+        {
+            panic!("KINBAR_REQUIRE_POSTGRES is set: {hint}");
+        }
+    }
+    eprintln!("skipped: {hint}");
+    true
+}
 
 impl TempPostgres {
     /// Creates and starts a cluster; fails with a readable reason (e.g.

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use kinbar::store::Datastore;
 use kinbar::store::postgres::{PostgresOptions, PostgresStore};
+#[macro_use]
 mod common;
 
 use common::{cluster, database};
@@ -29,10 +30,11 @@ async fn postgres() -> Arc<dyn Datastore> {
     )
 }
 
-kinbar::datastore_conformance_tests!(postgres);
+kinbar::datastore_conformance_tests!(postgres, skip_if kinbar::testing::skip_postgres_tests);
 
 #[tokio::test]
 async fn refuses_unmigrated_and_newer_databases() {
+    skip_without_postgres!();
     let url = cluster().fresh_database().await.unwrap();
     let err = PostgresStore::open(&url, quiet()).await.err().unwrap();
     assert!(err.to_string().contains("kinbar migrate"), "{err}");
@@ -57,6 +59,7 @@ async fn refuses_unmigrated_and_newer_databases() {
 
 #[tokio::test]
 async fn datastore_id_is_stable_across_opens() {
+    skip_without_postgres!();
     let url = database().await;
     let a = PostgresStore::open(&url, quiet()).await.unwrap();
     let b = PostgresStore::open(&url, quiet()).await.unwrap();
@@ -85,26 +88,29 @@ async fn unreachable_database_is_unavailable() {
     );
 }
 
-/// The validation corpus (ours, and SpiceDB's phase-1 files when present
-/// beside the project) passes on Postgres exactly as on memory, each file
-/// in its own fresh database, exhaustively (Check ⇔ Expand ⇔ lookups).
+/// The validation corpus (ours, and the vendored SpiceDB phase-1 files)
+/// passes on Postgres exactly as on memory, each file in its own fresh
+/// database, exhaustively (Check ⇔ Expand ⇔ lookups).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn validation_corpus_passes_on_postgres() {
-    let mut files: Vec<std::path::PathBuf> = std::fs::read_dir("tests/validation")
+    skip_without_postgres!();
+    let ours: Vec<std::path::PathBuf> = std::fs::read_dir("tests/validation")
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
         .collect();
-    let corpus = std::path::Path::new("../shared/conformance");
-    if let Ok(list) = std::fs::read_to_string(corpus.join("phase1.txt")) {
-        files.extend(
-            list.lines()
-                .filter(|l| !l.trim().is_empty())
-                .map(|l| corpus.join("spicedb").join(l.trim())),
-        );
-    }
+    assert_eq!(ours.len(), 3, "our validation files: {ours:?}");
+    let corpus = std::path::Path::new("tests/conformance");
+    let list = std::fs::read_to_string(corpus.join("phase1.txt")).unwrap();
+    let spicedb: Vec<std::path::PathBuf> = list
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| corpus.join("spicedb").join(l.trim()))
+        .collect();
+    assert_eq!(spicedb.len(), 50, "vendored phase-1 files");
+    let mut files = ours;
+    files.extend(spicedb);
     files.sort();
-    assert!(files.len() >= 10, "corpus found: {files:?}");
     let options = kinbar::validate::Options { exhaustive: true };
     let mut failed = Vec::new();
     for f in &files {
@@ -159,6 +165,7 @@ async fn verify(store: &PostgresStore) -> kinbar::audit::Verification {
 /// keeps every change.
 #[tokio::test]
 async fn gc_removes_dead_versions_and_refuses_old_revisions() {
+    skip_without_postgres!();
     use kinbar::store::{Operation::*, Page, RelationshipFilter, StoreError};
     let store = PostgresStore::open(&database().await, quiet())
         .await
@@ -252,6 +259,7 @@ async fn database_url_of(store: &PostgresStore) -> String {
 /// chain verifies; altering any audit row in SQL breaks it at that record.
 #[tokio::test]
 async fn audit_chain_is_sealed_and_detects_sql_tampering() {
+    skip_without_postgres!();
     use kinbar::store::Operation::*;
     let store = PostgresStore::open(&database().await, quiet())
         .await
@@ -329,6 +337,7 @@ async fn audit_chain_is_sealed_and_detects_sql_tampering() {
 /// once or cleanly refused, and replaying the audit reproduces the state.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conflict_storm_applies_each_write_once_or_refuses_it() {
+    skip_without_postgres!();
     use kinbar::store::{Operation, Page, RelationshipFilter, StoreError};
     let store = Arc::new(
         PostgresStore::open(&database().await, quiet())
@@ -404,6 +413,7 @@ async fn conflict_storm_applies_each_write_once_or_refuses_it() {
 /// Writers on disjoint relationships rarely conflict (and never fail).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disjoint_writers_do_not_fail() {
+    skip_without_postgres!();
     use kinbar::store::Operation::*;
     let store = Arc::new(
         PostgresStore::open(&database().await, quiet())

@@ -3,6 +3,7 @@
 //! Its own test binary: it runs a primary and a streaming replica.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
 
+#[macro_use]
 mod common;
 
 use std::time::Duration;
@@ -23,6 +24,7 @@ fn touch_txn(text: &str) -> WriteTxn {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replica_reads_are_never_stale() {
+    skip_without_postgres!();
     let url = database().await;
     let replica = cluster().start_replica().unwrap();
     let db = url

@@ -4,6 +4,7 @@
 //! other tests sharing one.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
 
+#[macro_use]
 mod common;
 
 use std::time::Duration;
@@ -16,6 +17,7 @@ use tonic::Code;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_restart_gives_unavailable_then_recovers() {
+    skip_without_postgres!();
     let url = database().await;
     let (addr, _stop) = serve(&url).await;
     let channel = channel(addr).await;

@@ -5,6 +5,7 @@
 //! altered in SQL, which `kinbar audit verify` then names.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
 
+#[macro_use]
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -41,6 +42,7 @@ async fn write_schema(addr: std::net::SocketAddr) {
 /// with writers and checkers running concurrently on Postgres.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_new_enemy_under_concurrent_writes_and_checks() {
+    skip_without_postgres!();
     let url = database().await;
     let (addr, _stop) = serve(&url).await;
     write_schema(addr).await;
@@ -90,6 +92,7 @@ async fn no_new_enemy_under_concurrent_writes_and_checks() {
 /// and resuming from a mid-stream token yields exactly the rest.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_delivers_concurrent_writes_once_and_resumes() {
+    skip_without_postgres!();
     let url = database().await;
     let (addr, _stop) = serve(&url).await;
     write_schema(addr).await;
@@ -231,6 +234,7 @@ fn kinbar_cli(port: u16, args: &[&str]) -> (i32, String) {
 /// SQL makes `kinbar audit verify` fail, naming the transaction.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_writes_loses_nothing_acknowledged() {
+    skip_without_postgres!();
     let url = database().await;
     let port = free_port();
     let mut server = spawn_server(&url, port);
@@ -347,6 +351,7 @@ async fn sigkill_mid_writes_loses_nothing_acknowledged() {
 /// `kinbar migrate` applies the migrations once and is then a no-op.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrate_command_and_serve_refusal() {
+    skip_without_postgres!();
     let url = cluster().fresh_database().await.unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_kinbar"))
         .args(["serve", "--datastore", &url, "--grpc-addr", "127.0.0.1:0"])

@@ -588,7 +588,10 @@ pub async fn gc_keeps_what_live_revisions_need(store: Arc<dyn Datastore>) {
 #[macro_export]
 macro_rules! datastore_conformance_tests {
     ($new_store:path) => {
-        $crate::datastore_conformance_tests!(@each $new_store;
+        $crate::datastore_conformance_tests!($new_store, skip_if || false);
+    };
+    ($new_store:path, skip_if $skip:expr) => {
+        $crate::datastore_conformance_tests!(@each $new_store, $skip;
             snapshot_isolation,
             create_touch_conflicts,
             preconditions,
@@ -601,10 +604,13 @@ macro_rules! datastore_conformance_tests {
             gc_keeps_what_live_revisions_need,
         );
     };
-    (@each $new_store:path; $($name:ident,)*) => {
+    (@each $new_store:path, $skip:expr; $($name:ident,)*) => {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $name() {
+                if ($skip)() {
+                    return;
+                }
                 $crate::store::conformance::$name($new_store().await).await;
             }
         )*

@@ -9,6 +9,16 @@ use kinbar::api::proto::authzed::api::v1 as pb;
 use kinbar::testing::TempPostgres;
 use tonic::transport::Channel;
 
+/// Returns from the enclosing test (with a notice) when the Postgres server
+/// binaries are absent; see `kinbar::testing::skip_postgres_tests`.
+macro_rules! skip_without_postgres {
+    () => {
+        if kinbar::testing::skip_postgres_tests() {
+            return;
+        }
+    };
+}
+
 pub fn cluster() -> &'static TempPostgres {
     static CLUSTER: OnceLock<TempPostgres> = OnceLock::new();
     CLUSTER.get_or_init(|| TempPostgres::start().expect("throwaway Postgres cluster"))
