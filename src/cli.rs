@@ -31,7 +31,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the gRPC server (embedded memory datastore by default).
-    Serve(crate::config::ServeArgs),
+    Serve(Box<crate::config::ServeArgs>),
     /// Check a permission on a server: RESOURCE PERMISSION SUBJECT.
     /// Exit status 0 = allowed, 1 = denied, 2 = error.
     Check {
@@ -174,7 +174,7 @@ pub async fn run(cli: Cli) -> i32 {
             print!("{out}");
             code
         }
-        Command::Serve(args) => serve(args).await,
+        Command::Serve(args) => serve(*args).await,
         Command::Migrate { datastore } => migrate(&datastore).await,
         Command::Schema {
             command: SchemaCommand::Read,

@@ -31,6 +31,12 @@ pub struct Config {
     pub max_preconditions: usize,
     pub max_read_page: usize,
     pub max_depth: u32,
+    /// Sub-problems one request may evaluate (RESOURCE_EXHAUSTED beyond).
+    pub max_subproblems: u64,
+    /// Relationships one request may read from the datastore.
+    pub max_rows_per_request: u64,
+    /// Nodes plus leaf subjects in one Expand response.
+    pub max_expand_elements: u64,
     /// minimize_latency quantization window, in milliseconds.
     pub revision_quantum_ms: u64,
     pub max_schema_bytes: usize,
@@ -73,6 +79,9 @@ impl Default for Config {
             max_preconditions: api.max_preconditions,
             max_read_page: api.max_read_page,
             max_depth: engine.max_depth,
+            max_subproblems: engine.budget.max_subproblems,
+            max_rows_per_request: engine.budget.max_rows_read,
+            max_expand_elements: engine.budget.max_expand_elements,
             revision_quantum_ms: api.revision_quantum.as_millis() as u64,
             max_schema_bytes: engine.schema_limits.max_schema_bytes,
             max_expression_terms: engine.schema_limits.max_expression_terms,
@@ -119,6 +128,15 @@ pub struct ServeArgs {
     pub max_updates_per_write: Option<usize>,
     #[arg(long, env = "KINBAR_MAX_DEPTH")]
     pub max_depth: Option<u32>,
+    /// Sub-problems one request may evaluate (default 200000).
+    #[arg(long, env = "KINBAR_MAX_SUBPROBLEMS")]
+    pub max_subproblems: Option<u64>,
+    /// Relationships one request may read (default 2000000).
+    #[arg(long, env = "KINBAR_MAX_ROWS_PER_REQUEST")]
+    pub max_rows_per_request: Option<u64>,
+    /// Nodes plus subjects in one Expand response (default 100000).
+    #[arg(long, env = "KINBAR_MAX_EXPAND_ELEMENTS")]
+    pub max_expand_elements: Option<u64>,
     #[arg(long, env = "KINBAR_REVISION_QUANTUM_MS")]
     pub revision_quantum_ms: Option<u64>,
     #[arg(long, env = "KINBAR_LOG_FORMAT")]
@@ -173,6 +191,15 @@ impl Config {
         if let Some(v) = args.max_depth {
             c.max_depth = v;
         }
+        if let Some(v) = args.max_subproblems {
+            c.max_subproblems = v;
+        }
+        if let Some(v) = args.max_rows_per_request {
+            c.max_rows_per_request = v;
+        }
+        if let Some(v) = args.max_expand_elements {
+            c.max_expand_elements = v;
+        }
         if let Some(v) = args.revision_quantum_ms {
             c.revision_quantum_ms = v;
         }
@@ -206,7 +233,14 @@ impl Config {
         if self.gc_interval_secs == 0 || self.postgres_max_connections == 0 {
             return Err("gc_interval_secs and postgres_max_connections must be positive".into());
         }
-        if self.max_depth == 0 || self.max_updates_per_write == 0 || self.max_read_page == 0 {
+        if self.max_depth == 0
+            || self.max_updates_per_write == 0
+            || self.max_read_page == 0
+            || self.max_subproblems == 0
+            || self.max_rows_per_request == 0
+            || self.max_expand_elements == 0
+            || self.request_timeout_secs == 0
+        {
             return Err("limits must be positive".into());
         }
         if !matches!(self.log_format.as_str(), "text" | "json") {

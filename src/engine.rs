@@ -84,8 +84,55 @@ pub enum Error {
         "maximum depth of {depth} exceeded while evaluating; the schema or data nests too deeply (or the depth limit is too low)"
     )]
     DepthExceeded { depth: u32 },
+    /// One request did more work than its budget allows (sub-problems,
+    /// rows read, expand tree size or time). Never a partial answer.
+    #[error(
+        "this request exceeded its budget: more than {limit} {what} (limit `{setting}`); narrow the request or raise the limit"
+    )]
+    BudgetExceeded {
+        what: &'static str,
+        setting: &'static str,
+        limit: u64,
+    },
+    /// The answer is undefined: the permission depends on its own negation
+    /// through a data cycle (e.g. `viewer = direct - restricted` with
+    /// `doc:1#restricted@doc:1#viewer`). Never answered "allowed".
+    #[error(
+        "`{resource}#{member}` depends on its own exclusion through a cycle in the data (via `{via}`), so it has no defined answer; remove the relationship that closes the cycle"
+    )]
+    CycleThroughExclusion {
+        resource: String,
+        member: String,
+        via: String,
+    },
     #[error("{0}")]
     Store(#[from] StoreError),
+}
+
+/// Work one request may do before it is refused with
+/// [`Error::BudgetExceeded`]: the engine never aborts or allocates without
+/// bound on a caller's input.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Budget {
+    /// Sub-problems (`(object, member, subject)` evaluations) per request.
+    pub max_subproblems: u64,
+    /// Relationships read from the datastore per request.
+    pub max_rows_read: u64,
+    /// Nodes plus leaf subjects of one Expand response.
+    pub max_expand_elements: u64,
+    /// Wall time of one evaluation.
+    pub max_duration: Duration,
+}
+
+impl Default for Budget {
+    fn default() -> Self {
+        Budget {
+            max_subproblems: 200_000,
+            max_rows_read: 2_000_000,
+            max_expand_elements: 100_000,
+            max_duration: Duration::from_secs(10),
+        }
+    }
 }
 
 /// Engine settings.
@@ -100,6 +147,8 @@ pub struct EngineConfig {
     /// Cache entries age out after this long.
     pub cache_ttl: Duration,
     pub schema_limits: schema::Limits,
+    /// Per-request work limits.
+    pub budget: Budget,
 }
 
 impl Default for EngineConfig {
@@ -110,6 +159,7 @@ impl Default for EngineConfig {
             cache_capacity: 100_000,
             cache_ttl: Duration::from_secs(60),
             schema_limits: schema::Limits::default(),
+            budget: Budget::default(),
         }
     }
 }
@@ -158,18 +208,75 @@ pub(crate) struct Evaluator<'e> {
     schema: Arc<Schema>,
     at: Revision,
     max_depth: u32,
-    /// Path frame ids, unique within the request.
+    /// Path frame ids, unique within the request; also counts sub-problems.
     frames: AtomicU64,
     memo: Mutex<check::Memo>,
+    /// Relationships read so far by this request.
+    rows: AtomicU64,
+    started: std::time::Instant,
+    budget: Budget,
+    /// Expand: nodes already rendered in this response, and elements so far.
+    expanded: Mutex<std::collections::HashSet<(ObjectRef, String)>>,
+    expand_elements: AtomicU64,
 }
 
 impl Evaluator<'_> {
     async fn read(&self, filter: &RelationshipFilter) -> Result<Vec<Relationship>, Error> {
-        Ok(self
+        let rows = self
             .engine
             .store
             .query(&self.at, filter, &Page::default())
-            .await?)
+            .await?;
+        let total = self
+            .rows
+            .fetch_add(rows.len() as u64, Ordering::Relaxed)
+            .saturating_add(rows.len() as u64);
+        if total > self.budget.max_rows_read {
+            return Err(Error::BudgetExceeded {
+                what: "relationships read",
+                setting: "max_rows_per_request",
+                limit: self.budget.max_rows_read,
+            });
+        }
+        Ok(rows)
+    }
+
+    /// A new sub-problem: a fresh frame id, refused past the request's
+    /// sub-problem or time budget.
+    fn enter(&self) -> Result<u64, Error> {
+        let frame = self.frames.fetch_add(1, Ordering::Relaxed);
+        if frame >= self.budget.max_subproblems {
+            return Err(Error::BudgetExceeded {
+                what: "sub-problems",
+                setting: "max_subproblems",
+                limit: self.budget.max_subproblems,
+            });
+        }
+        // Reading the clock every 256 frames keeps it off the hot path.
+        if frame % 256 == 255 && self.started.elapsed() > self.budget.max_duration {
+            return Err(Error::BudgetExceeded {
+                what: "milliseconds of evaluation",
+                setting: "request_timeout_secs",
+                limit: self.budget.max_duration.as_millis() as u64,
+            });
+        }
+        Ok(frame)
+    }
+
+    /// Counts `n` elements of the Expand response being built.
+    fn expand_grow(&self, n: u64) -> Result<(), Error> {
+        let total = self
+            .expand_elements
+            .fetch_add(n, Ordering::Relaxed)
+            .saturating_add(n);
+        if total > self.budget.max_expand_elements {
+            return Err(Error::BudgetExceeded {
+                what: "nodes and subjects in the expand tree",
+                setting: "max_expand_elements",
+                limit: self.budget.max_expand_elements,
+            });
+        }
+        Ok(())
     }
 
     /// The relationships of `resource#relation` at this evaluator's revision.
@@ -279,6 +386,11 @@ impl Engine {
             max_depth: self.config.max_depth,
             frames: AtomicU64::new(0),
             memo: Mutex::new(check::Memo::default()),
+            rows: AtomicU64::new(0),
+            started: std::time::Instant::now(),
+            budget: self.config.budget.clone(),
+            expanded: Mutex::new(std::collections::HashSet::new()),
+            expand_elements: AtomicU64::new(0),
         })
     }
 

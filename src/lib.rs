@@ -64,5 +64,5 @@ pub mod telemetry;
 pub mod testing;
 pub mod validate;
 
-pub use engine::{Decision, Engine, EngineConfig, Error};
+pub use engine::{Budget, Decision, Engine, EngineConfig, Error};
 pub use model::{ObjectRef, Relationship, Revision, SubjectRef};

@@ -166,6 +166,12 @@ pub fn build_api(config: &Config, store: Arc<dyn Datastore>) -> Result<Api, Serv
                 max_expression_terms: config.max_expression_terms,
                 ..Limits::default()
             },
+            budget: crate::engine::Budget {
+                max_subproblems: config.max_subproblems,
+                max_rows_read: config.max_rows_per_request,
+                max_expand_elements: config.max_expand_elements,
+                max_duration: Duration::from_secs(config.request_timeout_secs),
+            },
             ..EngineConfig::default()
         },
     );

@@ -1445,3 +1445,87 @@ async fn every_change_is_audited_with_actor_and_reason() {
     drop(tail);
     server.stop().await;
 }
+
+/// Issue 17: an undefined answer (a permission that depends on its own
+/// exclusion) is FAILED_PRECONDITION, never "allowed"; a recursive Expand
+/// that used to abort the process is answered, and over its budget is
+/// RESOURCE_EXHAUSTED naming the limit — with the server still serving.
+#[tokio::test]
+async fn paradoxes_fail_closed_and_expand_is_bounded() {
+    let server = Server::start(Config {
+        max_expand_elements: 200,
+        ..Config::default()
+    })
+    .await;
+    let ch = server.channel().await;
+    let mut schema = SchemaServiceClient::new(ch.clone());
+    let mut perms = PermissionsServiceClient::new(ch);
+    schema
+        .write_schema(pb::WriteSchemaRequest {
+            schema: "definition user {}
+definition document {
+    relation viewer_direct: user
+    relation restricted: user | document#viewer
+    permission viewer = viewer_direct - restricted
+}
+definition node {
+    relation parent: node
+    relation viewer: user
+    permission a = viewer + parent->b + parent->c
+    permission b = parent->a + parent->c
+    permission c = parent->a + parent->b
+}"
+            .into(),
+        })
+        .await
+        .unwrap();
+    let mut rels = vec![
+        "document:1#viewer_direct@user:jon".to_string(),
+        "document:1#restricted@document:1#viewer".to_string(),
+    ];
+    for i in 0..12 {
+        for d in [1, 2, 7] {
+            rels.push(format!("node:n{i}#parent@node:n{}", (i + d) % 12));
+        }
+        rels.push(format!("node:n{i}#viewer@user:u{i}"));
+    }
+    let refs: Vec<&str> = rels.iter().map(String::as_str).collect();
+    let written = perms
+        .write_relationships(touch(&refs))
+        .await
+        .unwrap()
+        .into_inner()
+        .written_at
+        .unwrap();
+    let err = perms
+        .check_permission(check_req(
+            "document:1",
+            "viewer",
+            "user:jon",
+            fresh(&written),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("cycle"), "{}", err.message());
+    let expand = |p: &str| pb::ExpandPermissionTreeRequest {
+        consistency: fresh(&written),
+        resource: obj("node", "n0"),
+        permission: p.into(),
+    };
+    let err = perms.expand_permission_tree(expand("a")).await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(
+        err.message().contains("max_expand_elements"),
+        "{}",
+        err.message()
+    );
+    // Still serving: a check on the same data answers.
+    let ok = perms
+        .check_permission(check_req("node:n0", "a", "user:u5", fresh(&written)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ok.permissionship, HAS);
+    server.stop().await;
+}

@@ -79,6 +79,16 @@ pub fn from_engine(e: Error) -> Status {
         Error::DepthExceeded { .. } => {
             with_reason(Code::FailedPrecondition, msg, R::MaximumDepthExceeded)
         }
+        Error::BudgetExceeded { .. } => with_reason(
+            Code::ResourceExhausted,
+            msg,
+            R::ExceedsMaximumAllowableLimit,
+        ),
+        // Like SpiceDB, a cycle is the schema's and data's problem, not a
+        // transient one: FAILED_PRECONDITION, never an answer.
+        Error::CycleThroughExclusion { .. } => {
+            with_reason(Code::FailedPrecondition, msg, R::MaximumDepthExceeded)
+        }
         Error::Store(s) => from_store(s),
     }
 }

@@ -15,10 +15,21 @@
 //! (groups nested in each other) from exploring every path. A result whose
 //! cuts all hit the node itself or its own descendants is exact and cached.
 //!
-//! Depth (hops through relations and permissions) is bounded; exceeding the
-//! bound is an error, never an answer.
+//! Exclusion is not monotone, so a cut seen through the subtracted side of
+//! an exclusion is tracked separately ([`Outcome::neg`]): a result that is
+//! "allowed because a cut node was assumed denied" is kept with that
+//! assumption even when allowed. When the assumed node completes *allowed*
+//! the assumption was false and the question has no least fixpoint (the
+//! node depends on its own negation): evaluation fails closed with
+//! [`Error::CycleThroughExclusion`] instead of answering. When it completes
+//! denied the assumption held and the answer stands.
+//!
+//! Depth (hops through relations and permissions) and the request's work
+//! ([`super::Budget`]) are bounded; exceeding either is an error, never an
+//! answer.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use futures::future::BoxFuture;
 
@@ -51,11 +62,29 @@ impl Cuts {
     }
 }
 
+/// Cut frames whose assumed denial reached a result through the subtracted
+/// side of an exclusion, each with the exclusion it went through
+/// (`object#permission`, for the error message). Always a subset of the
+/// outcome's `cuts`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub(crate) struct Negated(BTreeMap<u64, Arc<str>>);
+
+impl Negated {
+    fn merge(mut self, other: Negated) -> Negated {
+        if self.0.is_empty() {
+            return other;
+        }
+        self.0.extend(other.0);
+        self
+    }
+}
+
 /// A result plus the cycle cuts it depended on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Outcome {
     pub decision: Decision,
     pub cuts: Cuts,
+    pub neg: Negated,
 }
 
 impl Outcome {
@@ -63,7 +92,24 @@ impl Outcome {
         Outcome {
             decision,
             cuts: Cuts::default(),
+            neg: Negated::default(),
         }
+    }
+
+    /// Allowed. Exact unless it went through an exclusion whose subtracted
+    /// side was denied by assumption: then it keeps those assumptions.
+    fn allowed(neg: Negated) -> Self {
+        Outcome {
+            decision: Decision::Allowed,
+            cuts: Cuts(neg.0.keys().copied().collect()),
+            neg,
+        }
+    }
+
+    fn merge(mut self, other: Outcome) -> Outcome {
+        self.cuts = self.cuts.merge(other.cuts);
+        self.neg = self.neg.merge(other.neg);
+        self
     }
 }
 
@@ -92,11 +138,6 @@ impl Path<'_> {
 }
 
 impl Evaluator<'_> {
-    fn next_frame(&self) -> u64 {
-        self.frames
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-    }
-
     /// A memoised outcome still valid on `path`. An outcome that assumed
     /// some frames denied is valid while each of those frames is still on
     /// the path (same assumption) or has completed denied — in which case
@@ -104,9 +145,13 @@ impl Evaluator<'_> {
     /// that completed allowed invalidates it.
     fn memo_get(&self, key: &super::MemoKey, path: Option<&Path<'_>>) -> Option<Outcome> {
         let memo = self.memo.lock().ok()?;
-        let (decision, cuts) = memo.entries.get(key)?.clone();
+        let (decision, cuts, neg) = memo.entries.get(key)?.clone();
         if cuts.is_none() {
-            return Some(Outcome { decision, cuts });
+            return Some(Outcome {
+                decision,
+                cuts,
+                neg,
+            });
         }
         let path = path?;
         let mut resolved = BTreeSet::new();
@@ -125,9 +170,16 @@ impl Evaluator<'_> {
                 _ => return None,
             }
         }
+        // Conservatively, if any assumption went through an exclusion, all
+        // the resolved ones are treated as if they did.
+        let neg = match neg.0.values().next() {
+            None => Negated::default(),
+            Some(via) => Negated(resolved.iter().map(|f| (*f, via.clone())).collect()),
+        };
         Some(Outcome {
             decision,
             cuts: Cuts(resolved),
+            neg,
         })
     }
 
@@ -135,8 +187,10 @@ impl Evaluator<'_> {
         if let Ok(mut memo) = self.memo.lock() {
             memo.frames
                 .insert(frame, (outcome.decision, outcome.cuts.clone()));
-            memo.entries
-                .insert(key, (outcome.decision, outcome.cuts.clone()));
+            memo.entries.insert(
+                key,
+                (outcome.decision, outcome.cuts.clone(), outcome.neg.clone()),
+            );
         }
     }
 
@@ -158,6 +212,7 @@ impl Evaluator<'_> {
                 return Ok(Outcome {
                     decision: Decision::Denied,
                     cuts: Cuts::at(node.frame),
+                    neg: Negated::default(),
                 });
             }
             if depth >= self.max_depth {
@@ -183,7 +238,7 @@ impl Evaluator<'_> {
             let here = Path {
                 resource,
                 member,
-                frame: self.next_frame(),
+                frame: self.enter()?,
                 parent: path,
             };
             let def = self
@@ -208,8 +263,19 @@ impl Evaluator<'_> {
                 }
             };
             let mut outcome = outcome;
-            // A cut at this very node assumed it denied while computing it;
-            // the answer now stands on the other assumptions only.
+            // A cut at this very node assumed it denied while computing it.
+            // Through an exclusion, that assumption is only sound if the node
+            // did come out denied; otherwise there is no defined answer.
+            if let Some(via) = outcome.neg.0.remove(&here.frame)
+                && outcome.decision != Decision::Denied
+            {
+                return Err(Error::CycleThroughExclusion {
+                    resource: resource.to_string(),
+                    member: member.to_string(),
+                    via: via.to_string(),
+                });
+            }
+            // The answer now stands on the other assumptions only.
             outcome.cuts.0.remove(&here.frame);
             if !top && outcome.cuts.is_none() {
                 self.engine.cache.insert(key, outcome.decision).await;
@@ -251,7 +317,7 @@ impl Evaluator<'_> {
             .relation(&resource.object_type, relation)
             .map(|r| r.allowed.as_slice())
             .unwrap_or_default();
-        let mut cuts = Cuts::default();
+        let mut acc = Outcome::of(Decision::Denied);
         for a in allowed {
             let AllowedType::Userset(t, r) = a else {
                 continue;
@@ -266,15 +332,13 @@ impl Evaluator<'_> {
                     .check(&rel.subject.object, r, subject, depth + 1, Some(here))
                     .await?;
                 if o.decision == Decision::Allowed {
-                    return Ok(Outcome::of(Decision::Allowed));
+                    return Ok(Outcome::allowed(o.neg));
                 }
-                cuts = cuts.merge(o.cuts);
+                acc = acc.merge(o);
             }
         }
-        Ok(Outcome {
-            decision: Decision::Denied,
-            cuts,
-        })
+        acc.decision = Decision::Denied;
+        Ok(acc)
     }
 
     fn check_rewrite<'a>(
@@ -298,11 +362,12 @@ impl Evaluator<'_> {
                         let o = self
                             .check_rewrite(resource, c, subject, depth, here)
                             .await?;
-                        acc.decision = acc.decision.or(o.decision);
-                        acc.cuts = acc.cuts.merge(o.cuts);
-                        if acc.decision == Decision::Allowed {
-                            return Ok(Outcome::of(Decision::Allowed));
+                        if o.decision == Decision::Allowed {
+                            return Ok(Outcome::allowed(o.neg));
                         }
+                        let d = acc.decision.or(o.decision);
+                        acc = acc.merge(o);
+                        acc.decision = d;
                     }
                     Ok(acc)
                 }
@@ -312,8 +377,9 @@ impl Evaluator<'_> {
                         let o = self
                             .check_rewrite(resource, c, subject, depth, here)
                             .await?;
-                        acc.decision = acc.decision.and(o.decision);
-                        acc.cuts = acc.cuts.merge(o.cuts);
+                        let d = acc.decision.and(o.decision);
+                        acc = acc.merge(o);
+                        acc.decision = d;
                         if acc.decision == Decision::Denied {
                             return Ok(acc);
                         }
@@ -330,10 +396,19 @@ impl Evaluator<'_> {
                     let s = self
                         .check_rewrite(resource, subtract, subject, depth, here)
                         .await?;
-                    Ok(Outcome {
-                        decision: b.decision.and(s.decision.negate()),
-                        cuts: b.cuts.merge(s.cuts),
-                    })
+                    let decision = b.decision.and(s.decision.negate());
+                    // A subtracted side denied only by assumption makes the
+                    // result hold only while those assumptions do.
+                    let mut neg = Negated::default();
+                    if s.decision != Decision::Allowed && !s.cuts.is_none() {
+                        let via: Arc<str> =
+                            format!("{}#{} (exclusion)", here.resource, here.member).into();
+                        neg = Negated(s.cuts.0.iter().map(|f| (*f, via.clone())).collect());
+                    }
+                    let mut out = b.merge(s);
+                    out.neg = out.neg.merge(neg);
+                    out.decision = decision;
+                    Ok(out)
                 }
                 Rewrite::Arrow {
                     relation,
@@ -361,7 +436,7 @@ impl Evaluator<'_> {
         let rels = self.read_relation(resource, relation).await?;
         // Arrows follow relationships to their objects, ignoring subject relations.
         let objects: BTreeSet<&ObjectRef> = rels.iter().map(|r| &r.subject.object).collect();
-        let mut cuts = Cuts::default();
+        let mut acc = Outcome::of(Decision::Denied);
         let mut any_object = false;
         for object in objects {
             let has_target = self
@@ -375,16 +450,14 @@ impl Evaluator<'_> {
                 Outcome::of(Decision::Denied)
             };
             any_object = true;
-            cuts = cuts.merge(o.cuts);
-            match (kind, o.decision) {
-                (ArrowKind::Any, Decision::Allowed) => return Ok(Outcome::of(Decision::Allowed)),
-                (ArrowKind::All, Decision::Denied) => {
-                    return Ok(Outcome {
-                        decision: Decision::Denied,
-                        cuts,
-                    });
-                }
-                _ => {}
+            let decision = o.decision;
+            if kind == ArrowKind::Any && decision == Decision::Allowed {
+                return Ok(Outcome::allowed(o.neg));
+            }
+            acc = acc.merge(o);
+            if kind == ArrowKind::All && decision == Decision::Denied {
+                acc.decision = Decision::Denied;
+                return Ok(acc);
             }
         }
         let decision = match kind {
@@ -393,13 +466,14 @@ impl Evaluator<'_> {
             ArrowKind::All if any_object => Decision::Allowed,
             ArrowKind::All => Decision::Denied,
         };
-        Ok(Outcome { decision, cuts })
+        acc.decision = decision;
+        Ok(acc)
     }
 }
 
 /// Per-request memo: outcomes by node, and how each frame completed.
 #[derive(Debug, Default)]
 pub(crate) struct Memo {
-    entries: std::collections::HashMap<super::MemoKey, (Decision, Cuts)>,
+    entries: std::collections::HashMap<super::MemoKey, (Decision, Cuts, Negated)>,
     frames: std::collections::HashMap<u64, (Decision, Cuts)>,
 }

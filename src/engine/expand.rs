@@ -4,8 +4,19 @@
 //! exclusion nodes); references to other members of the same object and
 //! arrows expand recursively; a relation is a leaf listing its direct
 //! subjects, usersets included but not expanded further (one level deep per
-//! node). A `(resource, member)` already on the path expands to an empty leaf,
-//! so data cycles terminate.
+//! node).
+//!
+//! Each `(object, member)` is expanded at most once per response: a node met
+//! again — on the current path (a data cycle) or elsewhere (a shared
+//! sub-tree, e.g. every document of a folder cycle reaching the same
+//! folders) — is a leaf whose only subject is the userset `object#member`
+//! itself, meaning "the members of that node, expanded above". The response
+//! is therefore linear in the distinct nodes reached, where unfolding every
+//! path was exponential (one request could allocate gigabytes). The set a
+//! tree describes is unchanged: a userset leaf stands for exactly its
+//! members, and by the fixpoint property plugging a node's members back in
+//! gives the same set. The response's size is bounded by
+//! [`super::Budget::max_expand_elements`] (nodes plus leaf subjects).
 
 use std::collections::BTreeSet;
 
@@ -65,32 +76,24 @@ impl ExpandTree {
     }
 }
 
-struct Frame<'p> {
-    resource: &'p ObjectRef,
-    member: &'p str,
-    parent: Option<&'p Frame<'p>>,
-}
-
-impl Frame<'_> {
-    fn contains(&self, resource: &ObjectRef, member: &str) -> bool {
-        let mut cur = Some(self);
-        while let Some(f) = cur {
-            if f.resource == resource && f.member == member {
-                return true;
-            }
-            cur = f.parent;
-        }
-        false
-    }
-}
-
 impl Evaluator<'_> {
     pub(crate) async fn expand(
         &self,
         resource: &ObjectRef,
         member: &str,
     ) -> Result<ExpandTree, Error> {
-        self.expand_member(resource, member, 0, None).await
+        self.expand_member(resource, member, 0).await
+    }
+
+    /// Marks `(resource, member)` expanded in this response; false if it
+    /// already was.
+    fn first_visit(&self, resource: &ObjectRef, member: &str) -> bool {
+        match self.expanded.lock() {
+            Ok(mut seen) => seen.insert((resource.clone(), member.to_string())),
+            // A poisoned lock only follows a panic elsewhere; expanding the
+            // node again is still a correct (if larger) answer.
+            Err(_) => true,
+        }
     }
 
     fn expand_member<'a>(
@@ -98,40 +101,41 @@ impl Evaluator<'_> {
         resource: &'a ObjectRef,
         member: &'a str,
         depth: u32,
-        parent: Option<&'a Frame<'a>>,
     ) -> BoxFuture<'a, Result<ExpandTree, Error>> {
         Box::pin(async move {
-            let leaf = |subjects| ExpandTree {
-                object: resource.clone(),
-                relation: member.to_string(),
-                kind: ExpandKind::Leaf(subjects),
+            let leaf = |subjects: Vec<SubjectRef>| -> Result<ExpandTree, Error> {
+                self.expand_grow(1 + subjects.len() as u64)?;
+                Ok(ExpandTree {
+                    object: resource.clone(),
+                    relation: member.to_string(),
+                    kind: ExpandKind::Leaf(subjects),
+                })
             };
-            if parent.is_some_and(|p| p.contains(resource, member)) {
-                return Ok(leaf(Vec::new()));
+            if !self.first_visit(resource, member) {
+                let itself = SubjectRef {
+                    object: resource.clone(),
+                    relation: Some(member.to_string()),
+                };
+                return leaf(vec![itself]);
             }
             if depth >= self.max_depth {
                 return Err(Error::DepthExceeded {
                     depth: self.max_depth,
                 });
             }
+            self.enter()?;
             let def = self
                 .schema
                 .definition(&resource.object_type)
                 .ok_or_else(|| Error::UnknownType(resource.object_type.clone()))?;
-            let frame = Frame {
-                resource,
-                member,
-                parent,
-            };
             match def.member_kind(member) {
                 Some(MemberKind::Relation) => {
                     let rels = self.read_relation(resource, member).await?;
-                    Ok(leaf(rels.into_iter().map(|r| r.subject).collect()))
+                    leaf(rels.into_iter().map(|r| r.subject).collect())
                 }
                 Some(MemberKind::Permission) => {
                     let rewrite = &def.permissions[member].rewrite;
-                    self.expand_rewrite(resource, member, rewrite, depth, &frame)
-                        .await
+                    self.expand_rewrite(resource, member, rewrite, depth).await
                 }
                 None => Err(Error::UnknownMember {
                     object_type: resource.object_type.clone(),
@@ -147,28 +151,25 @@ impl Evaluator<'_> {
         member: &'a str,
         rewrite: &'a Rewrite,
         depth: u32,
-        frame: &'a Frame<'a>,
     ) -> BoxFuture<'a, Result<ExpandTree, Error>> {
         Box::pin(async move {
-            let node = |kind| ExpandTree {
-                object: resource.clone(),
-                relation: member.to_string(),
-                kind,
+            let node = |kind| -> Result<ExpandTree, Error> {
+                self.expand_grow(1)?;
+                Ok(ExpandTree {
+                    object: resource.clone(),
+                    relation: member.to_string(),
+                    kind,
+                })
             };
             let mut children = Vec::new();
             let kind = match rewrite {
-                Rewrite::Nil => return Ok(node(ExpandKind::Leaf(Vec::new()))),
+                Rewrite::Nil => return node(ExpandKind::Leaf(Vec::new())),
                 Rewrite::Ref(name) => {
-                    return self
-                        .expand_member(resource, name, depth + 1, Some(frame))
-                        .await;
+                    return self.expand_member(resource, name, depth + 1).await;
                 }
                 Rewrite::Union(cs) | Rewrite::Intersection(cs) => {
                     for c in cs {
-                        children.push(
-                            self.expand_rewrite(resource, member, c, depth, frame)
-                                .await?,
-                        );
+                        children.push(self.expand_rewrite(resource, member, c, depth).await?);
                     }
                     if matches!(rewrite, Rewrite::Union(_)) {
                         ExpandKind::Union(children)
@@ -177,14 +178,8 @@ impl Evaluator<'_> {
                     }
                 }
                 Rewrite::Exclusion(a, b) => {
-                    children.push(
-                        self.expand_rewrite(resource, member, a, depth, frame)
-                            .await?,
-                    );
-                    children.push(
-                        self.expand_rewrite(resource, member, b, depth, frame)
-                            .await?,
-                    );
+                    children.push(self.expand_rewrite(resource, member, a, depth).await?);
+                    children.push(self.expand_rewrite(resource, member, b, depth).await?);
                     ExpandKind::Exclusion(children)
                 }
                 Rewrite::Arrow {
@@ -201,11 +196,9 @@ impl Evaluator<'_> {
                             .definition(&object.object_type)
                             .is_some_and(|d| d.member_kind(target).is_some());
                         if has_target {
-                            children.push(
-                                self.expand_member(object, target, depth + 1, Some(frame))
-                                    .await?,
-                            );
+                            children.push(self.expand_member(object, target, depth + 1).await?);
                         } else {
+                            self.expand_grow(1)?;
                             children.push(ExpandTree {
                                 object: object.clone(),
                                 relation: target.clone(),
@@ -220,7 +213,7 @@ impl Evaluator<'_> {
                     }
                 }
             };
-            Ok(node(kind))
+            node(kind)
         })
     }
 }
