@@ -28,7 +28,7 @@ pub use watch::WatchApi;
 
 use crate::engine::Engine;
 use crate::model::Revision;
-use crate::store::TxnMetadata;
+use crate::model::TxnMetadata;
 use auth::{Authenticator, Scope};
 use proto::authzed::api::v1 as pb;
 
@@ -86,7 +86,7 @@ impl Api {
     }
 
     fn datastore_id(&self) -> &str {
-        self.engine.store().id()
+        self.engine.datastore_id()
     }
 
     pub(crate) fn token(&self, revision: &Revision) -> pb::ZedToken {
@@ -104,34 +104,18 @@ impl Api {
         &self,
         consistency: Option<&pb::Consistency>,
     ) -> Result<Revision, Status> {
+        use crate::model::Consistency as C;
         use pb::consistency::Requirement as R;
-        let store = self.engine.store();
-        let optimized = || async {
-            store
-                .optimized_revision(self.limits.revision_quantum)
-                .await
-                .map_err(status::from_store)
+        let wanted = match consistency.and_then(|c| c.requirement.as_ref()) {
+            None | Some(R::MinimizeLatency(_)) => C::MinimizeLatency,
+            Some(R::FullyConsistent(_)) => C::FullyConsistent,
+            Some(R::AtLeastAsFresh(t)) => C::AtLeastAsFresh(self.decode_token(t)?),
+            Some(R::AtExactSnapshot(t)) => C::AtExactSnapshot(self.decode_token(t)?),
         };
-        let rev = match consistency.and_then(|c| c.requirement.as_ref()) {
-            None | Some(R::MinimizeLatency(_)) => optimized().await?,
-            Some(R::FullyConsistent(_)) => {
-                store.head_revision().await.map_err(status::from_store)?
-            }
-            Some(R::AtLeastAsFresh(t)) => {
-                let wanted = self.decode_token(t)?;
-                let opt = optimized().await?;
-                store
-                    .at_least_as_fresh(&wanted, opt)
-                    .await
-                    .map_err(status::from_store)?
-            }
-            Some(R::AtExactSnapshot(t)) => self.decode_token(t)?,
-        };
-        store
-            .check_revision(&rev)
+        self.engine
+            .resolve(&wanted, self.limits.revision_quantum)
             .await
-            .map_err(status::from_store)?;
-        Ok(rev)
+            .map_err(status::from_engine)
     }
 
     /// Authorizes a request and builds the transaction metadata of a write.

@@ -15,8 +15,8 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+use crate::model::CommittedTxn;
 use crate::model::Revision;
-use crate::store::CommittedTxn;
 
 /// One changed relationship in an audit record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -248,7 +248,7 @@ pub fn hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{Change, Operation, TxnMetadata};
+    use crate::model::{Change, Operation, TxnMetadata};
 
     fn chain(n: u64) -> Vec<AuditRecord> {
         let mut prev = [0u8; 32];

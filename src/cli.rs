@@ -10,9 +10,9 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+use crate::model::Operation;
 use crate::model::{ObjectRef, Relationship, SubjectRef};
 use crate::schema::{self, Severity};
-use crate::store::Operation;
 use client::{Connection, describe};
 
 #[derive(Debug, Parser)]

@@ -22,11 +22,10 @@ pub use expand::{ExpandKind, ExpandTree};
 pub use lookup::SubjectsPage;
 
 use crate::model::{
-    ObjectRef, Relationship, Revision, SubjectRef, validate_name, validate_object_id,
+    Consistency, ObjectRef, Relationship, Revision, SubjectRef, validate_name, validate_object_id,
     validate_type_name,
 };
 use crate::schema::{self, AllowedType, Compiled, Diagnostic, MemberKind, Schema, SchemaError};
-use crate::store::memory::MemoryStore;
 use crate::store::{
     CommittedTxn, Datastore, DeleteByFilter, Page, Precondition, PreconditionKind,
     RelationshipFilter, SchemaWrite, StoreError, SubjectFilter, TxnMetadata, Update, WriteTxn,
@@ -328,13 +327,62 @@ impl Engine {
         self.commits.send_modify(|n| *n = n.wrapping_add(1));
     }
 
-    /// An engine over a fresh embedded memory store with default settings.
-    pub fn in_memory() -> Self {
-        Engine::new(Arc::new(MemoryStore::default()), EngineConfig::default())
+    /// Another engine over the same datastore with other settings (its own
+    /// cache), e.g. to run one tool with different limits.
+    pub fn reconfigured(&self, config: EngineConfig) -> Engine {
+        Engine::new(self.store.clone(), config)
     }
 
-    pub fn store(&self) -> &Arc<dyn Datastore> {
-        &self.store
+    /// The datastore's stable id (carried in ZedTokens).
+    pub fn datastore_id(&self) -> &str {
+        self.store.id()
+    }
+
+    /// The revision a read with `consistency` happens at (DESIGN.md §7),
+    /// checked to be still readable. `quantum` is the `minimize_latency`
+    /// window.
+    pub async fn resolve(
+        &self,
+        consistency: &Consistency,
+        quantum: Duration,
+    ) -> Result<Revision, Error> {
+        let store = &self.store;
+        let rev = match consistency {
+            Consistency::MinimizeLatency => store.optimized_revision(quantum).await?,
+            Consistency::FullyConsistent => store.head_revision().await?,
+            Consistency::AtLeastAsFresh(wanted) => {
+                let opt = store.optimized_revision(quantum).await?;
+                store.at_least_as_fresh(wanted, opt).await?
+            }
+            Consistency::AtExactSnapshot(at) => at.clone(),
+        };
+        self.check_revision(&rev).await?;
+        Ok(rev)
+    }
+
+    /// Fails unless `at` is still readable (not garbage-collected, not in
+    /// the future, a revision of this datastore).
+    pub async fn check_revision(&self, at: &Revision) -> Result<(), Error> {
+        Ok(self.store.check_revision(at).await?)
+    }
+
+    /// Committed transactions after `after`, in commit order (Watch).
+    pub async fn changes_since(
+        &self,
+        after: &Revision,
+        limit: usize,
+    ) -> Result<Vec<CommittedTxn>, Error> {
+        Ok(self.store.changes_since(after, limit).await?)
+    }
+
+    /// Audit records after sequence `after` that match `filter`.
+    pub async fn read_audit(
+        &self,
+        after: u64,
+        filter: &crate::audit::AuditFilter,
+        limit: usize,
+    ) -> Result<Vec<crate::audit::AuditRecord>, Error> {
+        Ok(self.store.read_audit(after, filter, limit).await?)
     }
 
     pub fn config(&self) -> &EngineConfig {

@@ -6,9 +6,9 @@
 //!
 //! ```
 //! # tokio::runtime::Runtime::new().unwrap().block_on(async {
-//! use kinbar::{Engine, Relationship, store::{Operation, TxnMetadata, Update}};
+//! use kinbar::{Operation, Relationship, TxnMetadata, Update};
 //!
-//! let engine = Engine::in_memory();
+//! let engine = kinbar::in_memory();
 //! engine.write_schema(r#"
 //!     definition user {}
 //!     definition document {
@@ -65,4 +65,16 @@ pub mod testing;
 pub mod validate;
 
 pub use engine::{Budget, Decision, Engine, EngineConfig, Error};
-pub use model::{ObjectRef, Relationship, Revision, SubjectRef};
+
+/// An engine over a fresh embedded memory store with default settings.
+pub fn in_memory() -> Engine {
+    Engine::new(
+        std::sync::Arc::new(store::memory::MemoryStore::default()),
+        EngineConfig::default(),
+    )
+}
+pub use model::{
+    Change, CommittedTxn, Consistency, DeleteByFilter, ObjectRef, Operation, Page, Precondition,
+    PreconditionKind, Relationship, RelationshipFilter, Revision, SubjectFilter, SubjectRef,
+    TxnMetadata, Update,
+};

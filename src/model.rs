@@ -1,10 +1,20 @@
-//! Plain domain types: objects, subjects, relationships, revisions.
+//! Plain domain types: objects, subjects, relationships, revisions, and the
+//! request vocabulary (filters and pages in `filter`, transactions in `txn`).
 //!
 //! Everything here is data with validation and a text form; nothing here does
 //! I/O or knows about schemas, stores or protobuf. The text form is the one of
 //! DESIGN.md §3: `resource_type:resource_id#relation@subject_type:subject_id[#subject_relation]`.
 
 use std::fmt;
+
+mod filter;
+mod txn;
+
+pub use filter::{Consistency, Page, RelationshipFilter, SubjectFilter};
+pub use txn::{
+    Change, CommittedTxn, DeleteByFilter, Operation, Precondition, PreconditionKind, TxnMetadata,
+    Update,
+};
 
 /// Maximum length of a type, relation or permission name (per segment).
 pub const MAX_NAME_LEN: usize = 64;

@@ -14,165 +14,17 @@ pub mod memory;
 pub mod pgsnap;
 pub mod postgres;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use crate::model::{Relationship, Revision, SubjectRef};
-
-/// Selects relationships. Every `None`/empty field matches anything.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RelationshipFilter {
-    pub resource_type: Option<String>,
-    /// Any of these ids (empty: any id).
-    pub resource_ids: Vec<String>,
-    pub resource_id_prefix: Option<String>,
-    pub relation: Option<String>,
-    pub subject: Option<SubjectFilter>,
-}
-
-/// Selects subjects of relationships.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SubjectFilter {
-    pub subject_type: String,
-    /// Any of these ids (empty: any id, wildcard included).
-    pub subject_ids: Vec<String>,
-    /// `None`: any relation. `Some(None)`: no relation (`...`). `Some(Some(r))`: exactly `r`.
-    pub relation: Option<Option<String>>,
-    /// Leave wildcard subjects (`type:*`) out.
-    pub exclude_wildcard: bool,
-}
-
-impl RelationshipFilter {
-    /// All relationships of `resource#relation`.
-    pub fn resource_relation(object_type: &str, object_id: &str, relation: &str) -> Self {
-        RelationshipFilter {
-            resource_type: Some(object_type.to_string()),
-            resource_ids: vec![object_id.to_string()],
-            relation: Some(relation.to_string()),
-            ..Default::default()
-        }
-    }
-
-    /// Exactly this relationship.
-    pub fn exact(rel: &Relationship) -> Self {
-        RelationshipFilter {
-            resource_type: Some(rel.resource.object_type.clone()),
-            resource_ids: vec![rel.resource.object_id.clone()],
-            relation: Some(rel.relation.clone()),
-            resource_id_prefix: None,
-            subject: Some(SubjectFilter {
-                subject_type: rel.subject.object.object_type.clone(),
-                subject_ids: vec![rel.subject.object.object_id.clone()],
-                relation: Some(rel.subject.relation.clone()),
-                exclude_wildcard: false,
-            }),
-        }
-    }
-
-    pub fn matches(&self, rel: &Relationship) -> bool {
-        if let Some(t) = &self.resource_type
-            && *t != rel.resource.object_type
-        {
-            return false;
-        }
-        if !self.resource_ids.is_empty() && !self.resource_ids.contains(&rel.resource.object_id) {
-            return false;
-        }
-        if let Some(p) = &self.resource_id_prefix
-            && !rel.resource.object_id.starts_with(p.as_str())
-        {
-            return false;
-        }
-        if let Some(r) = &self.relation
-            && *r != rel.relation
-        {
-            return false;
-        }
-        match &self.subject {
-            None => true,
-            Some(s) => s.matches(&rel.subject),
-        }
-    }
-}
-
-impl SubjectFilter {
-    pub fn matches(&self, subject: &SubjectRef) -> bool {
-        if self.subject_type != subject.object.object_type {
-            return false;
-        }
-        if !self.subject_ids.is_empty() && !self.subject_ids.contains(&subject.object.object_id) {
-            return false;
-        }
-        if self.exclude_wildcard && subject.is_wildcard() {
-            return false;
-        }
-        match &self.relation {
-            None => true,
-            Some(r) => *r == subject.relation,
-        }
-    }
-}
-
-/// How an update applies.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Operation {
-    /// Insert; fails if the relationship exists.
-    Create,
-    /// Insert or keep (idempotent).
-    Touch,
-    /// Remove if present (idempotent).
-    Delete,
-}
-
-impl Operation {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Operation::Create => "create",
-            Operation::Touch => "touch",
-            Operation::Delete => "delete",
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Update {
-    pub operation: Operation,
-    pub relationship: Relationship,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PreconditionKind {
-    MustMatch,
-    MustNotMatch,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Precondition {
-    pub kind: PreconditionKind,
-    pub filter: RelationshipFilter,
-}
-
-/// Delete everything matching a filter (DeleteRelationships).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeleteByFilter {
-    pub filter: RelationshipFilter,
-    /// At most this many; `None` for all.
-    pub limit: Option<usize>,
-    /// If more than `limit` match: delete `limit` of them (true) or fail (false).
-    pub allow_partial: bool,
-}
-
-/// Who made a change and why; recorded with the transaction for the audit.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TxnMetadata {
-    /// The authenticated key name (or `anonymous`).
-    pub actor: String,
-    pub request_id: String,
-    /// `optional_transaction_metadata` of the request, as JSON (includes `reason`).
-    pub fields: BTreeMap<String, serde_json::Value>,
-}
+// The request vocabulary lives in `model`; re-exported here so backends
+// and older paths (`store::RelationshipFilter`) keep working.
+pub use crate::model::{
+    Change, CommittedTxn, DeleteByFilter, Operation, Page, Precondition, PreconditionKind,
+    RelationshipFilter, SubjectFilter, TxnMetadata, Update,
+};
+use crate::model::{Relationship, Revision};
 
 /// A schema to install in the same transaction.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -195,26 +47,6 @@ pub struct WriteTxn {
     pub metadata: TxnMetadata,
 }
 
-/// One relationship change in a committed transaction.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Change {
-    /// `Create` or `Touch` (as requested) for an insert, `Delete` for a removal.
-    pub operation: Operation,
-    pub relationship: Relationship,
-}
-
-/// A committed transaction, as Watch and the audit see it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct CommittedTxn {
-    pub revision: Revision,
-    /// Milliseconds since the Unix epoch.
-    pub committed_at_ms: u64,
-    pub metadata: TxnMetadata,
-    pub changes: Vec<Change>,
-    /// `(old, new)` schema text if the transaction changed the schema.
-    pub schema_change: Option<(Option<String>, String)>,
-}
-
 /// The schema text stored at some revision.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredSchema {
@@ -232,13 +64,6 @@ pub struct GcStats {
     pub schemas_deleted: u64,
     /// Backend-defined position of the horizon (Postgres: its xmax; 0: none).
     pub horizon: u64,
-}
-
-/// Paging for reads: resume strictly after `after`, return at most `limit`.
-#[derive(Debug, Clone, Default)]
-pub struct Page {
-    pub after: Option<Relationship>,
-    pub limit: Option<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

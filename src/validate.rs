@@ -12,7 +12,7 @@ use serde::Deserialize;
 
 use crate::engine::{Decision, Engine, EngineConfig, ExpandKind, ExpandTree};
 use crate::model::{ObjectRef, Relationship, Revision, SubjectRef};
-use crate::store::{Operation, TxnMetadata, Update};
+use crate::model::{Operation, TxnMetadata, Update};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -161,7 +161,7 @@ fn acceptable(e: &Error) -> bool {
 }
 
 async fn run(perms: Vec<String>, rels: Vec<String>) -> Result<(), TestCaseError> {
-    let e = Engine::in_memory();
+    let e = kinbar::in_memory();
     let Ok(_) = e
         .write_schema(&schema(&perms), TxnMetadata::default())
         .await

@@ -27,7 +27,7 @@ fn touch(rels: &[&str]) -> Vec<Update> {
 }
 
 async fn engine_with(schema: &str, rels: &[&str]) -> Engine {
-    let e = Engine::in_memory();
+    let e = kinbar::in_memory();
     e.write_schema(schema, TxnMetadata::default())
         .await
         .unwrap();
@@ -166,13 +166,10 @@ async fn depth_limit_is_an_error_not_an_answer() {
         Decision::Allowed
     );
     // A configurable limit.
-    let deep = Engine::new(
-        e.store().clone(),
-        EngineConfig {
-            max_depth: 100,
-            ..Default::default()
-        },
-    );
+    let deep = e.reconfigured(EngineConfig {
+        max_depth: 100,
+        ..Default::default()
+    });
     assert_eq!(
         check(&deep, "group:g0#member@user:anna").await.unwrap(),
         Decision::Allowed
@@ -295,7 +292,7 @@ async fn unknown_names_in_requests_are_errors() {
         check(&e, "doc:1#view@group:a#nope").await,
         Err(Error::UnknownMember { .. })
     ));
-    let empty = Engine::in_memory();
+    let empty = kinbar::in_memory();
     assert!(matches!(
         check(&empty, "doc:1#view@user:a").await,
         Err(Error::NoSchema)
@@ -746,41 +743,32 @@ definition node {
         );
     }
     // A small budget: a clean, named refusal.
-    let small = Engine::new(
-        e.store().clone(),
-        EngineConfig {
-            budget: kinbar::engine::Budget {
-                max_expand_elements: 100,
-                ..Default::default()
-            },
+    let small = e.reconfigured(EngineConfig {
+        budget: kinbar::engine::Budget {
+            max_expand_elements: 100,
             ..Default::default()
         },
-    );
+        ..Default::default()
+    });
     let err = small.expand(&obj("node:n0"), "a").await.unwrap_err();
     assert!(matches!(err, Error::BudgetExceeded { .. }), "{err:?}");
     assert!(err.to_string().contains("max_expand_elements"), "{err}");
-    let tiny = Engine::new(
-        e.store().clone(),
-        EngineConfig {
-            budget: kinbar::engine::Budget {
-                max_subproblems: 10,
-                ..Default::default()
-            },
+    let tiny = e.reconfigured(EngineConfig {
+        budget: kinbar::engine::Budget {
+            max_subproblems: 10,
             ..Default::default()
         },
-    );
+        ..Default::default()
+    });
     let err = check(&tiny, "node:n0#a@user:nobody").await.unwrap_err();
     assert!(err.to_string().contains("max_subproblems"), "{err}");
-    let few_rows = Engine::new(
-        e.store().clone(),
-        EngineConfig {
-            budget: kinbar::engine::Budget {
-                max_rows_read: 20,
-                ..Default::default()
-            },
+    let few_rows = e.reconfigured(EngineConfig {
+        budget: kinbar::engine::Budget {
+            max_rows_read: 20,
             ..Default::default()
         },
-    );
+        ..Default::default()
+    });
     let err = check(&few_rows, "node:n0#a@user:nobody").await.unwrap_err();
     assert!(err.to_string().contains("max_rows_per_request"), "{err}");
 }

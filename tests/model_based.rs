@@ -13,7 +13,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use kinbar::store::{Operation, TxnMetadata, Update};
-use kinbar::{Engine, ObjectRef, Relationship, SubjectRef};
+use kinbar::{ObjectRef, Relationship, SubjectRef};
 use proptest::prelude::*;
 
 const USERS: usize = 4;
@@ -315,7 +315,7 @@ fn run_case(c: &Case) -> Result<(), TestCaseError> {
         .build()
         .unwrap();
     rt.block_on(async {
-        let engine = Engine::in_memory();
+        let engine = kinbar::in_memory();
         let schema = schema_text(c);
         engine
             .write_schema(&schema, TxnMetadata::default())

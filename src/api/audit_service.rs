@@ -78,16 +78,16 @@ impl AuditService for AuditApi {
         };
         let follow = req.follow;
         let api = self.0.clone();
-        let store = self.0.engine.store().clone();
+        let engine = self.0.engine.clone();
         let mut commits = self.0.engine.subscribe();
         let mut closing = self.0.closing();
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         tokio::spawn(async move {
             loop {
-                let batch = match store.read_audit(after, &filter, remaining.min(500)).await {
+                let batch = match engine.read_audit(after, &filter, remaining.min(500)).await {
                     Ok(b) => b,
                     Err(e) => {
-                        let _ = tx.send(Err(status::from_store(e))).await;
+                        let _ = tx.send(Err(status::from_engine(e))).await;
                         return;
                     }
                 };
@@ -130,15 +130,15 @@ impl AuditService for AuditApi {
         request: Request<kpb::VerifyAuditRequest>,
     ) -> Result<Response<kpb::VerifyAuditResponse>, Status> {
         self.0.authorize(&request, Scope::Admin)?;
-        let store = self.0.engine.store();
+        let engine = &self.0.engine;
         let mut verifier = Verifier::default();
         let mut after = 0;
         let all = AuditFilter::default();
         loop {
-            let batch = store
+            let batch = engine
                 .read_audit(after, &all, 1000)
                 .await
-                .map_err(status::from_store)?;
+                .map_err(status::from_engine)?;
             let Some(last) = batch.last() else { break };
             after = last.sequence;
             for r in &batch {

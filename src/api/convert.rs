@@ -8,11 +8,9 @@ use tonic::Status;
 use super::proto::authzed::api::v1 as pb;
 use crate::engine::{Decision, ExpandKind, ExpandTree};
 use crate::model::{
-    ELLIPSIS, ObjectRef, Relationship, SubjectRef, WILDCARD_ID, validate_name, validate_object_id,
+    Change, ELLIPSIS, ObjectRef, Operation, Precondition, PreconditionKind, Relationship,
+    RelationshipFilter, SubjectFilter, SubjectRef, WILDCARD_ID, validate_name, validate_object_id,
     validate_type_name,
-};
-use crate::store::{
-    self, Operation, Precondition, PreconditionKind, RelationshipFilter, SubjectFilter,
 };
 
 fn bad(field: &str, e: impl std::fmt::Display) -> Status {
@@ -319,7 +317,7 @@ pub fn tree_pb(t: &ExpandTree) -> pb::PermissionRelationshipTree {
 }
 
 /// Store change → wire update (for Watch).
-pub fn change_pb(c: &store::Change) -> pb::RelationshipUpdate {
+pub fn change_pb(c: &Change) -> pb::RelationshipUpdate {
     pb::RelationshipUpdate {
         operation: operation_pb(c.operation),
         relationship: Some(relationship_pb(&c.relationship)),

@@ -9,8 +9,8 @@ use super::auth::Scope;
 use super::proto::authzed::api::v1 as pb;
 use super::proto::authzed::api::v1::permissions_service_server::PermissionsService;
 use super::{Api, convert, engine_err, status};
+use crate::model::{DeleteByFilter, Page, RelationshipFilter, Update};
 use crate::model::{Relationship, Revision};
-use crate::store::{DeleteByFilter, Page, RelationshipFilter, Update};
 
 type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
@@ -76,10 +76,9 @@ impl PermissionsApi {
                 let (rev, after) = decode_cursor(c)?;
                 self.0
                     .engine
-                    .store()
                     .check_revision(&rev)
                     .await
-                    .map_err(status::from_store)?;
+                    .map_err(status::from_engine)?;
                 Ok((rev, Some(after)))
             }
             None => Ok((self.0.revision(consistency).await?, None)),

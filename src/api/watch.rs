@@ -39,26 +39,26 @@ impl WatchService for WatchApi {
             )?);
         }
         let types = req.optional_object_types.clone();
-        let store = self.0.engine.store().clone();
+        let engine = self.0.engine.clone();
         let mut cursor = match &req.optional_start_cursor {
             Some(t) => self.0.decode_token(t)?,
-            None => store.head_revision().await.map_err(status::from_store)?,
+            None => engine.head_revision().await.map_err(status::from_engine)?,
         };
         // Fail fast if the start is already garbage-collected.
-        store
+        engine
             .changes_since(&cursor, 1)
             .await
-            .map_err(status::from_store)?;
+            .map_err(status::from_engine)?;
         let mut commits = self.0.engine.subscribe();
         let mut closing = self.0.closing();
         let api = self.0.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         tokio::spawn(async move {
             loop {
-                let batch = match store.changes_since(&cursor, 100).await {
+                let batch = match engine.changes_since(&cursor, 100).await {
                     Ok(b) => b,
                     Err(e) => {
-                        let _ = tx.send(Err(status::from_store(e))).await;
+                        let _ = tx.send(Err(status::from_engine(e))).await;
                         return;
                     }
                 };

@@ -212,7 +212,7 @@ pub fn check_request(
     }
 }
 
-pub fn update(op: crate::store::Operation, rel: &Relationship) -> pb::RelationshipUpdate {
+pub fn update(op: crate::model::Operation, rel: &Relationship) -> pb::RelationshipUpdate {
     pb::RelationshipUpdate {
         operation: convert::operation_pb(op),
         relationship: Some(convert::relationship_pb(rel)),
