@@ -75,7 +75,7 @@ pub enum Error {
     #[error("relationship `{relationship}` does not match the schema: {reason}")]
     SchemaViolation {
         relationship: String,
-        reason: String,
+        reason: schema::Violation,
     },
     #[error("the new schema would orphan existing relationships: {0}")]
     SchemaWouldOrphan(String),

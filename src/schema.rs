@@ -14,7 +14,7 @@ mod parser;
 use std::collections::BTreeMap;
 
 pub use ast::{ArrowKind, SchemaAst};
-pub use diagnostic::{Diagnostic, SchemaError, Severity, Span};
+pub use diagnostic::{Diagnostic, SchemaError, SchemaStage, Severity, Span};
 
 /// Bounds on schema size, so hostile input is refused quickly.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -144,23 +144,35 @@ impl Schema {
     }
 
     /// Whether `subject` may appear on `resource_type#relation`; `Err` says why not.
-    pub fn check_relationship(&self, rel: &crate::model::Relationship) -> Result<(), String> {
+    pub fn check_relationship(&self, rel: &crate::model::Relationship) -> Result<(), Violation> {
+        use ViolationKind as K;
         let def = self
             .definitions
             .get(&rel.resource.object_type)
-            .ok_or_else(|| format!("object definition `{}` not found", rel.resource.object_type))?;
+            .ok_or_else(|| {
+                Violation::new(
+                    K::UnknownDefinition,
+                    format!("object definition `{}` not found", rel.resource.object_type),
+                )
+            })?;
         let relation = match def.member_kind(&rel.relation) {
             Some(MemberKind::Relation) => &def.relations[&rel.relation],
             Some(MemberKind::Permission) => {
-                return Err(format!(
-                    "`{}` is a permission on `{}`; relationships can only be written to relations",
-                    rel.relation, def.name
+                return Err(Violation::new(
+                    K::IsAPermission,
+                    format!(
+                        "`{}` is a permission on `{}`; relationships can only be written to relations",
+                        rel.relation, def.name
+                    ),
                 ));
             }
             None => {
-                return Err(format!(
-                    "relation `{}` not found on definition `{}`",
-                    rel.relation, def.name
+                return Err(Violation::new(
+                    K::UnknownRelation,
+                    format!(
+                        "relation `{}` not found on definition `{}`",
+                        rel.relation, def.name
+                    ),
                 ));
             }
         };
@@ -185,11 +197,14 @@ impl Schema {
             }
         };
         let allowed: Vec<String> = relation.allowed.iter().map(|a| a.to_string()).collect();
-        Err(format!(
-            "subjects of type `{written}` are not allowed on relation `{}#{}`; allowed: {}",
-            def.name,
-            relation.name,
-            allowed.join(" | ")
+        Err(Violation::new(
+            K::SubjectNotAllowed,
+            format!(
+                "subjects of type `{written}` are not allowed on relation `{}#{}`; allowed: {}",
+                def.name,
+                relation.name,
+                allowed.join(" | ")
+            ),
         ))
     }
 }
@@ -197,13 +212,11 @@ impl Schema {
 /// Parses and type-checks `src`. Warnings come back with the schema; errors
 /// (and any warnings found alongside) come back in the [`SchemaError`].
 pub fn compile(src: &str, limits: &Limits) -> Result<Compiled, SchemaError> {
-    let ast = parser::parse(src, limits).map_err(|d| SchemaError {
-        diagnostics: vec![d],
-        text: src.to_string(),
-    })?;
+    let ast = parse_ast(src, limits)?;
     let (schema, diagnostics) = compile::check(&ast);
     if diagnostics.iter().any(|d| d.severity == Severity::Error) {
         return Err(SchemaError {
+            stage: SchemaStage::Type,
             diagnostics,
             text: src.to_string(),
         });
@@ -218,9 +231,38 @@ pub fn compile(src: &str, limits: &Limits) -> Result<Compiled, SchemaError> {
 /// Parses without type checking (for the formatter).
 pub fn parse_ast(src: &str, limits: &Limits) -> Result<SchemaAst, SchemaError> {
     parser::parse(src, limits).map_err(|d| SchemaError {
+        stage: SchemaStage::Parse,
         diagnostics: vec![d],
         text: src.to_string(),
     })
+}
+
+/// Why a relationship does not fit the schema.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ViolationKind {
+    /// The resource type is not defined.
+    UnknownDefinition,
+    /// The relation is not defined on the resource type.
+    UnknownRelation,
+    /// The name is a permission: relationships are written to relations.
+    IsAPermission,
+    /// The subject's type (or subject relation, or wildcard) is not allowed.
+    SubjectNotAllowed,
+}
+
+/// A relationship that does not match the schema: a kind (for status
+/// codes and reasons) and a message for people.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct Violation {
+    pub kind: ViolationKind,
+    pub message: String,
+}
+
+impl Violation {
+    fn new(kind: ViolationKind, message: String) -> Self {
+        Violation { kind, message }
+    }
 }
 
 impl Schema {

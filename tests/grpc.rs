@@ -681,6 +681,26 @@ async fn bad_input_maps_to_precise_codes() {
         .into(),
     });
     assert_eq!(c(ctx).await.code(), Code::InvalidArgument);
+    // Writes that do not fit the schema: each kind has its own reason
+    // (decided by the violation's kind, not its wording).
+    for (text, reason) in [
+        ("doc:1#view@user:a", "ERROR_REASON_CANNOT_UPDATE_PERMISSION"),
+        ("doc:1#viewer@doc:2", "ERROR_REASON_INVALID_SUBJECT_TYPE"),
+        (
+            "doc:1#nope@user:a",
+            "ERROR_REASON_UNKNOWN_RELATION_OR_PERMISSION",
+        ),
+        ("nope:1#viewer@user:a", "ERROR_REASON_UNKNOWN_DEFINITION"),
+    ] {
+        let e = perms.write_relationships(touch(&[text])).await.unwrap_err();
+        assert_eq!(e.code(), Code::FailedPrecondition, "{text}: {e:?}");
+        assert_eq!(
+            kinbar::api::status::reason_of(&e).as_deref(),
+            Some(reason),
+            "{text}: {}",
+            e.message()
+        );
+    }
     // Depth exceeded.
     let chain: Vec<String> = (0..60)
         .map(|i| format!("team:t{i}#member@team:t{}#member", i + 1))

@@ -8,6 +8,7 @@ use tonic::{Code, Status};
 use super::proto::authzed::api::v1::ErrorReason;
 use super::proto::google::rpc;
 use crate::engine::Error;
+use crate::schema::{SchemaStage, ViolationKind};
 use crate::store::StoreError;
 
 /// A status with an `ErrorInfo` detail naming `reason`.
@@ -49,13 +50,9 @@ pub fn from_engine(e: Error) -> Status {
             R::UnknownRelationOrPermission,
         ),
         Error::Schema(se) => {
-            let reason = if se
-                .errors()
-                .any(|d| d.message.starts_with("expected") || d.message.contains("unterminated"))
-            {
-                R::SchemaParseError
-            } else {
-                R::SchemaTypeError
+            let reason = match se.stage {
+                SchemaStage::Parse => R::SchemaParseError,
+                SchemaStage::Type => R::SchemaTypeError,
             };
             with_reason(
                 Code::InvalidArgument,
@@ -64,12 +61,11 @@ pub fn from_engine(e: Error) -> Status {
             )
         }
         Error::SchemaViolation { ref reason, .. } => {
-            let r = if reason.contains("is a permission") {
-                R::CannotUpdatePermission
-            } else if reason.contains("not allowed") {
-                R::InvalidSubjectType
-            } else {
-                R::UnknownRelationOrPermission
+            let r = match reason.kind {
+                ViolationKind::IsAPermission => R::CannotUpdatePermission,
+                ViolationKind::SubjectNotAllowed => R::InvalidSubjectType,
+                ViolationKind::UnknownRelation => R::UnknownRelationOrPermission,
+                ViolationKind::UnknownDefinition => R::UnknownDefinition,
             };
             with_reason(Code::FailedPrecondition, msg, r)
         }

@@ -135,9 +135,18 @@ pub fn line_col(source: &str, offset: usize) -> (usize, usize) {
     (line, col)
 }
 
+/// Where compilation stopped: the text did not parse (syntax, or a size
+/// limit checked while parsing), or it parsed but does not type-check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SchemaStage {
+    Parse,
+    Type,
+}
+
 /// A schema that failed to compile: every error (and warning) found.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub struct SchemaError {
+    pub stage: SchemaStage,
     pub diagnostics: Vec<Diagnostic>,
     pub text: String,
 }
