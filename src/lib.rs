@@ -61,6 +61,7 @@ pub mod schema;
 pub mod server;
 pub mod store;
 pub mod telemetry;
+#[cfg(feature = "test-util")]
 pub mod testing;
 pub mod validate;
 

@@ -9,6 +9,7 @@
 //! The store knows nothing of permissions, the schema language or gRPC: it
 //! stores text and tuples. Only this module sees backend details.
 
+#[cfg(feature = "test-util")]
 pub mod conformance;
 pub mod memory;
 pub mod pgsnap;

@@ -3,7 +3,6 @@
 //! bad input.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use kinbar::api::proto::authzed::api::v1 as pb;
@@ -13,6 +12,11 @@ use kinbar::api::proto::authzed::api::v1::watch_service_client::WatchServiceClie
 use kinbar::config::Config;
 use tonic::transport::Channel;
 use tonic::{Code, Request};
+
+mod common;
+use common::{
+    Server, check_req, exact, fresh, full, obj, rel, subj, touch_all as touch, update, with_token,
+};
 
 const SCHEMA: &str = "definition user {}
 definition team {
@@ -25,131 +29,6 @@ definition doc {
     permission view = viewer + parent->view
     permission view_unbanned = view - banned
 }";
-
-struct Server {
-    addr: SocketAddr,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    handle: tokio::task::JoinHandle<Result<(), kinbar::server::ServerError>>,
-}
-
-impl Server {
-    async fn start(config: Config) -> Server {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let handle = tokio::spawn(kinbar::server::run(config, listener, async {
-            let _ = rx.await;
-        }));
-        Server {
-            addr,
-            stop: Some(tx),
-            handle,
-        }
-    }
-
-    async fn channel(&self) -> Channel {
-        for _ in 0..50 {
-            if let Ok(c) = Channel::from_shared(format!("http://{}", self.addr))
-                .unwrap()
-                .connect()
-                .await
-            {
-                return c;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        panic!("server did not come up");
-    }
-
-    async fn stop(mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        self.handle.await.unwrap().unwrap();
-    }
-}
-
-fn with_token<T>(msg: T, token: Option<&str>) -> Request<T> {
-    let mut r = Request::new(msg);
-    if let Some(t) = token {
-        r.metadata_mut()
-            .insert("authorization", format!("Bearer {t}").parse().unwrap());
-    }
-    r
-}
-
-fn obj(t: &str, id: &str) -> Option<pb::ObjectReference> {
-    Some(pb::ObjectReference {
-        object_type: t.into(),
-        object_id: id.into(),
-    })
-}
-
-fn subj(t: &str, id: &str, rel: &str) -> Option<pb::SubjectReference> {
-    Some(pb::SubjectReference {
-        object: obj(t, id),
-        optional_relation: rel.into(),
-    })
-}
-
-fn rel(text: &str) -> pb::Relationship {
-    let r: kinbar::Relationship = text.parse().unwrap();
-    kinbar::api::convert::relationship_pb(&r)
-}
-
-fn update(op: pb::relationship_update::Operation, text: &str) -> pb::RelationshipUpdate {
-    pb::RelationshipUpdate {
-        operation: op as i32,
-        relationship: Some(rel(text)),
-    }
-}
-
-fn touch(texts: &[&str]) -> pb::WriteRelationshipsRequest {
-    pb::WriteRelationshipsRequest {
-        updates: texts
-            .iter()
-            .map(|t| update(pb::relationship_update::Operation::Touch, t))
-            .collect(),
-        optional_preconditions: vec![],
-        optional_transaction_metadata: None,
-    }
-}
-
-fn full() -> Option<pb::Consistency> {
-    Some(pb::Consistency {
-        requirement: Some(pb::consistency::Requirement::FullyConsistent(true)),
-    })
-}
-
-fn fresh(token: &pb::ZedToken) -> Option<pb::Consistency> {
-    Some(pb::Consistency {
-        requirement: Some(pb::consistency::Requirement::AtLeastAsFresh(token.clone())),
-    })
-}
-
-fn exact(token: &pb::ZedToken) -> Option<pb::Consistency> {
-    Some(pb::Consistency {
-        requirement: Some(pb::consistency::Requirement::AtExactSnapshot(token.clone())),
-    })
-}
-
-fn check_req(
-    resource: &str,
-    perm: &str,
-    subject: &str,
-    consistency: Option<pb::Consistency>,
-) -> pb::CheckPermissionRequest {
-    let r: kinbar::ObjectRef = resource.parse().unwrap();
-    let s: kinbar::SubjectRef = subject.parse().unwrap();
-    pb::CheckPermissionRequest {
-        consistency,
-        resource: Some(kinbar::api::convert::object_pb(&r)),
-        permission: perm.into(),
-        subject: Some(kinbar::api::convert::subject_pb(&s)),
-        context: None,
-        with_tracing: false,
-    }
-}
 
 const HAS: i32 = pb::check_permission_response::Permissionship::HasPermission as i32;
 const NO: i32 = pb::check_permission_response::Permissionship::NoPermission as i32;

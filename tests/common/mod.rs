@@ -11,6 +11,7 @@ use tonic::transport::Channel;
 
 /// Returns from the enclosing test (with a notice) when the Postgres server
 /// binaries are absent; see `kinbar::testing::skip_postgres_tests`.
+#[allow(unused_macros)] // only the Postgres binaries use it
 macro_rules! skip_without_postgres {
     () => {
         if kinbar::testing::skip_postgres_tests() {
@@ -38,6 +39,13 @@ pub fn rel(text: &str) -> pb::Relationship {
     kinbar::api::convert::relationship_pb(&r)
 }
 
+pub fn update(op: pb::relationship_update::Operation, text: &str) -> pb::RelationshipUpdate {
+    pb::RelationshipUpdate {
+        operation: op as i32,
+        relationship: Some(rel(text)),
+    }
+}
+
 pub fn write(
     op: pb::relationship_update::Operation,
     texts: &[&str],
@@ -46,15 +54,21 @@ pub fn write(
     let mut meta = std::collections::BTreeMap::new();
     meta.insert("reason".to_string(), serde_json::json!(reason));
     pb::WriteRelationshipsRequest {
-        updates: texts
-            .iter()
-            .map(|t| pb::RelationshipUpdate {
-                operation: op as i32,
-                relationship: Some(rel(t)),
-            })
-            .collect(),
+        updates: texts.iter().map(|t| update(op, t)).collect(),
         optional_preconditions: vec![],
         optional_transaction_metadata: Some(kinbar::api::convert::json_struct(&meta)),
+    }
+}
+
+/// Touches, without transaction metadata.
+pub fn touch_all(texts: &[&str]) -> pb::WriteRelationshipsRequest {
+    pb::WriteRelationshipsRequest {
+        updates: texts
+            .iter()
+            .map(|t| update(pb::relationship_update::Operation::Touch, t))
+            .collect(),
+        optional_preconditions: vec![],
+        optional_transaction_metadata: None,
     }
 }
 
@@ -100,6 +114,42 @@ pub fn check(
     }
 }
 
+/// The same as [`check`], under the name the API tests use.
+pub fn check_req(
+    resource: &str,
+    permission: &str,
+    subject: &str,
+    consistency: Option<pb::Consistency>,
+) -> pb::CheckPermissionRequest {
+    check(resource, permission, subject, consistency)
+}
+
+pub fn obj(t: &str, id: &str) -> Option<pb::ObjectReference> {
+    Some(pb::ObjectReference {
+        object_type: t.into(),
+        object_id: id.into(),
+    })
+}
+
+pub fn subj(t: &str, id: &str, rel: &str) -> Option<pb::SubjectReference> {
+    Some(pb::SubjectReference {
+        object: obj(t, id),
+        optional_relation: rel.into(),
+    })
+}
+
+/// A request carrying `token` as its bearer key.
+pub fn with_token<T>(msg: T, token: Option<&str>) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    if let Some(t) = token {
+        r.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {t}").parse().expect("ascii header"),
+        );
+    }
+    r
+}
+
 pub fn has(r: &pb::CheckPermissionResponse) -> bool {
     r.permissionship == pb::check_permission_response::Permissionship::HasPermission as i32
 }
@@ -119,6 +169,43 @@ pub async fn channel(addr: std::net::SocketAddr) -> Channel {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     panic!("server at {addr} did not come up: {last}");
+}
+
+/// An in-process server on 127.0.0.1:0 with its shutdown handle.
+pub struct Server {
+    pub addr: std::net::SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    handle: tokio::task::JoinHandle<Result<(), kinbar::server::ServerError>>,
+}
+
+impl Server {
+    pub async fn start(config: kinbar::config::Config) -> Server {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let handle = tokio::spawn(kinbar::server::run(config, listener, async {
+            let _ = rx.await;
+        }));
+        Server {
+            addr,
+            stop: Some(tx),
+            handle,
+        }
+    }
+
+    pub async fn channel(&self) -> Channel {
+        channel(self.addr).await
+    }
+
+    /// Graceful shutdown; fails the test if the server ended with an error.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        self.handle.await.expect("server task").expect("server");
+    }
 }
 
 /// Starts an in-process server on 127.0.0.1:0 over `datastore`.
