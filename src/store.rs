@@ -12,7 +12,7 @@
 #[cfg(feature = "test-util")]
 pub mod conformance;
 pub mod memory;
-pub mod pgsnap;
+
 pub mod postgres;
 
 use std::sync::Arc;
