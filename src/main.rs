@@ -1,10 +1,10 @@
 //! The `kinbar` binary: parse the command line, run it, exit with its status.
 
+use std::process::ExitCode;
+
 use clap::Parser;
 
 #[tokio::main]
-async fn main() {
-    let cli = kinbar::cli::Cli::parse();
-    let code = kinbar::cli::run(cli).await;
-    std::process::exit(code);
+async fn main() -> ExitCode {
+    kinbar::cli::run(kinbar::cli::Cli::parse()).await
 }

@@ -1,0 +1,81 @@
+//! `kinbar audit read|tail|verify`: the audit trail for people and auditors.
+
+use std::process::ExitCode;
+
+use super::client::Connection;
+use super::{AuditCommand, CliResult, no};
+use crate::api::proto::kinbar::v1 as kpb;
+
+pub(super) async fn audit(conn: &Connection, command: AuditCommand) -> CliResult {
+    let mut c = conn.connect().await?;
+    let (args, follow) = match command {
+        AuditCommand::Verify => {
+            let r = c
+                .audit
+                .verify_audit(kpb::VerifyAuditRequest {})
+                .await?
+                .into_inner();
+            return if r.intact {
+                println!("ok  {} (head {})", r.message, r.head_hash);
+                Ok(ExitCode::SUCCESS)
+            } else {
+                println!("BROKEN  {}", r.message);
+                no()
+            };
+        }
+        AuditCommand::Read(a) => (a, false),
+        AuditCommand::Tail(a) => (a, true),
+    };
+    let req = kpb::ReadAuditRequest {
+        optional_actor: args.actor.clone().unwrap_or_default(),
+        optional_object: args.object.clone().unwrap_or_default(),
+        optional_relation: args.relation.clone().unwrap_or_default(),
+        optional_subject: args.subject.clone().unwrap_or_default(),
+        follow,
+        ..Default::default()
+    };
+    let stream = c.audit.read_audit(req).await?.into_inner();
+    super::client::drain(stream, |r| {
+        let Some(t) = r.transaction else {
+            return Ok(());
+        };
+        let meta = serde_json::Value::Object(
+            crate::api::convert::metadata(t.metadata.as_ref())
+                .into_iter()
+                .collect(),
+        );
+        let when = t
+            .committed_at
+            .map(|ts| ts.seconds * 1000 + i64::from(ts.nanos) / 1_000_000)
+            .unwrap_or_default();
+        let changes: Vec<String> = t
+            .changes
+            .iter()
+            .map(|ch| format!("{} {}", ch.operation, ch.relationship))
+            .collect();
+        if args.json {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "sequence": t.sequence, "committed_at_ms": when, "actor": t.actor,
+                    "request_id": t.request_id, "metadata": meta, "changes": changes,
+                    "schema_changed": t.schema_changed, "hash": t.hash,
+                })
+            );
+        } else {
+            let schema = if t.schema_changed {
+                " [schema changed]"
+            } else {
+                ""
+            };
+            let when = crate::audit::rfc3339(u64::try_from(when).unwrap_or(0));
+            println!("#{} {when} by {} {meta}{schema}", t.sequence, t.actor);
+            for ch in &changes {
+                println!("    {ch}");
+            }
+        }
+        Ok(())
+    })
+    .await?;
+    Ok(ExitCode::SUCCESS)
+}
