@@ -22,14 +22,12 @@ pub use expand::{ExpandKind, ExpandTree};
 pub use lookup::SubjectsPage;
 
 use crate::model::{
-    Consistency, ObjectRef, Relationship, Revision, SubjectRef, validate_name, validate_object_id,
-    validate_type_name,
+    CommittedTxn, Consistency, DeleteByFilter, ObjectRef, Page, Precondition, PreconditionKind,
+    Relationship, RelationshipFilter, Revision, SubjectFilter, SubjectRef, TxnMetadata, Update,
+    validate_name, validate_object_id, validate_type_name,
 };
 use crate::schema::{self, AllowedType, Compiled, Diagnostic, MemberKind, Schema, SchemaError};
-use crate::store::{
-    CommittedTxn, Datastore, DeleteByFilter, Page, Precondition, PreconditionKind,
-    RelationshipFilter, SchemaWrite, StoreError, SubjectFilter, TxnMetadata, Update, WriteTxn,
-};
+use crate::store::{Datastore, SchemaWrite, StoreError, WriteTxn};
 
 /// The answer to a check. Three-valued so that caveats (phase 2) fit:
 /// `Conditional` means "allowed if the missing caveat context holds".
@@ -564,7 +562,7 @@ impl Engine {
         let updates = relationships
             .into_iter()
             .map(|relationship| Update {
-                operation: crate::store::Operation::Create,
+                operation: crate::model::Operation::Create,
                 relationship,
             })
             .collect();
@@ -604,7 +602,7 @@ impl Engine {
                 .ok_or(Error::NoSchema)?;
             let schema = self.schema_at(head).await?;
             for u in &txn.updates {
-                if u.operation != crate::store::Operation::Delete {
+                if u.operation != crate::model::Operation::Delete {
                     schema
                         .check_relationship(&u.relationship)
                         .map_err(|reason| Error::SchemaViolation {

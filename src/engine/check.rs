@@ -36,8 +36,8 @@ use futures::future::BoxFuture;
 use super::{Decision, Error, Evaluator};
 use crate::model::WILDCARD_ID;
 use crate::model::{ObjectRef, SubjectRef};
+use crate::model::{RelationshipFilter, SubjectFilter};
 use crate::schema::{AllowedType, ArrowKind, MemberKind, Rewrite};
-use crate::store::{RelationshipFilter, SubjectFilter};
 
 /// The path nodes (frame ids) a result assumed to be denied because
 /// evaluation was cut there. Empty: the result is exact.

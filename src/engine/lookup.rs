@@ -13,7 +13,7 @@
 
 use super::{Engine, Error};
 use crate::model::{ObjectRef, Relationship, Revision, SubjectRef};
-use crate::store::{Page, RelationshipFilter, SubjectFilter};
+use crate::model::{Page, RelationshipFilter, SubjectFilter};
 
 /// Candidates are read in pages of this many relationships.
 const READ_BATCH: usize = 1_000;
