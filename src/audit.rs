@@ -167,6 +167,69 @@ impl Verifier {
     }
 }
 
+/// Completeness: replays the relationship changes of the chain in order
+/// and compares the result with the relationships the store holds. The
+/// chain proves records were not altered; the replay proves every stored
+/// relationship was written through an audited transaction (a row whose
+/// transaction record was deleted, or a relationship inserted behind
+/// Kinbar's back, shows up here) and that every recorded change was
+/// possible (an insert of a live relationship or a delete of an absent one
+/// means records were lost in between).
+#[derive(Debug, Default)]
+pub struct Replay {
+    live: std::collections::HashSet<String>,
+    anomalies: Vec<String>,
+}
+
+impl Replay {
+    /// Applies one record's changes (records in sequence order).
+    pub fn push(&mut self, r: &AuditRecord) {
+        for c in &r.changes {
+            let known = if c.operation == "delete" {
+                self.live.remove(&c.relationship)
+            } else {
+                self.live.insert(c.relationship.clone())
+            };
+            if !known {
+                let what = if c.operation == "delete" {
+                    "deletes a relationship the audit never created"
+                } else {
+                    "creates a relationship the audit already holds"
+                };
+                self.anomalies.push(format!(
+                    "audit transaction {} {what}: `{}`",
+                    r.sequence, c.relationship
+                ));
+            }
+        }
+    }
+
+    /// Compares with the relationships stored at a revision that sees
+    /// exactly the replayed records; returns every discrepancy, sorted
+    /// (empty: complete).
+    pub fn finish(mut self, stored: impl IntoIterator<Item = String>) -> Vec<String> {
+        let mut out = std::mem::take(&mut self.anomalies);
+        let mut unaccounted = Vec::new();
+        for rel in stored {
+            if !self.live.remove(&rel) {
+                unaccounted.push(format!(
+                    "relationship `{rel}` is stored but no audit transaction created it"
+                ));
+            }
+        }
+        let mut missing: Vec<String> = self
+            .live
+            .into_iter()
+            .map(|rel| format!("the audit holds `{rel}` but the store does not"))
+            .collect();
+        unaccounted.sort();
+        missing.sort();
+        out.extend(unaccounted);
+        out.extend(missing);
+        out
+    }
+}
+
 /// Recomputes the chain over `records` (in sequence order, from the first).
 pub fn verify<'a>(records: impl IntoIterator<Item = &'a AuditRecord>) -> Verification {
     let mut v = Verifier::default();
@@ -322,5 +385,44 @@ mod tests {
             verify(&c),
             Verification::Broken { sequence: 3, .. }
         ));
+    }
+
+    #[test]
+    fn replay_names_every_discrepancy() {
+        let records = chain(3);
+        // Complete: the store holds exactly what the audit created.
+        let mut r = Replay::default();
+        records.iter().for_each(|x| r.push(x));
+        let stored: Vec<String> = (1..=3).map(|i| format!("doc:{i}#viewer@user:a")).collect();
+        assert!(r.finish(stored.clone()).is_empty());
+        // The newest record lost: its relationship is unaccounted for.
+        let mut r = Replay::default();
+        records[..2].iter().for_each(|x| r.push(x));
+        assert_eq!(
+            r.finish(stored.clone()),
+            ["relationship `doc:3#viewer@user:a` is stored but no audit transaction created it"]
+        );
+        // A relationship the audit holds but the store lost.
+        let mut r = Replay::default();
+        records.iter().for_each(|x| r.push(x));
+        assert_eq!(
+            r.finish(stored[..2].to_vec()),
+            ["the audit holds `doc:3#viewer@user:a` but the store does not"]
+        );
+        // Impossible sequences: a second create, a delete of nothing.
+        let mut twice = records[0].clone();
+        twice.sequence = 9;
+        let mut gone = records[1].clone();
+        gone.sequence = 10;
+        gone.changes[0].operation = "delete".into();
+        gone.changes[0].relationship = "doc:7#viewer@user:a".into();
+        let mut r = Replay::default();
+        r.push(&records[0]);
+        r.push(&twice);
+        r.push(&gone);
+        let found = r.finish(["doc:1#viewer@user:a".to_string()]);
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(found[0].contains("transaction 9 creates a relationship the audit already holds"));
+        assert!(found[1].contains("transaction 10 deletes a relationship the audit never created"));
     }
 }

@@ -131,7 +131,12 @@ pub enum AuditCommand {
     /// Print audit transactions as they commit (after the existing ones).
     Tail(AuditFilterArgs),
     /// Recompute the hash chain; exit 1 and name the first broken transaction if altered.
-    Verify,
+    Verify {
+        /// Also replay the audited changes and compare them with the stored
+        /// relationships: exit 1 if any relationship is unaccounted for.
+        #[arg(long)]
+        complete: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -46,6 +46,12 @@ pub struct Config {
     pub max_concurrent_streams: u32,
     /// Requests in flight per connection.
     pub concurrency_limit_per_connection: usize,
+    /// Requests in flight across all connections; beyond it calls are shed
+    /// (RESOURCE_EXHAUSTED with RetryInfo). Health and reflection are exempt.
+    pub max_in_flight: usize,
+    /// Connections are closed (GOAWAY, 30 s grace) after this many seconds;
+    /// 0 keeps them open. Spreads clients across replicas after scaling.
+    pub max_connection_age_secs: u64,
     /// Unary request timeout, in seconds.
     pub request_timeout_secs: u64,
     /// `text` or `json`.
@@ -86,8 +92,10 @@ impl Default for Config {
             max_schema_bytes: engine.schema_limits.max_schema_bytes,
             max_expression_terms: engine.schema_limits.max_expression_terms,
             cache_capacity: engine.cache_capacity,
-            max_concurrent_streams: 200,
+            max_concurrent_streams: 100,
             concurrency_limit_per_connection: 256,
+            max_in_flight: 1_000,
+            max_connection_age_secs: 0,
             request_timeout_secs: 30,
             log_format: "text".into(),
             gc_window_secs: 24 * 3600,
@@ -240,6 +248,8 @@ impl Config {
             || self.max_rows_per_request == 0
             || self.max_expand_elements == 0
             || self.request_timeout_secs == 0
+            || self.max_in_flight == 0
+            || self.max_concurrent_streams == 0
         {
             return Err("limits must be positive".into());
         }

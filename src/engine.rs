@@ -640,6 +640,27 @@ impl Engine {
         Ok(self.store.query(&at, filter, page).await?)
     }
 
+    /// Every relationship stored at `at`, in order (audit completeness
+    /// checks, exports of a quiesced store). Reads in pages; holds them all.
+    pub async fn all_relationships_at(&self, at: Revision) -> Result<Vec<Relationship>, Error> {
+        let mut out: Vec<Relationship> = Vec::new();
+        loop {
+            let page = Page {
+                after: out.last().cloned(),
+                limit: Some(10_000),
+            };
+            let batch = self
+                .store
+                .query(&at, &RelationshipFilter::default(), &page)
+                .await?;
+            let done = batch.len() < 10_000;
+            out.extend(batch);
+            if done {
+                return Ok(out);
+            }
+        }
+    }
+
     /// Checks at the head revision.
     pub async fn check(
         &self,

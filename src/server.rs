@@ -2,6 +2,8 @@
 //! on an already-bound listener until `shutdown` completes, then lets
 //! in-flight requests finish. Tests start it on `127.0.0.1:0`.
 
+mod edge;
+
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -240,15 +242,31 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
 
+    let edge = edge::EdgeLayer::new(config.max_in_flight, Arc::new(edge::EdgeStats::default()));
     let mut builder = Server::builder()
+        .layer(edge)
         .layer(tower::util::MapResponseLayer::new(
             oversized_is_resource_exhausted,
         ))
+        // HTTP/2 and connection hardening (see SECURITY notes in
+        // ARCHITECTURE.md): bounded streams per connection, header lists,
+        // reset floods (CVE-2023-44487 rapid reset; local error resets),
+        // keep-alive probes, and an optional maximum connection age.
         .max_concurrent_streams(Some(config.max_concurrent_streams))
         .concurrency_limit_per_connection(config.concurrency_limit_per_connection)
         .timeout(Duration::from_secs(config.request_timeout_secs))
+        .http2_max_header_list_size(Some(16 * 1024))
+        .http2_max_pending_accept_reset_streams(Some(20))
+        .http2_max_local_error_reset_streams(Some(256))
         .http2_keepalive_interval(Some(Duration::from_secs(60)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(20)));
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .tcp_nodelay(true)
+        .tcp_keepalive(Some(Duration::from_secs(60)));
+    if config.max_connection_age_secs > 0 {
+        builder = builder
+            .max_connection_age(Duration::from_secs(config.max_connection_age_secs))
+            .max_connection_age_grace(Duration::from_secs(30));
+    }
     if let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) {
         let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(
             std::fs::read(cert)?,

@@ -244,6 +244,9 @@ fn client_commands_against_a_running_server() {
     let (code, out, _) = run(&["audit", "verify"]);
     assert_eq!(code, 0);
     assert!(out.starts_with("ok  "), "{out}");
+    let (code, out, _) = run(&["audit", "verify", "--complete"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("stored relationships accounted for"), "{out}");
 
     // Offboarding: everything anna had moves to sam in one transaction.
     assert_eq!(run(&["rel", "touch", "task:t1#assignee@user:anna"]).0, 0);

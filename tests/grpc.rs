@@ -620,6 +620,28 @@ async fn bad_input_maps_to_precise_codes() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    // A method that does not exist: UNIMPLEMENTED, saying which and where
+    // to look (tonic alone sends no message).
+    for method in [
+        "/authzed.api.v1.PermissionsService/NoSuchMethod",
+        "/no.such.Service/Call",
+    ] {
+        raw.ready().await.unwrap();
+        let e = raw
+            .unary::<Vec<u8>, Vec<u8>, RawCodec>(
+                Request::new(vec![]),
+                tonic::codegen::http::uri::PathAndQuery::from_static(method),
+                RawCodec,
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::Unimplemented, "{e:?}");
+        assert!(
+            e.message().contains(method) && e.message().contains("reflection"),
+            "{}",
+            e.message()
+        );
+    }
     server.stop().await;
 }
 
@@ -1301,7 +1323,7 @@ async fn every_change_is_audited_with_actor_and_reason() {
     // Verify, and the scope.
     let v = audit
         .verify_audit(with_token(
-            kpb::VerifyAuditRequest {},
+            kpb::VerifyAuditRequest { complete: false },
             Some("root-secret-1"),
         ))
         .await
@@ -1310,8 +1332,23 @@ async fn every_change_is_audited_with_actor_and_reason() {
     assert!(v.intact, "{v:?}");
     assert_eq!(v.verified_transactions, 3);
     assert_eq!(v.head_hash, all[2].hash);
+    // Complete: the replayed changes are exactly what the store holds.
+    let v = audit
+        .verify_audit(with_token(
+            kpb::VerifyAuditRequest { complete: true },
+            Some("root-secret-1"),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(v.intact && v.discrepancies.is_empty(), "{v:?}");
+    assert!(v.relationships_checked > 0, "{v:?}");
+    assert!(v.message.contains("complete"), "{v:?}");
     let e = audit
-        .verify_audit(with_token(kpb::VerifyAuditRequest {}, Some("crm-secret-1")))
+        .verify_audit(with_token(
+            kpb::VerifyAuditRequest { complete: false },
+            Some("crm-secret-1"),
+        ))
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied);

@@ -347,6 +347,55 @@ async fn sigkill_mid_writes_loses_nothing_acknowledged() {
     server.wait().unwrap();
 }
 
+/// A hash chain cannot see its newest records removed: deleting the last
+/// transaction (row and changes) in SQL leaves `kinbar audit verify` ok.
+/// `--complete` replays the audited changes against the stored
+/// relationships and names the relationship no audit record accounts for;
+/// a relationship inserted in SQL behind Kinbar's back is named too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn complete_verification_finds_relationships_without_audit() {
+    skip_without_postgres!();
+    let url = database().await;
+    let port = free_port();
+    let mut server = spawn_server(&url, port);
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    write_schema(addr).await;
+    let mut client = PermissionsServiceClient::new(channel(addr).await);
+    for (i, rel) in ["doc:1#viewer@user:anna", "doc:2#viewer@user:bob"]
+        .iter()
+        .enumerate()
+    {
+        written(&mut client, touch(&[rel], &format!("w{i}"))).await;
+    }
+    let (code, out) = kinbar_cli(port, &["audit", "verify", "--complete"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("complete: all 2 stored relationships accounted for"),
+        "{out}"
+    );
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    sqlx::raw_sql(
+        "DELETE FROM audit_changes WHERE xid = (SELECT max(xid) FROM transactions); \
+         DELETE FROM transactions WHERE xid = (SELECT max(xid) FROM transactions);",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let (code, out) = kinbar_cli(port, &["audit", "verify"]);
+    assert_eq!(code, 0, "the chain alone cannot see it: {out}");
+    let (code, out) = kinbar_cli(port, &["audit", "verify", "--complete"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("BROKEN")
+            && out
+                .contains("`doc:2#viewer@user:bob` is stored but no audit transaction created it"),
+        "{out}"
+    );
+    assert!(!out.contains("doc:1#viewer@user:anna"), "{out}");
+    server.kill().unwrap();
+    server.wait().unwrap();
+}
+
 /// `kinbar serve` refuses an unmigrated database with a clear message;
 /// `kinbar migrate` applies the migrations once and is then a no-op.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

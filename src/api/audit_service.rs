@@ -10,7 +10,7 @@ use super::auth::Scope;
 use super::proto::kinbar::v1 as kpb;
 use super::proto::kinbar::v1::audit_service_server::AuditService;
 use super::{Api, convert, status};
-use crate::audit::{AuditFilter, AuditRecord, Verification, Verifier, hex};
+use crate::audit::{AuditFilter, AuditRecord, Replay, Verification, Verifier, hex};
 
 /// The AuditService implementation.
 #[derive(Clone)]
@@ -130,48 +130,105 @@ impl AuditService for AuditApi {
         request: Request<kpb::VerifyAuditRequest>,
     ) -> Result<Response<kpb::VerifyAuditResponse>, Status> {
         self.0.authorize(&request, Scope::Admin)?;
+        let complete = request.get_ref().complete;
         let engine = &self.0.engine;
         let mut verifier = Verifier::default();
+        let mut replay = Replay::default();
         let mut after = 0;
         let all = AuditFilter::default();
-        loop {
-            let batch = engine
-                .read_audit(after, &all, 1000)
+        // The chain, record by record; with `complete`, the replay too.
+        // Then (complete only) the stored relationships at a head revision
+        // taken after the last record was read; if a record arrived
+        // meanwhile, it joins the replay and the store is read again, so the
+        // comparison is between exactly the same transactions.
+        let mut stored = Vec::new();
+        for attempt in 0.. {
+            loop {
+                let batch = engine
+                    .read_audit(after, &all, 1000)
+                    .await
+                    .map_err(status::from_engine)?;
+                let Some(last) = batch.last() else { break };
+                after = last.sequence;
+                for r in &batch {
+                    if let Err(Verification::Broken {
+                        sequence,
+                        revision,
+                        reason,
+                    }) = verifier.push(r)
+                    {
+                        return Ok(Response::new(kpb::VerifyAuditResponse {
+                            intact: false,
+                            verified_transactions: sequence.saturating_sub(1),
+                            first_broken_sequence: sequence,
+                            first_broken_revision: revision.clone(),
+                            message: format!(
+                                "audit transaction {sequence} (revision {revision}) is broken: {reason}"
+                            ),
+                            ..Default::default()
+                        }));
+                    }
+                    if complete {
+                        replay.push(r);
+                    }
+                }
+            }
+            if !complete {
+                break;
+            }
+            let head = engine.head_revision().await.map_err(status::from_engine)?;
+            stored = engine
+                .all_relationships_at(head)
                 .await
                 .map_err(status::from_engine)?;
-            let Some(last) = batch.last() else { break };
-            after = last.sequence;
-            for r in &batch {
-                if let Err(Verification::Broken {
-                    sequence,
-                    revision,
-                    reason,
-                }) = verifier.push(r)
-                {
-                    return Ok(Response::new(kpb::VerifyAuditResponse {
-                        intact: false,
-                        verified_transactions: sequence.saturating_sub(1),
-                        first_broken_sequence: sequence,
-                        first_broken_revision: revision.clone(),
-                        message: format!(
-                            "audit transaction {sequence} (revision {revision}) is broken: {reason}"
-                        ),
-                        head_hash: String::new(),
-                    }));
-                }
+            let newer = engine
+                .read_audit(after, &all, 1)
+                .await
+                .map_err(status::from_engine)?;
+            if newer.is_empty() {
+                break;
+            }
+            if attempt >= 20 {
+                return Err(Status::unavailable(
+                    "writes kept arriving while the store was compared with the audit; retry at a quieter moment",
+                ));
             }
         }
         let (records, head) = match verifier.finish() {
             Verification::Intact { records, head } => (records, head),
             Verification::Broken { .. } => (0, [0; 32]),
         };
+        let checked = stored.len() as u64;
+        let discrepancies = if complete {
+            replay.finish(stored.iter().map(|r| r.to_string()))
+        } else {
+            Vec::new()
+        };
+        let message = if !complete {
+            format!("{records} audit transactions verified")
+        } else if discrepancies.is_empty() {
+            format!(
+                "{records} audit transactions verified; complete: all {checked} stored relationships accounted for"
+            )
+        } else {
+            format!(
+                "{records} audit transactions verified, but the store and the audit disagree ({} discrepancies): {}",
+                discrepancies.len(),
+                discrepancies
+                    .first()
+                    .map(String::as_str)
+                    .unwrap_or_default()
+            )
+        };
         Ok(Response::new(kpb::VerifyAuditResponse {
-            intact: true,
+            intact: discrepancies.is_empty(),
             verified_transactions: records,
             first_broken_sequence: 0,
             first_broken_revision: String::new(),
-            message: format!("{records} audit transactions verified"),
+            message,
             head_hash: hex(&head),
+            relationships_checked: checked,
+            discrepancies,
         }))
     }
 }

@@ -30,6 +30,48 @@ pub fn with_reason(code: Code, message: impl Into<String>, reason: ErrorReason) 
     Status::with_details(code, message, details.encode_to_vec().into())
 }
 
+/// RESOURCE_EXHAUSTED with a `google.rpc.RetryInfo` detail: the server
+/// refused the call before doing any work (load shedding, rate limits);
+/// the client should retry after `retry_after`.
+pub fn overloaded(message: impl Into<String>, retry_after: std::time::Duration) -> Status {
+    let message = message.into();
+    let retry = rpc::RetryInfo {
+        retry_delay: Some(prost_types::Duration {
+            seconds: i64::try_from(retry_after.as_secs()).unwrap_or(i64::MAX),
+            nanos: i32::try_from(retry_after.subsec_nanos()).unwrap_or(0),
+        }),
+    };
+    let details = rpc::Status {
+        code: Code::ResourceExhausted as i32,
+        message: message.clone(),
+        details: vec![prost_types::Any {
+            type_url: "type.googleapis.com/google.rpc.RetryInfo".to_string(),
+            value: retry.encode_to_vec(),
+        }],
+    };
+    Status::with_details(
+        Code::ResourceExhausted,
+        message,
+        details.encode_to_vec().into(),
+    )
+}
+
+/// The retry delay a status carries in a `RetryInfo` detail, if any.
+pub fn retry_after_of(status: &Status) -> Option<std::time::Duration> {
+    let details = rpc::Status::decode(status.details()).ok()?;
+    let any = details
+        .details
+        .iter()
+        .find(|a| a.type_url.ends_with("google.rpc.RetryInfo"))?;
+    let d = rpc::RetryInfo::decode(any.value.as_slice())
+        .ok()?
+        .retry_delay?;
+    Some(std::time::Duration::new(
+        u64::try_from(d.seconds).ok()?,
+        u32::try_from(d.nanos).ok()?,
+    ))
+}
+
 pub fn invalid_argument(message: impl Into<String>) -> Status {
     Status::invalid_argument(message)
 }

@@ -9,17 +9,21 @@ use crate::api::proto::kinbar::v1 as kpb;
 pub(super) async fn audit(conn: &Connection, command: AuditCommand) -> CliResult {
     let mut c = conn.connect().await?;
     let (args, follow) = match command {
-        AuditCommand::Verify => {
+        AuditCommand::Verify { complete } => {
             let r = c
                 .audit
-                .verify_audit(kpb::VerifyAuditRequest {})
+                .verify_audit(kpb::VerifyAuditRequest { complete })
                 .await?
                 .into_inner();
             return if r.intact {
                 println!("ok  {} (head {})", r.message, r.head_hash);
+                println!("record the head hash outside the database to detect truncation");
                 Ok(ExitCode::SUCCESS)
             } else {
                 println!("BROKEN  {}", r.message);
+                for d in &r.discrepancies {
+                    println!("    {d}");
+                }
                 no()
             };
         }

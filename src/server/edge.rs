@@ -1,0 +1,209 @@
+//! The server's outermost layer, in front of every service: a global limit
+//! on requests in flight (load shedding) and a readable message for calls
+//! to methods that do not exist.
+//!
+//! Shedding happens before any work: over the limit, a call is answered at
+//! once with RESOURCE_EXHAUSTED and a `google.rpc.RetryInfo`, and counted.
+//! Health checks and reflection are never shed, so an overloaded server
+//! still reports its state. The permit is held until the handler returns
+//! its response (for streams: until the stream is set up), so the limit
+//! bounds concurrent evaluation, not open Watch streams.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+
+/// Paths never shed: health and reflection.
+fn exempt(path: &str) -> bool {
+    path.starts_with("/grpc.health.v1.Health/")
+        || path.starts_with("/grpc.reflection.v1.ServerReflection/")
+        || path.starts_with("/grpc.reflection.v1alpha.ServerReflection/")
+}
+
+/// Counts of what the edge refused.
+#[derive(Debug, Default)]
+pub struct EdgeStats {
+    pub shed: AtomicU64,
+}
+
+/// The layer; cheap to clone (shared semaphore and counters).
+#[derive(Clone)]
+pub struct EdgeLayer {
+    permits: Arc<Semaphore>,
+    limit: usize,
+    retry_after: Duration,
+    stats: Arc<EdgeStats>,
+}
+
+impl EdgeLayer {
+    /// At most `max_in_flight` calls at once across all connections.
+    pub fn new(max_in_flight: usize, stats: Arc<EdgeStats>) -> Self {
+        EdgeLayer {
+            permits: Arc::new(Semaphore::new(max_in_flight)),
+            limit: max_in_flight,
+            retry_after: Duration::from_millis(100),
+            stats,
+        }
+    }
+}
+
+impl<S> tower::Layer<S> for EdgeLayer {
+    type Service = Edge<S>;
+    fn layer(&self, inner: S) -> Edge<S> {
+        Edge {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Edge<S> {
+    inner: S,
+    layer: EdgeLayer,
+}
+
+type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
+
+impl<S, B> tower::Service<http::Request<B>> for Edge<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<Self::Response, S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let path = req.uri().path().to_string();
+        let permit = if exempt(&path) {
+            None
+        } else {
+            match self.layer.permits.clone().try_acquire_owned() {
+                Ok(p) => Some(p),
+                Err(_) => {
+                    self.layer.stats.shed.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(method = %path, limit = self.layer.limit, "load shed");
+                    let status = crate::api::status::overloaded(
+                        format!(
+                            "the server is at its limit of {} requests in flight (max_in_flight); retry shortly",
+                            self.layer.limit
+                        ),
+                        self.layer.retry_after,
+                    );
+                    return Box::pin(std::future::ready(Ok(status.into_http())));
+                }
+            }
+        };
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let mut response = fut.await?;
+            drop(permit);
+            name_unknown_method(&mut response, &path);
+            Ok(response)
+        })
+    }
+}
+
+/// tonic answers a call to an unknown method UNIMPLEMENTED with no message;
+/// say which method and where to look.
+fn name_unknown_method(response: &mut http::Response<tonic::body::Body>, path: &str) {
+    let headers = response.headers_mut();
+    let unimplemented = headers
+        .get("grpc-status")
+        .is_some_and(|v| v.as_bytes() == b"12");
+    let silent = headers
+        .get("grpc-message")
+        .is_none_or(|m| m.as_bytes().is_empty());
+    if unimplemented && silent {
+        let message = format!(
+            "unknown method {path}; list the services with server reflection (grpcurl list)"
+        );
+        // Percent-encode as gRPC requires for grpc-message.
+        let encoded: String = message
+            .bytes()
+            .map(|b| {
+                if (0x20..0x7f).contains(&b) && b != b'%' {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect();
+        if let Ok(v) = http::HeaderValue::from_str(&encoded) {
+            headers.insert("grpc-message", v);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)] // test code
+
+    use super::*;
+    use tower::{Layer, Service, ServiceExt};
+
+    /// An inner service that answers only when told to.
+    #[derive(Clone)]
+    struct Gate(Arc<tokio::sync::Notify>);
+
+    impl tower::Service<http::Request<()>> for Gate {
+        type Response = http::Response<tonic::body::Body>;
+        type Error = std::convert::Infallible;
+        type Future = BoxFuture<Self::Response, Self::Error>;
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+        fn call(&mut self, _: http::Request<()>) -> Self::Future {
+            let n = self.0.clone();
+            Box::pin(async move {
+                n.notified().await;
+                Ok(tonic::Status::ok("").into_http())
+            })
+        }
+    }
+
+    fn req(path: &str) -> http::Request<()> {
+        http::Request::builder().uri(path).body(()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn over_the_limit_is_shed_with_retry_info_but_health_is_not() {
+        let stats = Arc::new(EdgeStats::default());
+        let gate = Arc::new(tokio::sync::Notify::new());
+        let mut svc = EdgeLayer::new(1, stats.clone()).layer(Gate(gate.clone()));
+        let check = "/authzed.api.v1.PermissionsService/CheckPermission";
+        let first = tokio::spawn(svc.clone().oneshot(req(check)));
+        tokio::task::yield_now().await;
+        // The single permit is taken: the next call is refused at once.
+        let shed = svc.ready().await.unwrap().call(req(check)).await.unwrap();
+        let status = tonic::Status::from_header_map(shed.headers()).unwrap();
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+        assert!(status.message().contains("max_in_flight"), "{status:?}");
+        assert_eq!(stats.shed.load(Ordering::Relaxed), 1);
+        // Health is exempt: it reaches the service (which we then release).
+        let health = tokio::spawn(svc.clone().oneshot(req("/grpc.health.v1.Health/Check")));
+        tokio::task::yield_now().await;
+        gate.notify_waiters();
+        first.await.unwrap().unwrap();
+        health.await.unwrap().unwrap();
+        assert_eq!(stats.shed.load(Ordering::Relaxed), 1);
+        // The permit came back.
+        let again = tokio::spawn(svc.clone().oneshot(req(check)));
+        tokio::task::yield_now().await;
+        gate.notify_waiters();
+        let ok = again.await.unwrap().unwrap();
+        let status = tonic::Status::from_header_map(ok.headers()).unwrap();
+        assert_eq!(status.code(), tonic::Code::Ok);
+    }
+}
