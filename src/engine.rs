@@ -425,9 +425,15 @@ impl Engine {
     }
 
     async fn evaluator(&self, at: Revision) -> Result<Evaluator<'_>, Error> {
-        Ok(Evaluator {
+        let schema = self.schema_at(at.clone()).await?;
+        Ok(self.evaluator_with(schema, at))
+    }
+
+    /// A fresh per-request evaluation state (budgets start now).
+    fn evaluator_with(&self, schema: Arc<Schema>, at: Revision) -> Evaluator<'_> {
+        Evaluator {
             engine: self,
-            schema: self.schema_at(at.clone()).await?,
+            schema,
             at,
             max_depth: self.config.max_depth,
             frames: AtomicU64::new(0),
@@ -437,7 +443,7 @@ impl Engine {
             budget: self.config.budget.clone(),
             expanded: Mutex::new(std::collections::HashSet::new()),
             expand_elements: AtomicU64::new(0),
-        })
+        }
     }
 
     /// Compiles `text` and installs it, refusing (with
@@ -681,14 +687,21 @@ impl Engine {
         permission: &str,
         subject: &SubjectRef,
     ) -> Result<Decision, Error> {
-        let eval = self.evaluator(at.clone()).await?;
-        validate_check(&eval.schema, resource, permission, subject)?;
-        let key = eval.cache_key(resource, permission, subject);
+        let schema = self.schema_at(at.clone()).await?;
+        validate_check(&schema, resource, permission, subject)?;
+        let key = (
+            at.clone(),
+            resource.clone(),
+            permission.to_string(),
+            subject.clone(),
+        );
         // Top-level singleflight: identical concurrent checks compute once.
         // (Sub-problems only use the cache, never wait on each other, so
-        // cyclic data cannot deadlock two requests.)
+        // cyclic data cannot deadlock two requests.) The evaluator (and its
+        // budget clock) is only built on a miss.
         self.cache
             .try_get_with(key, async {
+                let eval = self.evaluator_with(schema, at);
                 eval.check(resource, permission, subject, 0, None)
                     .await
                     .map(|o| o.decision)

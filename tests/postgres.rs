@@ -88,7 +88,8 @@ async fn unreachable_database_is_unavailable() {
     );
 }
 
-/// The validation corpus (ours, and the vendored SpiceDB phase-1 files)
+/// The validation corpus (ours, the vendored SpiceDB phase-1 files and the
+/// advisory regressions of tests/advisories)
 /// passes on Postgres exactly as on memory, each file in its own fresh
 /// database, exhaustively (Check ⇔ Expand ⇔ lookups).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -108,8 +109,15 @@ async fn validation_corpus_passes_on_postgres() {
         .map(|l| corpus.join("spicedb").join(l.trim()))
         .collect();
     assert_eq!(spicedb.len(), 50, "vendored phase-1 files");
+    let advisories: Vec<std::path::PathBuf> = std::fs::read_dir("tests/advisories")
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    assert_eq!(advisories.len(), 5, "advisory files: {advisories:?}");
     let mut files = ours;
     files.extend(spicedb);
+    files.extend(advisories);
     files.sort();
     let options = kinbar::validate::Options { exhaustive: true };
     let mut failed = Vec::new();
