@@ -96,7 +96,7 @@ impl Default for Config {
             concurrency_limit_per_connection: 256,
             max_in_flight: 1_000,
             max_connection_age_secs: 0,
-            request_timeout_secs: 30,
+            request_timeout_secs: 10,
             log_format: "text".into(),
             gc_window_secs: 24 * 3600,
             gc_interval_secs: 60,

@@ -91,6 +91,9 @@ pub enum Error {
         setting: &'static str,
         limit: u64,
     },
+    /// The caller's deadline (`grpc-timeout`) passed during evaluation.
+    #[error("the request's deadline passed during evaluation")]
+    DeadlineExceeded,
     /// The answer is undefined: the permission depends on its own negation
     /// through a data cycle (e.g. `viewer = direct - restricted` with
     /// `doc:1#restricted@doc:1#viewer`). Never answered "allowed".
@@ -104,6 +107,14 @@ pub enum Error {
     },
     #[error("{0}")]
     Store(#[from] StoreError),
+}
+
+tokio::task_local! {
+    /// The deadline of the request being served, from its `grpc-timeout`
+    /// (set by the server's edge layer around each call). Evaluation reads
+    /// it because a memory-store evaluation never yields, so the
+    /// transport's own timeout cannot interrupt it.
+    pub static REQUEST_DEADLINE: std::time::Instant;
 }
 
 /// Work one request may do before it is refused with
@@ -211,6 +222,9 @@ pub(crate) struct Evaluator<'e> {
     /// Relationships read so far by this request.
     rows: AtomicU64,
     started: std::time::Instant,
+    /// The caller's own deadline (`grpc-timeout`), when sooner than the
+    /// server's maximum.
+    caller_deadline: Option<std::time::Instant>,
     budget: Budget,
     /// Expand: nodes already rendered in this response, and elements so far.
     expanded: Mutex<std::collections::HashSet<(ObjectRef, String)>>,
@@ -250,6 +264,12 @@ impl Evaluator<'_> {
             });
         }
         // Reading the clock every 256 frames keeps it off the hot path.
+        if frame % 256 == 255
+            && let Some(deadline) = self.caller_deadline
+            && std::time::Instant::now() >= deadline
+        {
+            return Err(Error::DeadlineExceeded);
+        }
         if frame % 256 == 255 && self.started.elapsed() > self.budget.max_duration {
             return Err(Error::BudgetExceeded {
                 what: "milliseconds of evaluation",
@@ -440,6 +460,7 @@ impl Engine {
             memo: Mutex::new(check::Memo::default()),
             rows: AtomicU64::new(0),
             started: std::time::Instant::now(),
+            caller_deadline: REQUEST_DEADLINE.try_with(|d| *d).ok(),
             budget: self.config.budget.clone(),
             expanded: Mutex::new(std::collections::HashSet::new()),
             expand_elements: AtomicU64::new(0),

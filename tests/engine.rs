@@ -772,3 +772,48 @@ definition node {
     let err = check(&few_rows, "node:n0#a@user:nobody").await.unwrap_err();
     assert!(err.to_string().contains("max_rows_per_request"), "{err}");
 }
+
+/// A caller's deadline (`grpc-timeout`, carried in a task-local by the
+/// server) stops an evaluation that never yields: DEADLINE_EXCEEDED, not
+/// an answer after the caller gave up.
+#[tokio::test]
+async fn the_callers_deadline_stops_evaluation() {
+    let schema = "definition user {}
+definition group {
+    relation member: user
+}
+definition doc {
+    relation viewer: group#member
+    permission view = viewer
+}";
+    let rels: Vec<String> = (0..400)
+        .flat_map(|i| {
+            [
+                format!("doc:1#viewer@group:g{i}#member"),
+                format!("group:g{i}#member@user:u{i}"),
+            ]
+        })
+        .collect();
+    let refs: Vec<&str> = rels.iter().map(String::as_str).collect();
+    let e = engine_with(schema, &refs).await;
+    let passed = std::time::Instant::now();
+    let err = kinbar::engine::REQUEST_DEADLINE
+        .scope(passed, check(&e, "doc:1#view@user:nobody"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::DeadlineExceeded), "{err:?}");
+    // Without a deadline the same question is answered.
+    assert_eq!(
+        check(&e, "doc:1#view@user:nobody").await.unwrap(),
+        Decision::Denied
+    );
+    // A deadline in the future changes nothing.
+    let later = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    assert_eq!(
+        kinbar::engine::REQUEST_DEADLINE
+            .scope(later, check(&e, "doc:1#view@user:u399"))
+            .await
+            .unwrap(),
+        Decision::Allowed
+    );
+}

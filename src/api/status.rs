@@ -117,6 +117,7 @@ pub fn from_engine(e: Error) -> Status {
         Error::DepthExceeded { .. } => {
             with_reason(Code::FailedPrecondition, msg, R::MaximumDepthExceeded)
         }
+        Error::DeadlineExceeded => Status::deadline_exceeded(msg),
         Error::BudgetExceeded { .. } => with_reason(
             Code::ResourceExhausted,
             msg,

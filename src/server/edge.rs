@@ -105,14 +105,37 @@ where
                 }
             }
         };
+        let deadline = grpc_timeout(&req).map(|t| std::time::Instant::now() + t);
         let fut = self.inner.call(req);
         Box::pin(async move {
-            let mut response = fut.await?;
+            let mut response = match deadline {
+                Some(d) => crate::engine::REQUEST_DEADLINE.scope(d, fut).await?,
+                None => fut.await?,
+            };
             drop(permit);
             name_unknown_method(&mut response, &path);
             Ok(response)
         })
     }
+}
+
+/// The caller's `grpc-timeout` (`<up to 8 digits><H|M|S|m|u|n>`), if any.
+fn grpc_timeout<B>(req: &http::Request<B>) -> Option<Duration> {
+    let v = req.headers().get("grpc-timeout")?.to_str().ok()?;
+    if v.len() < 2 || v.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = v.split_at(v.len() - 1);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
 }
 
 /// tonic answers a call to an unknown method UNIMPLEMENTED with no message;
@@ -171,6 +194,25 @@ mod tests {
                 Ok(tonic::Status::ok("").into_http())
             })
         }
+    }
+
+    #[test]
+    fn grpc_timeouts_parse() {
+        let with = |v: &str| {
+            http::Request::builder()
+                .header("grpc-timeout", v)
+                .body(())
+                .unwrap()
+        };
+        assert_eq!(
+            grpc_timeout(&with("100m")),
+            Some(Duration::from_millis(100))
+        );
+        assert_eq!(grpc_timeout(&with("2S")), Some(Duration::from_secs(2)));
+        assert_eq!(grpc_timeout(&with("1H")), Some(Duration::from_secs(3600)));
+        assert_eq!(grpc_timeout(&with("5x")), None);
+        assert_eq!(grpc_timeout(&with("123456789S")), None);
+        assert_eq!(grpc_timeout(&req("/x")), None);
     }
 
     fn req(path: &str) -> http::Request<()> {
