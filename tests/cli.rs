@@ -400,3 +400,76 @@ fn spicedb_phase1_corpus_passes_exhaustively() {
         );
     }
 }
+
+/// Refused calls are security events on the `kinbar::security` log
+/// target — key name or `anonymous`, peer, method, reason — and the
+/// presented token never appears in any output.
+#[test]
+fn refused_calls_are_logged_as_security_events_without_tokens() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let server = Command::new(env!("CARGO_BIN_EXE_kinbar"))
+        .args([
+            "serve",
+            "--grpc-addr",
+            &format!("127.0.0.1:{port}"),
+            "--log-format",
+            "json",
+            "--preshared-key",
+            "crm-reader:ReaderKey123:check",
+        ])
+        .env("RUST_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let run = |token: &str, args: &[&str]| {
+        let mut all = vec!["--endpoint", endpoint.as_str(), "--token", token];
+        all.extend_from_slice(args);
+        kinbar(&all)
+    };
+    // An unknown key, then a known key without the scope.
+    let (code, _, err) = run("WrongKey456789", &["schema", "read"]);
+    assert_eq!(code, 2, "{err}");
+    let (code, _, err) = run("ReaderKey123", &["rel", "touch", "doc:1#viewer@user:a"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("PermissionDenied"), "{err}");
+    let mut server = server;
+    server.kill().unwrap();
+    let out = server.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    let events: Vec<serde_json::Value> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .filter(|v: &serde_json::Value| v["target"] == "kinbar::security")
+        .collect();
+    assert_eq!(events.len(), 2, "{log}");
+    assert_eq!(events[0]["fields"]["key"], "anonymous", "{log}");
+    assert!(
+        events[0]["fields"]["method"]
+            .as_str()
+            .unwrap()
+            .ends_with("SchemaService/ReadSchema"),
+        "{log}"
+    );
+    assert_eq!(events[1]["fields"]["key"], "crm-reader", "{log}");
+    assert!(
+        events[1]["fields"]["peer"]
+            .as_str()
+            .unwrap()
+            .starts_with("127.0.0.1:")
+    );
+    assert!(
+        !log.contains("WrongKey456789") && !log.contains("ReaderKey123"),
+        "a token reached the log: {log}"
+    );
+}

@@ -99,22 +99,37 @@ impl Authenticator {
         self.keys.is_empty()
     }
 
-    /// The actor name for a request needing `scope`, or the status to return.
+    /// The actor name for a request needing `scope`, or the status to
+    /// return. Every refusal is also a security event (see [`refused`]).
     pub fn authorize<T>(&self, request: &Request<T>, scope: Scope) -> Result<String, Status> {
+        self.check(request, scope)
+            .map_err(|(key, status)| refused(request, key.as_deref(), status))
+    }
+
+    fn check<T>(
+        &self,
+        request: &Request<T>,
+        scope: Scope,
+    ) -> Result<String, (Option<String>, Status)> {
         if self.keys.is_empty() {
             return Ok("anonymous".to_string());
         }
+        let anonymous = |s: Status| (None, s);
         let header = request.metadata().get("authorization").ok_or_else(|| {
-            Status::unauthenticated("missing `authorization: Bearer <key>` metadata")
+            anonymous(Status::unauthenticated(
+                "missing `authorization: Bearer <key>` metadata",
+            ))
         })?;
         let value = header
             .to_str()
-            .map_err(|_| Status::unauthenticated("malformed authorization metadata"))?;
+            .map_err(|_| anonymous(Status::unauthenticated("malformed authorization metadata")))?;
         let token = value
             .strip_prefix("Bearer ")
             .or_else(|| value.strip_prefix("bearer "))
             .ok_or_else(|| {
-                Status::unauthenticated("authorization metadata must be `Bearer <key>`")
+                anonymous(Status::unauthenticated(
+                    "authorization metadata must be `Bearer <key>`",
+                ))
             })?
             .trim();
         let presented = digest(token);
@@ -124,18 +139,52 @@ impl Authenticator {
                 found = Some(k);
             }
         }
-        let key = found.ok_or_else(|| Status::unauthenticated("unknown preshared key"))?;
+        let key =
+            found.ok_or_else(|| anonymous(Status::unauthenticated("unknown preshared key")))?;
         if !key.allows(scope) {
-            return Err(Status::permission_denied(format!(
-                "key `{}` lacks the `{}` scope needed for this method",
-                key.name,
-                match scope {
-                    Scope::Check => "check",
-                    Scope::Write => "write",
-                    Scope::Admin => "admin",
-                }
-            )));
+            return Err((
+                Some(key.name.clone()),
+                Status::permission_denied(format!(
+                    "key `{}` lacks the `{}` scope needed for this method",
+                    key.name,
+                    match scope {
+                        Scope::Check => "check",
+                        Scope::Write => "write",
+                        Scope::Admin => "admin",
+                    }
+                )),
+            ));
         }
         Ok(key.name.clone())
     }
+}
+
+/// The called method's path (`/package.Service/Method`), put into each
+/// request's extensions by the server's edge layer, for logs.
+#[derive(Debug, Clone)]
+pub struct CallPath(pub String);
+
+/// Logs a refused call as a structured security event (target
+/// `kinbar::security`): the key's name or `anonymous`, the peer, the
+/// method and the reason — never the presented token.
+fn refused<T>(request: &Request<T>, key: Option<&str>, status: Status) -> Status {
+    let peer = request
+        .remote_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|| "unknown".into());
+    let method = request
+        .extensions()
+        .get::<CallPath>()
+        .map(|p| p.0.clone())
+        .unwrap_or_default();
+    tracing::warn!(
+        target: "kinbar::security",
+        key = key.unwrap_or("anonymous"),
+        %peer,
+        %method,
+        code = ?status.code(),
+        reason = status.message(),
+        "call refused"
+    );
+    status
 }

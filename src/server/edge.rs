@@ -84,8 +84,10 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
         let path = req.uri().path().to_string();
+        req.extensions_mut()
+            .insert(crate::api::auth::CallPath(path.clone()));
         let permit = if exempt(&path) {
             None
         } else {
