@@ -96,9 +96,17 @@ pub enum Command {
     /// migrations; safe to run again). `kinbar serve` refuses an
     /// unmigrated or newer database.
     Migrate {
-        /// `postgres://…` URL.
-        #[arg(long, env = "KINBAR_DATASTORE")]
-        datastore: String,
+        /// `postgres://…` URL (as the migration role, which owns the tables).
+        #[arg(
+            long,
+            env = "KINBAR_DATASTORE",
+            required_unless_present = "print_grants"
+        )]
+        datastore: Option<String>,
+        /// Print the GRANTs a least-privilege runtime role ROLE needs for
+        /// `kinbar serve`, instead of migrating.
+        #[arg(long, value_name = "ROLE")]
+        print_grants: Option<String>,
     },
     /// Offline schema tools.
     Schema {
@@ -237,7 +245,10 @@ async fn dispatch(cli: Cli) -> CliResult {
     match cli.command {
         Command::Validate { files, exhaustive } => offline::validate(&files, exhaustive).await,
         Command::Serve(args) => offline::serve(*args).await,
-        Command::Migrate { datastore } => offline::migrate(&datastore).await,
+        Command::Migrate {
+            datastore,
+            print_grants,
+        } => offline::migrate(datastore.as_deref(), print_grants.as_deref()).await,
         Command::Schema {
             command: SchemaCommand::Read,
         } => permissions::schema_read(conn).await,

@@ -65,6 +65,8 @@ pub struct Config {
     pub postgres_max_connections: u32,
     /// Optional hot-standby replica (`postgres://…`) for reads.
     pub postgres_read_replica: Option<String>,
+    /// Serve even when the Postgres role can run DDL or change audit rows.
+    pub allow_privileged_datastore_role: bool,
 }
 
 impl Default for Config {
@@ -102,6 +104,7 @@ impl Default for Config {
             gc_interval_secs: 60,
             postgres_max_connections: 20,
             postgres_read_replica: None,
+            allow_privileged_datastore_role: false,
         }
     }
 }
@@ -160,6 +163,10 @@ pub struct ServeArgs {
     /// the revision a read asks for).
     #[arg(long, env = "KINBAR_POSTGRES_READ_REPLICA")]
     pub postgres_read_replica: Option<String>,
+    /// Serve even as a Postgres role that can run DDL or UPDATE/DELETE/
+    /// TRUNCATE audit rows (development only; logged as a warning).
+    #[arg(long, env = "KINBAR_ALLOW_PRIVILEGED_DATASTORE_ROLE")]
+    pub allow_privileged_datastore_role: bool,
 }
 
 impl Config {
@@ -184,6 +191,7 @@ impl Config {
             c.preshared_keys = args.preshared_keys.clone();
         }
         c.insecure_allow_unauthenticated |= args.insecure_allow_unauthenticated;
+        c.allow_privileged_datastore_role |= args.allow_privileged_datastore_role;
         if args.tls_cert.is_some() {
             c.tls_cert = args.tls_cert.clone();
         }

@@ -119,6 +119,26 @@ pub async fn open_datastore(config: &Config) -> Result<Arc<dyn Datastore>, Serve
                     .await
                     .map_err(|e| ServerError::Config(format!("datastore: {e}")))?,
             );
+            let excess = store
+                .excess_privileges()
+                .await
+                .map_err(|e| ServerError::Config(format!("datastore: {e}")))?;
+            if !excess.is_empty() {
+                let list = excess.join(", ");
+                if !config.allow_privileged_datastore_role {
+                    return Err(ServerError::Config(format!(
+                        "refusing to serve as a privileged Postgres role (it {list}): a \
+                         compromised server could rewrite the audit trail. Connect as a \
+                         runtime role with the grants of `kinbar migrate --print-grants \
+                         ROLE`, or pass --allow-privileged-datastore-role"
+                    )));
+                }
+                tracing::warn!(
+                    privileges = %list,
+                    "serving as a privileged Postgres role (--allow-privileged-datastore-role); \
+                     use a least-privilege runtime role in production"
+                );
+            }
             store.start_background();
             Ok(store)
         }

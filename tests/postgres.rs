@@ -39,7 +39,7 @@ async fn refuses_unmigrated_and_newer_databases() {
     let err = PostgresStore::open(&url, quiet()).await.err().unwrap();
     assert!(err.to_string().contains("kinbar migrate"), "{err}");
     let applied = PostgresStore::migrate(&url).await.unwrap();
-    assert_eq!(applied, vec![1]);
+    assert_eq!(applied, vec![1, 2]);
     assert!(
         PostgresStore::migrate(&url).await.unwrap().is_empty(),
         "idempotent"
@@ -331,10 +331,20 @@ async fn audit_chain_is_sealed_and_detects_sql_tampering() {
             .unwrap();
     }
     store.seal().await.unwrap();
-    sqlx::query("UPDATE transactions SET actor = 'someone-else' WHERE audit_seq = 2")
+    // A sealed record is final: the trigger refuses even the table owner...
+    let refused = sqlx::query("UPDATE transactions SET actor = 'someone-else' WHERE audit_seq = 2")
         .execute(store.pool_ref())
         .await
-        .unwrap();
+        .unwrap_err();
+    assert!(refused.to_string().contains("is sealed"), "{refused}");
+    // ...until someone with the migration role disables it: verify finds it.
+    sqlx::raw_sql(
+        "ALTER TABLE transactions DISABLE TRIGGER transactions_sealed_is_final; \
+         UPDATE transactions SET actor = 'someone-else' WHERE audit_seq = 2",
+    )
+    .execute(store.pool_ref())
+    .await
+    .unwrap();
     match verify(&store).await {
         kinbar::audit::Verification::Broken { sequence, .. } => assert_eq!(sequence, 2),
         other => panic!("tampering not detected: {other:?}"),

@@ -205,6 +205,7 @@ fn spawn_server(url: &str, port: u16) -> std::process::Child {
             url,
             "--grpc-addr",
             &format!("127.0.0.1:{port}"),
+            "--allow-privileged-datastore-role",
         ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -331,8 +332,11 @@ async fn sigkill_mid_writes_loses_nothing_acknowledged() {
 
     // Tamper with one audit record in SQL.
     let pool = sqlx::PgPool::connect(&url).await.unwrap();
-    sqlx::query(
-        "UPDATE transactions SET metadata = '{\"reason\": \"nothing to see\"}' WHERE audit_seq = 7",
+    // (As someone holding the migration role: a sealed row is otherwise
+    // protected by a trigger.)
+    sqlx::raw_sql(
+        "ALTER TABLE transactions DISABLE TRIGGER transactions_sealed_is_final; \
+         UPDATE transactions SET metadata = '{\"reason\": \"nothing to see\"}' WHERE audit_seq = 7",
     )
     .execute(&pool)
     .await
@@ -396,6 +400,105 @@ async fn complete_verification_finds_relationships_without_audit() {
     server.wait().unwrap();
 }
 
+/// Least privilege: `kinbar serve` refuses the (superuser) migration role
+/// without the override flag; a runtime role with exactly the grants of
+/// `kinbar migrate --print-grants` serves writes, checks, sealing and audit
+/// verification, and cannot change or remove audit rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn least_privilege_runtime_role() {
+    skip_without_postgres!();
+    let url = database().await;
+    // The migration role (a superuser here) is refused by default.
+    let out = Command::new(env!("CARGO_BIN_EXE_kinbar"))
+        .args(["serve", "--datastore", &url, "--grpc-addr", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("privileged Postgres role")
+            && err.contains("is a superuser")
+            && err.contains("--print-grants")
+            && err.contains("--allow-privileged-datastore-role"),
+        "{err}"
+    );
+    // Create the runtime role with the printed grants.
+    let out = Command::new(env!("CARGO_BIN_EXE_kinbar"))
+        .args(["migrate", "--print-grants", "kinbar_rt"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let grants = String::from_utf8(out.stdout).unwrap();
+    assert!(grants.contains("GRANT SELECT, INSERT ON transactions, audit_changes TO kinbar_rt"));
+    let admin = sqlx::PgPool::connect(&url).await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "DO $$ BEGIN CREATE ROLE kinbar_rt LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$; {grants}"
+    )))
+    .execute(&admin)
+    .await
+    .unwrap();
+    let runtime_url = url.replacen("postgres://postgres@", "postgres://kinbar_rt@", 1);
+    assert_ne!(runtime_url, url);
+    let port = free_port();
+    let mut server = Command::new(env!("CARGO_BIN_EXE_kinbar"))
+        .args([
+            "serve",
+            "--datastore",
+            &runtime_url,
+            "--grpc-addr",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    write_schema(addr).await;
+    let mut client = PermissionsServiceClient::new(channel(addr).await);
+    let token = written(&mut client, touch(&["doc:1#viewer@user:anna"], "grant")).await;
+    written(
+        &mut client,
+        write(
+            pb::relationship_update::Operation::Delete,
+            &["doc:1#viewer@user:anna"],
+            "revoke",
+        ),
+    )
+    .await;
+    assert!(
+        allowed(
+            &mut client,
+            check("doc:1", "view", "user:anna", exact(&token))
+        )
+        .await
+    );
+    let (code, out) = kinbar_cli(port, &["audit", "verify", "--complete"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("3 audit transactions verified"), "{out}");
+    // As the runtime role, audit rows cannot be changed or removed.
+    let runtime = sqlx::PgPool::connect(&runtime_url).await.unwrap();
+    for sql in [
+        "UPDATE transactions SET metadata = '{}'",
+        "UPDATE transactions SET hash = NULL WHERE audit_seq = 1",
+        "DELETE FROM transactions",
+        "DELETE FROM audit_changes",
+        "UPDATE audit_changes SET relationship = 'x'",
+        "TRUNCATE audit_changes",
+        "DROP TABLE relationships",
+    ] {
+        let e = sqlx::raw_sql(sql).execute(&runtime).await.unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.contains("permission denied")
+                || text.contains("must be owner")
+                || text.contains("is sealed"),
+            "{sql}: {text}"
+        );
+    }
+    server.kill().unwrap();
+    server.wait().unwrap();
+}
+
 /// `kinbar serve` refuses an unmigrated database with a clear message;
 /// `kinbar migrate` applies the migrations once and is then a no-op.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -422,7 +525,13 @@ async fn migrate_command_and_serve_refusal() {
             String::from_utf8_lossy(&out.stdout).into_owned(),
         )
     };
-    assert_eq!(migrate(), (Some(0), "applied migration 1\n".to_string()));
+    assert_eq!(
+        migrate(),
+        (
+            Some(0),
+            "applied migration 1\napplied migration 2\n".to_string()
+        )
+    );
     assert_eq!(
         migrate(),
         (Some(0), "the database is up to date\n".to_string())

@@ -287,6 +287,8 @@ async fn main() {
                 revision_quantum_ms: 5_000,
                 datastore: datastore.clone(),
                 max_updates_per_write: 1000,
+                // The throwaway cluster's role is a superuser.
+                allow_privileged_datastore_role: true,
                 ..Default::default()
             };
             if let Some(c) = a.cache_capacity {

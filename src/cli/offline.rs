@@ -14,7 +14,15 @@ pub(super) async fn validate(files: &[PathBuf], exhaustive: bool) -> CliResult {
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(2)))
 }
 
-pub(super) async fn migrate(url: &str) -> CliResult {
+pub(super) async fn migrate(url: Option<&str>, print_grants: Option<&str>) -> CliResult {
+    if let Some(role) = print_grants {
+        print!(
+            "{}",
+            crate::store::postgres::PostgresStore::runtime_grants(role)?
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let url = url.unwrap_or_default();
     if !crate::server::is_postgres_url(url) {
         return Err(
             "`kinbar migrate` needs a postgres:// URL (the memory datastore needs no migration)"

@@ -218,6 +218,78 @@ impl PostgresStore {
             .map_err(unavailable)
     }
 
+    /// The grants a runtime role needs and nothing more (`kinbar migrate
+    /// --print-grants ROLE`): reads and writes of relationships and schema
+    /// versions, INSERT-only audit rows (plus filling the three chain
+    /// columns of unsealed transactions, which a trigger forbids once
+    /// sealed), the GC horizon. No DDL, no UPDATE/DELETE/TRUNCATE of audit
+    /// rows. `role` must be a plain identifier.
+    pub fn runtime_grants(role: &str) -> Result<String, String> {
+        let plain = !role.is_empty()
+            && role.len() <= 63
+            && role
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+            && !role.starts_with(|c: char| c.is_ascii_digit());
+        if !plain {
+            return Err(format!(
+                "`{role}` is not a plain role name (lowercase letters, digits, _)"
+            ));
+        }
+        Ok(format!(
+            "-- Runtime grants for `kinbar serve` (run as the migration role).\n\
+             GRANT USAGE ON SCHEMA public TO {role};\n\
+             GRANT SELECT ON _sqlx_migrations, kinbar_metadata TO {role};\n\
+             GRANT UPDATE (value) ON kinbar_metadata TO {role};\n\
+             GRANT SELECT, INSERT, DELETE ON relationships, schema_versions TO {role};\n\
+             GRANT UPDATE (deleted_xid) ON relationships, schema_versions TO {role};\n\
+             GRANT SELECT, INSERT ON transactions, audit_changes TO {role};\n\
+             GRANT UPDATE (audit_seq, previous_hash, hash) ON transactions TO {role};\n"
+        ))
+    }
+
+    /// What the connected role may do beyond the runtime grants (empty:
+    /// least privilege). `kinbar serve` refuses such a role unless told.
+    pub async fn excess_privileges(&self) -> Result<Vec<String>, StoreError> {
+        let row = sqlx::query(
+            "SELECT r.rolsuper, r.rolcreaterole, r.rolcreatedb, \
+               has_schema_privilege('public', 'CREATE'), \
+               EXISTS (SELECT 1 FROM pg_tables WHERE schemaname = 'public' \
+                 AND tablename IN ('relationships', 'transactions', 'audit_changes') \
+                 AND tableowner = current_user), \
+               has_table_privilege('transactions', 'UPDATE'), \
+               has_table_privilege('transactions', 'DELETE'), \
+               has_table_privilege('transactions', 'TRUNCATE'), \
+               has_table_privilege('audit_changes', 'UPDATE'), \
+               has_table_privilege('audit_changes', 'DELETE'), \
+               has_table_privilege('audit_changes', 'TRUNCATE') \
+             FROM pg_roles r WHERE r.rolname = current_user",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db_err)?;
+        let names = [
+            "is a superuser",
+            "can create roles",
+            "can create databases",
+            "can create objects in schema public (DDL)",
+            "owns Kinbar's tables (DDL)",
+            "can UPDATE audit transactions",
+            "can DELETE audit transactions",
+            "can TRUNCATE audit transactions",
+            "can UPDATE audit changes",
+            "can DELETE audit changes",
+            "can TRUNCATE audit changes",
+        ];
+        let mut out = Vec::new();
+        for (i, name) in names.iter().enumerate() {
+            if row.try_get::<bool, _>(i).map_err(db_err)? {
+                out.push((*name).to_string());
+            }
+        }
+        Ok(out)
+    }
+
     /// Applies pending migrations (`kinbar migrate`). Returns the versions applied.
     pub async fn migrate(url: &str) -> Result<Vec<i64>, StoreError> {
         let pool = Self::pool(url, &PostgresOptions::default()).await?;

@@ -215,8 +215,11 @@ pub async fn serve(datastore: &str) -> (std::net::SocketAddr, tokio::sync::onesh
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    // The throwaway cluster's role is a superuser: allowed here, refused
+    // by default (tests/postgres_server.rs::least_privilege_runtime_role).
     let config = kinbar::config::Config {
         datastore: datastore.to_string(),
+        allow_privileged_datastore_role: true,
         ..Default::default()
     };
     tokio::spawn(kinbar::server::run(config, listener, async {
