@@ -227,6 +227,30 @@ async fn ghsa_vhvq_fv9f_wh4q_garbage_cursors_and_tokens_never_crash() {
             .unwrap_err();
         assert_eq!(e.code(), Code::InvalidArgument, "token {m:?}: {e:?}");
     }
+    // Oversized cursors and tokens are refused before decoding, by name.
+    let huge = "A".repeat(100 * 1024 + 1);
+    let e = client
+        .read_relationships(read(
+            Some(pb::Cursor {
+                token: huge.clone(),
+            }),
+            None,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("limit of 102400"), "{}", e.message());
+    let e = client
+        .check_permission(check_req(
+            "doc:1",
+            "view",
+            "user:a",
+            fresh(&pb::ZedToken { token: huge }),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("limit of 102400"), "{}", e.message());
     let ok = client
         .check_permission(check_req("doc:1", "view", "user:a", fresh(&token)))
         .await

@@ -47,6 +47,17 @@ fn invalid_cursor() -> Status {
 
 fn decode_cursor(c: &pb::Cursor) -> Result<(Revision, String), Status> {
     use base64::Engine as _;
+    if c.token.len() > super::token::MAX_TOKEN_BYTES {
+        return Err(status::with_reason(
+            tonic::Code::InvalidArgument,
+            format!(
+                "cursor of {} bytes is longer than the limit of {}",
+                c.token.len(),
+                super::token::MAX_TOKEN_BYTES
+            ),
+            pb::ErrorReason::InvalidCursor,
+        ));
+    }
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(&c.token)
         .map_err(|_| invalid_cursor())?;

@@ -49,7 +49,17 @@ pub fn encode(revision: &Revision, datastore_id: &str) -> String {
 
 /// Decodes a token, checking that it is well-formed, untampered and from
 /// the datastore `datastore_id`. The error is a message for the caller.
+/// The longest ZedToken or cursor accepted (SpiceDB's cursor limit):
+/// longer input is refused before it is decoded.
+pub const MAX_TOKEN_BYTES: usize = 100 * 1024;
+
 pub fn decode(token: &str, datastore_id: &str) -> Result<Revision, String> {
+    if token.len() > MAX_TOKEN_BYTES {
+        return Err(format!(
+            "ZedToken of {} bytes is longer than the limit of {MAX_TOKEN_BYTES}",
+            token.len()
+        ));
+    }
     let bytes = URL_SAFE_NO_PAD
         .decode(token.trim())
         .map_err(|_| "malformed ZedToken: not a token issued by Kinbar".to_string())?;
