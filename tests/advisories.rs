@@ -10,7 +10,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Server, check_req, fresh, full, touch_all};
+use common::{Server, bulk_answers, bulk_item, check_req, fresh, full, touch_all};
 use kinbar::api::proto::authzed::api::v1 as pb;
 use kinbar::api::proto::authzed::api::v1::permissions_service_client::PermissionsServiceClient;
 use kinbar::api::proto::authzed::api::v1::schema_service_client::SchemaServiceClient;
@@ -100,15 +100,7 @@ async fn cve_2024_27101_more_than_65535_relationships_on_one_resource() {
         .unwrap()
         .into_inner();
     assert_eq!(r.permissionship, HAS);
-    let item = |s: &str| {
-        let c = check_req("doc:big", "view", s, None);
-        pb::CheckBulkPermissionsRequestItem {
-            resource: c.resource,
-            permission: c.permission,
-            subject: c.subject,
-            context: None,
-        }
-    };
+    let item = |s: &str| bulk_item("doc:big", "view", s);
     let bulk = client
         .check_bulk_permissions(pb::CheckBulkPermissionsRequest {
             consistency: fresh(&token),
@@ -118,14 +110,7 @@ async fn cve_2024_27101_more_than_65535_relationships_on_one_resource() {
         .await
         .unwrap()
         .into_inner();
-    let got: Vec<i32> = bulk
-        .pairs
-        .iter()
-        .map(|p| match p.response.as_ref().unwrap() {
-            pb::check_bulk_permissions_pair::Response::Item(i) => i.permissionship,
-            pb::check_bulk_permissions_pair::Response::Error(e) => panic!("{e:?}"),
-        })
-        .collect();
+    let got = bulk_answers(&bulk);
     assert_eq!(got, [HAS, HAS, NO]);
     let mut stream = client
         .lookup_subjects(pb::LookupSubjectsRequest {
@@ -362,15 +347,7 @@ async fn cve_2026_34972_bulk_checks_with_duplicates() {
         ],
     )
     .await;
-    let item = |s: &str| {
-        let c = check_req("doc:1", "view", s, None);
-        pb::CheckBulkPermissionsRequestItem {
-            resource: c.resource,
-            permission: c.permission,
-            subject: c.subject,
-            context: None,
-        }
-    };
+    let item = |s: &str| bulk_item("doc:1", "view", s);
     let subjects = ["user:a", "user:b", "user:a", "user:c", "user:b", "user:a"];
     let r = client
         .check_bulk_permissions(pb::CheckBulkPermissionsRequest {
@@ -381,14 +358,7 @@ async fn cve_2026_34972_bulk_checks_with_duplicates() {
         .await
         .unwrap()
         .into_inner();
-    let got: Vec<i32> = r
-        .pairs
-        .iter()
-        .map(|p| match p.response.as_ref().unwrap() {
-            pb::check_bulk_permissions_pair::Response::Item(i) => i.permissionship,
-            pb::check_bulk_permissions_pair::Response::Error(e) => panic!("{e:?}"),
-        })
-        .collect();
+    let got = bulk_answers(&r);
     assert_eq!(got, [HAS, NO, HAS, NO, NO, HAS]);
     for (pair, s) in r.pairs.iter().zip(subjects) {
         let subject = pair.request.as_ref().unwrap().subject.as_ref().unwrap();

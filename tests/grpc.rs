@@ -15,7 +15,8 @@ use tonic::{Code, Request};
 
 mod common;
 use common::{
-    Server, check_req, exact, fresh, full, obj, rel, subj, touch_all as touch, update, with_token,
+    Server, bulk_item, check_req, exact, fresh, full, obj, rel, subj, touch_all as touch, update,
+    with_token,
 };
 
 const SCHEMA: &str = "definition user {}
@@ -152,15 +153,7 @@ async fn check_allowed_denied_and_tokens() {
 #[tokio::test]
 async fn bulk_checks_mix_results_and_errors() {
     let (server, mut perms, _, written) = seeded().await;
-    let item = |r: &str, p: &str, s: &str| {
-        let c = check_req(r, p, s, None);
-        pb::CheckBulkPermissionsRequestItem {
-            resource: c.resource,
-            permission: c.permission,
-            subject: c.subject,
-            context: None,
-        }
-    };
+    let item = bulk_item;
     let req = pb::CheckBulkPermissionsRequest {
         consistency: fresh(&written),
         items: vec![

@@ -124,6 +124,32 @@ pub fn check_req(
     check(resource, permission, subject, consistency)
 }
 
+/// One CheckBulkPermissions item, `resource permission subject` as text.
+pub fn bulk_item(
+    resource: &str,
+    permission: &str,
+    subject: &str,
+) -> pb::CheckBulkPermissionsRequestItem {
+    let c = check(resource, permission, subject, None);
+    pb::CheckBulkPermissionsRequestItem {
+        resource: c.resource,
+        permission: c.permission,
+        subject: c.subject,
+        context: None,
+    }
+}
+
+/// The permissionship of each bulk pair; panics on an error pair.
+pub fn bulk_answers(r: &pb::CheckBulkPermissionsResponse) -> Vec<i32> {
+    r.pairs
+        .iter()
+        .map(|p| match p.response.as_ref().expect("a response") {
+            pb::check_bulk_permissions_pair::Response::Item(i) => i.permissionship,
+            pb::check_bulk_permissions_pair::Response::Error(e) => panic!("{e:?}"),
+        })
+        .collect()
+}
+
 pub fn obj(t: &str, id: &str) -> Option<pb::ObjectReference> {
     Some(pb::ObjectReference {
         object_type: t.into(),
