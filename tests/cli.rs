@@ -164,6 +164,18 @@ fn client_commands_against_a_running_server() {
     }
     let (code, out, err) = run(&["schema", "write", "examples/crm/schema.zed"]);
     assert_eq!(code, 0, "{out}{err}");
+    // host:port, as grpcurl and zed take it (plaintext without TLS flags).
+    let (code, out, err) = kinbar(&["--endpoint", &format!("127.0.0.1:{port}"), "schema", "read"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("definition customer"), "{out}");
+    // Nobody listening: the error says what was tried and why it failed.
+    let (code, _, err) = kinbar(&["--endpoint", "127.0.0.1:1", "schema", "read"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("cannot connect to http://127.0.0.1:1 (plaintext)")
+            && err.to_lowercase().contains("refused"),
+        "{err}"
+    );
     let (code, out, err) = run(&[
         "rel",
         "touch",

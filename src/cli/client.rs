@@ -18,7 +18,9 @@ use crate::model::{ObjectRef, Relationship, SubjectRef};
 /// Connection flags shared by every client command.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Connection {
-    /// Server address: http://host:port (plaintext) or https://host:port (TLS).
+    /// Server address: http://host:port (plaintext), https://host:port (TLS),
+    /// or host:port as grpcurl and zed take it (TLS when --ca-cert or
+    /// --client-cert is given, else plaintext).
     #[arg(
         long,
         global = true,
@@ -64,10 +66,24 @@ pub struct Client {
 }
 
 impl Connection {
+    /// The endpoint as a URL: `host:port` gets `https://` when TLS flags
+    /// are given, else `http://`.
+    pub fn url(&self) -> String {
+        if self.endpoint.contains("://") {
+            self.endpoint.clone()
+        } else if self.ca_cert.is_some() || self.client_cert.is_some() {
+            format!("https://{}", self.endpoint)
+        } else {
+            format!("http://{}", self.endpoint)
+        }
+    }
+
     pub async fn connect(&self) -> Result<Client, String> {
-        let mut endpoint = Channel::from_shared(self.endpoint.clone())
+        let url = self.url();
+        let mut endpoint = Channel::from_shared(url.clone())
             .map_err(|e| format!("invalid --endpoint `{}`: {e}", self.endpoint))?;
-        if self.endpoint.starts_with("https://") {
+        let tls_on = url.starts_with("https://");
+        if tls_on {
             let mut tls = ClientTlsConfig::new().with_enabled_roots();
             if let Some(ca) = &self.ca_cert {
                 let pem =
@@ -83,10 +99,19 @@ impl Connection {
             }
             endpoint = endpoint.tls_config(tls).map_err(|e| format!("TLS: {e}"))?;
         }
-        let channel = endpoint
-            .connect()
-            .await
-            .map_err(|e| format!("cannot connect to {}: {e}", self.endpoint))?;
+        let channel = endpoint.connect().await.map_err(|e| {
+            // tonic's error says only "transport error": name the causes.
+            let mut why = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                why.push_str(&format!(": {s}"));
+                source = s.source();
+            }
+            format!(
+                "cannot connect to {url} ({}): {why}; is `kinbar serve` listening there?",
+                if tls_on { "TLS" } else { "plaintext" }
+            )
+        })?;
         let bearer = match &self.token {
             Some(t) => Some(format!("Bearer {t}").parse().map_err(|_| {
                 "the token contains characters not allowed in metadata".to_string()
