@@ -263,14 +263,15 @@ impl Evaluator<'_> {
                 limit: self.budget.max_subproblems,
             });
         }
-        // Reading the clock every 256 frames keeps it off the hot path.
-        if frame % 256 == 255
-            && let Some(deadline) = self.caller_deadline
-            && std::time::Instant::now() >= deadline
-        {
+        // Reading the clock once every 256 frames keeps it off the hot path.
+        if frame % 256 != 255 {
+            return Ok(frame);
+        }
+        let now = std::time::Instant::now();
+        if self.caller_deadline.is_some_and(|deadline| now >= deadline) {
             return Err(Error::DeadlineExceeded);
         }
-        if frame % 256 == 255 && self.started.elapsed() > self.budget.max_duration {
+        if now.duration_since(self.started) > self.budget.max_duration {
             return Err(Error::BudgetExceeded {
                 what: "milliseconds of evaluation",
                 setting: "request_timeout_secs",

@@ -144,30 +144,14 @@ fn grpc_timeout<B>(req: &http::Request<B>) -> Option<Duration> {
 /// say which method and where to look.
 fn name_unknown_method(response: &mut http::Response<tonic::body::Body>, path: &str) {
     let headers = response.headers_mut();
-    let unimplemented = headers
-        .get("grpc-status")
-        .is_some_and(|v| v.as_bytes() == b"12");
-    let silent = headers
-        .get("grpc-message")
-        .is_none_or(|m| m.as_bytes().is_empty());
-    if unimplemented && silent {
-        let message = format!(
+    let silent_unimplemented = tonic::Status::from_header_map(headers)
+        .is_some_and(|s| s.code() == tonic::Code::Unimplemented && s.message().is_empty());
+    if silent_unimplemented {
+        // tonic encodes grpc-message (percent-encoding) itself.
+        let _ = tonic::Status::unimplemented(format!(
             "unknown method {path}; list the services with server reflection (grpcurl list)"
-        );
-        // Percent-encode as gRPC requires for grpc-message.
-        let encoded: String = message
-            .bytes()
-            .map(|b| {
-                if (0x20..0x7f).contains(&b) && b != b'%' {
-                    (b as char).to_string()
-                } else {
-                    format!("%{b:02X}")
-                }
-            })
-            .collect();
-        if let Ok(v) = http::HeaderValue::from_str(&encoded) {
-            headers.insert("grpc-message", v);
-        }
+        ))
+        .add_header(headers);
     }
 }
 
