@@ -42,20 +42,16 @@ async fn seeded() -> (
     SchemaServiceClient<Channel>,
     pb::ZedToken,
 ) {
-    let server = Server::start(Config {
-        revision_quantum_ms: 60_000,
-        ..Config::default()
-    })
+    let (server, ch) = Server::with_schema(
+        Config {
+            revision_quantum_ms: 60_000,
+            ..Config::default()
+        },
+        SCHEMA,
+    )
     .await;
-    let ch = server.channel().await;
-    let mut schema = SchemaServiceClient::new(ch.clone());
+    let schema = SchemaServiceClient::new(ch.clone());
     let mut perms = PermissionsServiceClient::new(ch);
-    schema
-        .write_schema(pb::WriteSchemaRequest {
-            schema: SCHEMA.into(),
-        })
-        .await
-        .unwrap();
     let written = perms
         .write_relationships(touch(&[
             "doc:1#viewer@user:anna",
@@ -1381,17 +1377,12 @@ async fn every_change_is_audited_with_actor_and_reason() {
 /// RESOURCE_EXHAUSTED naming the limit — with the server still serving.
 #[tokio::test]
 async fn paradoxes_fail_closed_and_expand_is_bounded() {
-    let server = Server::start(Config {
-        max_expand_elements: 200,
-        ..Config::default()
-    })
-    .await;
-    let ch = server.channel().await;
-    let mut schema = SchemaServiceClient::new(ch.clone());
-    let mut perms = PermissionsServiceClient::new(ch);
-    schema
-        .write_schema(pb::WriteSchemaRequest {
-            schema: "definition user {}
+    let (server, ch) = Server::with_schema(
+        Config {
+            max_expand_elements: 200,
+            ..Config::default()
+        },
+        "definition user {}
 definition document {
     relation viewer_direct: user
     relation restricted: user | document#viewer
@@ -1403,11 +1394,10 @@ definition node {
     permission a = viewer + parent->b + parent->c
     permission b = parent->a + parent->c
     permission c = parent->a + parent->b
-}"
-            .into(),
-        })
-        .await
-        .unwrap();
+}",
+    )
+    .await;
+    let mut perms = PermissionsServiceClient::new(ch);
     let mut rels = vec![
         "document:1#viewer_direct@user:jon".to_string(),
         "document:1#restricted@document:1#viewer".to_string(),

@@ -19,6 +19,7 @@ use kinbar::api::proto::authzed::api::v1 as pb;
 use kinbar::api::proto::authzed::api::v1::permissions_service_client::PermissionsServiceClient;
 use kinbar::api::proto::authzed::api::v1::schema_service_client::SchemaServiceClient;
 use kinbar::api::proto::authzed::api::v1::watch_service_client::WatchServiceClient;
+use tonic::transport::Channel;
 
 const SCHEMA: &str = "definition user {}
 definition doc {
@@ -197,20 +198,42 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// `kinbar serve` on `url` (as the throwaway cluster's superuser, so with
+/// the override flag).
 fn spawn_server(url: &str, port: u16) -> std::process::Child {
-    Command::new(env!("CARGO_BIN_EXE_kinbar"))
-        .args([
-            "serve",
-            "--datastore",
-            url,
-            "--grpc-addr",
-            &format!("127.0.0.1:{port}"),
-            "--allow-privileged-datastore-role",
-        ])
-        .stdout(Stdio::null())
+    spawn_server_as(url, port, true)
+}
+
+fn spawn_server_as(url: &str, port: u16, privileged_role: bool) -> std::process::Child {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kinbar"));
+    cmd.args([
+        "serve",
+        "--datastore",
+        url,
+        "--grpc-addr",
+        &format!("127.0.0.1:{port}"),
+    ]);
+    if privileged_role {
+        cmd.arg("--allow-privileged-datastore-role");
+    }
+    cmd.stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap()
+}
+
+/// A `kinbar serve` process on `url` with the test schema, its port and a
+/// connected client.
+async fn start_server(
+    url: &str,
+    privileged_role: bool,
+) -> (std::process::Child, u16, PermissionsServiceClient<Channel>) {
+    let port = free_port();
+    let server = spawn_server_as(url, port, privileged_role);
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    write_schema(addr).await;
+    let client = PermissionsServiceClient::new(channel(addr).await);
+    (server, port, client)
 }
 
 fn kinbar_cli(port: u16, args: &[&str]) -> (i32, String) {
@@ -354,17 +377,12 @@ async fn sigkill_mid_writes_loses_nothing_acknowledged() {
 /// A hash chain cannot see its newest records removed: deleting the last
 /// transaction (row and changes) in SQL leaves `kinbar audit verify` ok.
 /// `--complete` replays the audited changes against the stored
-/// relationships and names the relationship no audit record accounts for;
-/// a relationship inserted in SQL behind Kinbar's back is named too.
+/// relationships and names the relationship no audit record accounts for.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn complete_verification_finds_relationships_without_audit() {
     skip_without_postgres!();
     let url = database().await;
-    let port = free_port();
-    let mut server = spawn_server(&url, port);
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    write_schema(addr).await;
-    let mut client = PermissionsServiceClient::new(channel(addr).await);
+    let (mut server, port, mut client) = start_server(&url, true).await;
     for (i, rel) in ["doc:1#viewer@user:anna", "doc:2#viewer@user:bob"]
         .iter()
         .enumerate()
@@ -439,22 +457,7 @@ async fn least_privilege_runtime_role() {
     .unwrap();
     let runtime_url = url.replacen("postgres://postgres@", "postgres://kinbar_rt@", 1);
     assert_ne!(runtime_url, url);
-    let port = free_port();
-    let mut server = Command::new(env!("CARGO_BIN_EXE_kinbar"))
-        .args([
-            "serve",
-            "--datastore",
-            &runtime_url,
-            "--grpc-addr",
-            &format!("127.0.0.1:{port}"),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    write_schema(addr).await;
-    let mut client = PermissionsServiceClient::new(channel(addr).await);
+    let (mut server, port, mut client) = start_server(&runtime_url, false).await;
     let token = written(&mut client, touch(&["doc:1#viewer@user:anna"], "grant")).await;
     written(
         &mut client,

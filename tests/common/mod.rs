@@ -225,6 +225,21 @@ impl Server {
         channel(self.addr).await
     }
 
+    /// A server with `config` whose schema is `schema`, and its channel.
+    pub async fn with_schema(config: kinbar::config::Config, schema: &str) -> (Server, Channel) {
+        let server = Server::start(config).await;
+        let ch = server.channel().await;
+        kinbar::api::proto::authzed::api::v1::schema_service_client::SchemaServiceClient::new(
+            ch.clone(),
+        )
+        .write_schema(pb::WriteSchemaRequest {
+            schema: schema.into(),
+        })
+        .await
+        .expect("write schema");
+        (server, ch)
+    }
+
     /// Graceful shutdown; fails the test if the server ended with an error.
     pub async fn stop(mut self) {
         if let Some(tx) = self.stop.take() {
