@@ -11,6 +11,7 @@
 mod check;
 mod expand;
 mod lookup;
+mod reach;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -658,6 +659,26 @@ impl Engine {
         Err(Error::Store(StoreError::SchemaChanged))
     }
 
+    /// Refuses a read filter naming a type, relation or subject relation
+    /// the schema at `at` does not define (as SpiceDB does), instead of
+    /// answering an empty stream that hides the caller's typo.
+    pub async fn validate_filter_at(
+        &self,
+        at: Revision,
+        filter: &RelationshipFilter,
+    ) -> Result<(), Error> {
+        match self.schema_at(at).await {
+            Ok(schema) => validate_filter(&schema, filter),
+            // Without a schema every named type is unknown.
+            Err(Error::NoSchema) => match (&filter.resource_type, &filter.subject) {
+                (Some(t), _) => Err(Error::UnknownType(t.clone())),
+                (None, Some(s)) => Err(Error::UnknownType(s.subject_type.clone())),
+                (None, None) => Ok(()),
+            },
+            Err(e) => Err(e),
+        }
+    }
+
     /// Relationships matching `filter` at `at`, paged.
     pub async fn read_relationships(
         &self,
@@ -822,10 +843,13 @@ fn validate_filter(schema: &Schema, filter: &RelationshipFilter) -> Result<(), E
             validate_member(schema, t, r)?;
         }
     }
-    if let Some(s) = &filter.subject
-        && schema.definition(&s.subject_type).is_none()
-    {
-        return Err(Error::UnknownType(s.subject_type.clone()));
+    if let Some(s) = &filter.subject {
+        if schema.definition(&s.subject_type).is_none() {
+            return Err(Error::UnknownType(s.subject_type.clone()));
+        }
+        if let Some(Some(r)) = &s.relation {
+            validate_member(schema, &s.subject_type, r)?;
+        }
     }
     Ok(())
 }

@@ -420,6 +420,85 @@ async fn exhaustive(
             "kinbar--unseen--subject",
         )));
     }
+    // Userset subjects: those of the file, and for every type and member
+    // one with an id that appears nowhere (a userset is a member of itself,
+    // so `LookupResources(T, M, T:unseen#M)` must name `unseen`).
+    let mut usersets: Vec<SubjectRef> = subjects
+        .iter()
+        .filter(|s| s.relation.is_some())
+        .cloned()
+        .collect();
+    for (t, def) in &schema.definitions {
+        for m in def.relations.keys().chain(def.permissions.keys()) {
+            usersets.push(SubjectRef {
+                object: ObjectRef::new(t.clone(), "kinbar--unseen--subject"),
+                relation: Some(m.clone()),
+            });
+        }
+    }
+    let mut looked_up: BTreeMap<(String, String, SubjectRef), Vec<String>> = BTreeMap::new();
+    let mut pairs: Vec<(ObjectRef, String)> = Vec::new();
+    for object in objects {
+        if let Some(def) = schema.definition(&object.object_type) {
+            for m in def.relations.keys().chain(def.permissions.keys()) {
+                pairs.push((object.clone(), m.clone()));
+            }
+        }
+    }
+    for (t, def) in &schema.definitions {
+        for m in def.relations.keys().chain(def.permissions.keys()) {
+            pairs.push((
+                ObjectRef::new(t.clone(), "kinbar--unseen--subject"),
+                m.clone(),
+            ));
+        }
+    }
+    for (object, member) in &pairs {
+        for s in &usersets {
+            let check = engine.check_at(at.clone(), object, member, s).await;
+            let key = (object.object_type.clone(), member.clone(), s.clone());
+            if !looked_up.contains_key(&key) {
+                match engine
+                    .lookup_resources_at(
+                        at.clone(),
+                        &object.object_type,
+                        member,
+                        s,
+                        None,
+                        usize::MAX,
+                    )
+                    .await
+                {
+                    Ok(ids) => {
+                        looked_up.insert(key.clone(), ids);
+                    }
+                    Err(e) => report.failures.push(Failure {
+                        line: 0,
+                        message: format!(
+                            "lookup resources {}#{member} for {s}: {e}",
+                            object.object_type
+                        ),
+                    }),
+                }
+            }
+            match (check, looked_up.get(&key)) {
+                (Ok(d), Some(ids)) if ids.contains(&object.object_id) == d.is_allowed() => {
+                    report.passed += 1
+                }
+                (Ok(d), Some(ids)) => report.failures.push(Failure {
+                    line: 0,
+                    message: format!(
+                        "inconsistent: check {object}#{member}@{s} = {d:?} but LookupResources gave {ids:?}"
+                    ),
+                }),
+                (Err(e), _) => report.failures.push(Failure {
+                    line: 0,
+                    message: format!("check {object}#{member}@{s}: {e}"),
+                }),
+                (Ok(_), None) => {}
+            }
+        }
+    }
     for object in objects {
         let Some(def) = schema.definition(&object.object_type) else {
             continue;

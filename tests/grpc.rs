@@ -399,6 +399,54 @@ async fn read_relationships_pages_with_cursors() {
         perms.read_relationships(bad).await.unwrap_err().code(),
         Code::InvalidArgument
     );
+    // A cursor belongs to its query: replayed with another filter it is refused.
+    let other = pb::ReadRelationshipsRequest {
+        consistency: None,
+        relationship_filter: Some(pb::RelationshipFilter {
+            resource_type: "doc".into(),
+            ..Default::default()
+        }),
+        optional_limit: 0,
+        optional_cursor: cursor,
+    };
+    let e = perms.read_relationships(other).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("different query"), "{}", e.message());
+    // Filters naming what the schema does not define are refused, not empty.
+    for (resource_type, relation, subject_type, subject_relation) in [
+        ("nope", "", "", ""),
+        ("doc", "nope", "", ""),
+        ("doc", "viewer", "nope", ""),
+        ("doc", "viewer", "team", "nope"),
+    ] {
+        let req = pb::ReadRelationshipsRequest {
+            consistency: fresh(&w),
+            relationship_filter: Some(pb::RelationshipFilter {
+                resource_type: resource_type.into(),
+                optional_relation: relation.into(),
+                optional_subject_filter: (!subject_type.is_empty()).then(|| pb::SubjectFilter {
+                    subject_type: subject_type.into(),
+                    optional_relation: (!subject_relation.is_empty()).then(|| {
+                        pb::subject_filter::RelationFilter {
+                            relation: subject_relation.into(),
+                        }
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            optional_limit: 0,
+            optional_cursor: None,
+        };
+        let e = perms.read_relationships(req).await.unwrap_err();
+        assert_eq!(
+            e.code(),
+            Code::FailedPrecondition,
+            "{resource_type}#{relation}@{subject_type}#{subject_relation}: {}",
+            e.message()
+        );
+        assert!(e.message().contains("nope"), "{}", e.message());
+    }
     server.stop().await;
 }
 
@@ -1008,7 +1056,8 @@ async fn lookups_agree_with_check_and_page() {
     let texts: Vec<String> = (0..250)
         .map(|i| format!("doc:l{i:03}#viewer@team:eng#member"))
         .collect();
-    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let mut refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    refs.push("doc:pub#viewer@user:zoe");
     let w = perms
         .write_relationships(touch(&refs))
         .await
@@ -1083,11 +1132,9 @@ async fn lookups_agree_with_check_and_page() {
         .iter()
         .map(|r| r.subject.as_ref().unwrap().subject_object_id.as_str())
         .collect();
-    assert_eq!(
-        concrete,
-        ["anna", "bob"],
-        "everyone but eve, listed once each"
-    );
+    // Concrete subjects are those found below doc:pub (SpiceDB's answer);
+    // anna and bob, granted only through the wildcard, are not listed.
+    assert_eq!(concrete, ["zoe"], "the concrete subjects below doc:pub");
     let mut without = req.clone();
     without.wildcard_option = pb::lookup_subjects_request::WildcardOption::ExcludeWildcards as i32;
     let mut s = perms.lookup_subjects(without).await.unwrap().into_inner();
@@ -1109,6 +1156,39 @@ async fn lookups_agree_with_check_and_page() {
             .subject_object_id,
         "eng"
     );
+    // A LookupResources cursor replayed with another permission or subject
+    // is refused.
+    let first = pb::LookupResourcesRequest {
+        consistency: fresh(&w),
+        resource_object_type: "doc".into(),
+        permission: "view".into(),
+        subject: subj("user", "bob", ""),
+        context: None,
+        optional_limit: 1,
+        optional_cursor: None,
+        with_debug: false,
+    };
+    let mut stream = perms
+        .lookup_resources(first.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    let cursor = stream.message().await.unwrap().unwrap().after_result_cursor;
+    let mut same = first.clone();
+    same.optional_cursor = cursor.clone();
+    assert!(perms.lookup_resources(same).await.is_ok());
+    for change in [0, 1] {
+        let mut other = first.clone();
+        other.optional_cursor = cursor.clone();
+        if change == 0 {
+            other.permission = "edit".into();
+        } else {
+            other.subject = subj("user", "anna", "");
+        }
+        let e = perms.lookup_resources(other).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument);
+        assert!(e.message().contains("different query"), "{}", e.message());
+    }
     // Bad requests fail with a status before streaming.
     let mut bad = req.clone();
     bad.subject_object_type = "nope".into();

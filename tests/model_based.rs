@@ -388,7 +388,63 @@ fn run_case(c: &Case) -> Result<(), TestCaseError> {
                     })
                     .map(|d| format!("d{d}"))
                     .collect();
-                prop_assert_eq!(got, want, "lookup_resources doc#{} user:u{}", member, u);
+                prop_assert_eq!(&got, &want, "lookup_resources doc#{} user:u{}", member, u);
+                // Pages of any size concatenate to the whole answer.
+                let size = 1 + (u + member.len()) % 3;
+                let mut paged: Vec<String> = Vec::new();
+                loop {
+                    let page = engine
+                        .lookup_resources_at(
+                            at.clone(),
+                            "doc",
+                            member,
+                            &subject,
+                            paged.last().map(String::as_str),
+                            size,
+                        )
+                        .await
+                        .map_err(|e| TestCaseError::fail(format!("lookup_resources error: {e}")))?;
+                    let done = page.len() < size;
+                    paged.extend(page);
+                    if done {
+                        break;
+                    }
+                }
+                prop_assert_eq!(
+                    &paged,
+                    &want,
+                    "paged by {}: doc#{} user:u{}",
+                    size,
+                    member,
+                    u
+                );
+            }
+        }
+        // Userset subjects (groups, and docs' own usersets: a userset is a
+        // member of itself): LookupResources ⇔ Check.
+        let mut usersets: Vec<SubjectRef> = (0..GROUPS)
+            .map(|g| format!("group:g{g}#member").parse().unwrap())
+            .collect();
+        usersets.push("doc:d0#p0".parse().unwrap());
+        usersets.push("doc:d9#viewer".parse().unwrap());
+        for member in ["p0", "p1", "viewer"] {
+            for subject in &usersets {
+                let got = engine
+                    .lookup_resources_at(at.clone(), "doc", member, subject, None, usize::MAX)
+                    .await
+                    .map_err(|e| TestCaseError::fail(format!("lookup_resources error: {e}")))?;
+                let mut want = Vec::new();
+                for d in (0..DOCS).chain([9]) {
+                    let resource = ObjectRef::new("doc", format!("d{d}"));
+                    let allowed = engine
+                        .check_at(at.clone(), &resource, member, subject)
+                        .await
+                        .map_err(|e| TestCaseError::fail(format!("check error: {e}")))?;
+                    if allowed.is_allowed() {
+                        want.push(format!("d{d}"));
+                    }
+                }
+                prop_assert_eq!(got, want, "lookup_resources doc#{} {}", member, subject);
             }
         }
         for ((obj, member), set) in &expected {

@@ -27,14 +27,29 @@ fn refuse_context(ctx: Option<&prost_types::Struct>) -> Result<(), Status> {
     Ok(())
 }
 
-/// Cursors pin the revision of the first page and the last item sent
-/// (a relationship, or an object id for lookups).
-fn encode_cursor(rev: &Revision, after: &impl std::fmt::Display) -> pb::Cursor {
+/// Cursors pin the query they belong to (a digest of its parameters), the
+/// revision of the first page and the last item sent (a relationship, or an
+/// object id for lookups). A cursor presented with another query is refused.
+fn encode_cursor(query: &str, rev: &Revision, after: &impl std::fmt::Display) -> pb::Cursor {
     use base64::Engine as _;
-    let text = format!("1|{}|{}", rev, after);
+    let text = format!("2|{query}|{rev}|{after}");
     pb::Cursor {
         token: base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text),
     }
+}
+
+/// The digest of a query's parameters that its cursors carry.
+fn query_digest(parts: &[&str]) -> String {
+    use sha2::Digest as _;
+    let mut h = sha2::Sha256::new();
+    for p in parts {
+        h.update(p.len().to_le_bytes());
+        h.update(p.as_bytes());
+    }
+    h.finalize()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 fn invalid_cursor() -> Status {
@@ -45,7 +60,7 @@ fn invalid_cursor() -> Status {
     )
 }
 
-fn decode_cursor(c: &pb::Cursor) -> Result<(Revision, String), Status> {
+fn decode_cursor(c: &pb::Cursor, query: &str) -> Result<(Revision, String), Status> {
     use base64::Engine as _;
     if c.token.len() > super::token::MAX_TOKEN_BYTES {
         return Err(status::with_reason(
@@ -62,9 +77,16 @@ fn decode_cursor(c: &pb::Cursor) -> Result<(Revision, String), Status> {
         .decode(&c.token)
         .map_err(|_| invalid_cursor())?;
     let text = String::from_utf8(bytes).map_err(|_| invalid_cursor())?;
-    let mut parts = text.splitn(3, '|');
-    match (parts.next(), parts.next(), parts.next()) {
-        (Some("1"), Some(rev), Some(after)) if !after.is_empty() => {
+    let mut parts = text.splitn(4, '|');
+    match (parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some("2"), Some(q), Some(rev), Some(after)) if !after.is_empty() => {
+            if q != query {
+                return Err(status::with_reason(
+                    tonic::Code::InvalidArgument,
+                    "the cursor belongs to a different query (other type, permission, subject, resource or filter); send the same request as the page it came from, or start again without a cursor",
+                    pb::ErrorReason::InvalidCursor,
+                ));
+            }
             Ok((Revision::new(rev), after.to_string()))
         }
         _ => Err(invalid_cursor()),
@@ -79,12 +101,13 @@ impl PermissionsApi {
     /// (same revision as the first page), else from the consistency.
     async fn lookup_start(
         &self,
+        query: &str,
         consistency: Option<&pb::Consistency>,
         cursor: Option<&pb::Cursor>,
     ) -> Result<(Revision, Option<String>), Status> {
         match cursor {
             Some(c) => {
-                let (rev, after) = decode_cursor(c)?;
+                let (rev, after) = decode_cursor(c, query)?;
                 self.0
                     .engine
                     .check_revision(&rev)
@@ -97,12 +120,20 @@ impl PermissionsApi {
     }
 
     /// Like `lookup_start`, for reads that resume after a relationship.
+    /// Also refuses a filter the schema at that revision does not define.
     async fn relationship_start(
         &self,
+        query: &str,
+        filter: &RelationshipFilter,
         consistency: Option<&pb::Consistency>,
         cursor: Option<&pb::Cursor>,
     ) -> Result<(Revision, Option<Relationship>), Status> {
-        let (at, after) = self.lookup_start(consistency, cursor).await?;
+        let (at, after) = self.lookup_start(query, consistency, cursor).await?;
+        self.0
+            .engine
+            .validate_filter_at(at.clone(), filter)
+            .await
+            .map_err(engine_err)?;
         let after = after
             .map(|t| t.parse::<Relationship>().map_err(|_| invalid_cursor()))
             .transpose()?;
@@ -193,8 +224,14 @@ impl PermissionsService for PermissionsApi {
             "relationship_filter",
             false,
         )?;
+        let query = query_digest(&["read", &format!("{filter:?}")]);
         let (at, after) = self
-            .relationship_start(req.consistency.as_ref(), req.optional_cursor.as_ref())
+            .relationship_start(
+                &query,
+                &filter,
+                req.consistency.as_ref(),
+                req.optional_cursor.as_ref(),
+            )
             .await?;
         let limit = match req.optional_limit {
             0 => None,
@@ -207,7 +244,7 @@ impl PermissionsService for PermissionsApi {
                 .map(|r| pb::ReadRelationshipsResponse {
                     read_at: Some(token.clone()),
                     relationship: Some(convert::relationship_pb(r)),
-                    after_result_cursor: Some(encode_cursor(&rev, r)),
+                    after_result_cursor: Some(encode_cursor(&query, &rev, r)),
                 })
                 .collect()
         });
@@ -422,8 +459,18 @@ impl PermissionsService for PermissionsApi {
         refuse_context(req.context.as_ref())?;
         convert::name(&req.permission, "permission")?;
         let subject = convert::subject(req.subject.as_ref(), "subject")?;
+        let query = query_digest(&[
+            "resources",
+            &req.resource_object_type,
+            &req.permission,
+            &subject.to_string(),
+        ]);
         let (at, mut after) = self
-            .lookup_start(req.consistency.as_ref(), req.optional_cursor.as_ref())
+            .lookup_start(
+                &query,
+                req.consistency.as_ref(),
+                req.optional_cursor.as_ref(),
+            )
             .await?;
         let limit = match req.optional_limit {
             0 => usize::MAX,
@@ -453,7 +500,7 @@ impl PermissionsService for PermissionsApi {
                     sent += 1;
                     let item = pb::LookupResourcesResponse {
                         looked_up_at: Some(token.clone()),
-                        after_result_cursor: Some(encode_cursor(&at, &id)),
+                        after_result_cursor: Some(encode_cursor(&query, &at, &id)),
                         resource_object_id: id.clone(),
                         permissionship: pb::LookupPermissionship::HasPermission as i32,
                         partial_caveat_info: None,
@@ -503,8 +550,19 @@ impl PermissionsService for PermissionsApi {
             "" | crate::model::ELLIPSIS => None,
             r => Some(convert::name(r, "optional_subject_relation")?),
         };
+        let query = query_digest(&[
+            "subjects",
+            &resource.to_string(),
+            &req.permission,
+            &req.subject_object_type,
+            relation.as_deref().unwrap_or(""),
+        ]);
         let (at, after) = self
-            .lookup_start(req.consistency.as_ref(), req.optional_cursor.as_ref())
+            .lookup_start(
+                &query,
+                req.consistency.as_ref(),
+                req.optional_cursor.as_ref(),
+            )
             .await?;
         let limit = match req.optional_concrete_limit {
             0 => usize::MAX,
@@ -555,7 +613,7 @@ impl PermissionsService for PermissionsApi {
                 partial_caveat_info: None,
                 subject: Some(resolved(id)),
                 excluded_subjects: vec![],
-                after_result_cursor: Some(encode_cursor(&at, id)),
+                after_result_cursor: Some(encode_cursor(&query, &at, id)),
             });
         }
         Ok(Response::new(Box::pin(tokio_stream::iter(
@@ -608,15 +666,21 @@ impl PermissionsService for PermissionsApi {
             Some(f) => convert::filter(Some(f), "optional_relationship_filter", false)?,
             None => RelationshipFilter::default(),
         };
+        let query = query_digest(&["export", &format!("{filter:?}")]);
         let (at, after) = self
-            .relationship_start(req.consistency.as_ref(), req.optional_cursor.as_ref())
+            .relationship_start(
+                &query,
+                &filter,
+                req.consistency.as_ref(),
+                req.optional_cursor.as_ref(),
+            )
             .await?;
         let limit = match req.optional_limit {
             0 => None,
             n => Some(n as usize),
         };
-        let stream = self.stream_relationships(at, filter, after, limit, |batch, rev| {
-            let cursor = batch.last().map(|r| encode_cursor(&rev, r));
+        let stream = self.stream_relationships(at, filter, after, limit, move |batch, rev| {
+            let cursor = batch.last().map(|r| encode_cursor(&query, &rev, r));
             vec![pb::ExportBulkRelationshipsResponse {
                 after_result_cursor: cursor,
                 relationships: batch.iter().map(convert::relationship_pb).collect(),

@@ -44,6 +44,13 @@ impl WatchService for WatchApi {
             Some(t) => self.0.decode_token(t)?,
             None => engine.head_revision().await.map_err(status::from_engine)?,
         };
+        // Filters name types and relations of the schema at the start.
+        for f in &filters {
+            engine
+                .validate_filter_at(cursor.clone(), f)
+                .await
+                .map_err(status::from_engine)?;
+        }
         // Fail fast if the start is already garbage-collected.
         engine
             .changes_since(&cursor, 1)

@@ -1,22 +1,24 @@
-//! LookupResources and LookupSubjects, exact by construction: candidates are
-//! enumerated from the stored relationships and each is decided by Check, so
-//! a lookup can never disagree with Check (DESIGN.md §4's hard invariant).
+//! LookupResources and LookupSubjects, exact by construction: candidates
+//! come from walks over the relationships that can matter (`reach.rs`) and
+//! each is decided by Check, so a lookup can never disagree with Check
+//! (DESIGN.md §4's hard invariant), and its cost follows the part of the
+//! graph around the subject or resource, not the size of the store.
 //!
-//! Completeness: a resource with no relationship of its own has no
-//! permission (every path starts at one of its relations; `nil` grants
-//! nothing, `.all()` needs an object), so resources come from the forward
-//! index. A concrete subject that is granted either appears as a subject of
-//! some relationship or is granted only through a wildcard; the wildcard is
-//! found by probing an id that appears nowhere, and reported with the
-//! candidates it excludes. Results are sorted by id and never repeat; the
-//! cost is one check per candidate (the cache shares sub-problems).
+//! LookupResources walks up from the subject (the by-subject index) along
+//! the positive paths the schema allows towards the asked permission; a
+//! userset subject `O#R` starts at `O#R` itself (it is its own member).
+//! LookupSubjects walks down from the resource through every branch; a
+//! wildcard met on the way is confirmed by probing an id that appears
+//! nowhere below the resource, and reported with the candidates it
+//! excludes. Results are sorted by id and never repeat; a page recomputes
+//! the walk (cheap: it reads only the neighbourhood) and checks candidates
+//! after the cursor until the page is full.
 
+use std::ops::Bound;
+
+use super::reach::ReversePlan;
 use super::{Engine, Error};
-use crate::model::{ObjectRef, Relationship, Revision, SubjectRef};
-use crate::model::{Page, RelationshipFilter, SubjectFilter};
-
-/// Candidates are read in pages of this many relationships.
-const READ_BATCH: usize = 1_000;
+use crate::model::{ObjectRef, Revision, SubjectRef};
 
 /// LookupSubjects results.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -54,48 +56,28 @@ impl Engine {
         if let Some(r) = &subject.relation {
             super::validate_member(&schema, &subject.object.object_type, r)?;
         }
-        let filter = RelationshipFilter {
-            resource_type: Some(resource_type.to_string()),
-            ..Default::default()
-        };
-        // Skip every relationship of `after` ("~" sorts after any relation name).
-        let mut page = Page {
-            after: after.map(|id| {
-                Relationship::new(
-                    ObjectRef::new(resource_type, id),
-                    "~",
-                    SubjectRef::object(ObjectRef::new("", "")),
-                )
-            }),
-            limit: Some(READ_BATCH),
-        };
+        let plan = ReversePlan::new(&schema, resource_type, permission);
+        let eval = self.evaluator_with(schema, at.clone());
+        let candidates = eval.resource_candidates(&plan, subject).await?;
         let mut out: Vec<String> = Vec::new();
-        let mut last_id: Option<String> = after.map(str::to_string);
-        loop {
-            let batch = self.store.query(&at, &filter, &page).await?;
-            let full = batch.len() == READ_BATCH;
-            for rel in &batch {
-                let id = &rel.resource.object_id;
-                if last_id.as_deref() == Some(id.as_str()) {
-                    continue;
-                }
-                last_id = Some(id.clone());
-                if self
-                    .check_at(at.clone(), &rel.resource, permission, subject)
-                    .await?
-                    .is_allowed()
-                {
-                    out.push(id.clone());
-                    if out.len() >= limit {
-                        return Ok(out);
-                    }
-                }
+        let range = match after {
+            Some(a) => candidates.range::<str, _>((Bound::Excluded(a), Bound::Unbounded)),
+            None => candidates.range::<str, _>(..),
+        };
+        for id in range {
+            if out.len() >= limit {
+                break;
             }
-            if !full {
-                return Ok(out);
+            let resource = ObjectRef::new(resource_type, id.as_str());
+            if self
+                .check_at(at.clone(), &resource, permission, subject)
+                .await?
+                .is_allowed()
+            {
+                out.push(id.clone());
             }
-            page.after = batch.last().cloned();
         }
+        Ok(out)
     }
 
     /// Subjects of `subject_type` (with `subject_relation`, if any) that have
@@ -125,38 +107,17 @@ impl Engine {
             object: ObjectRef::new(subject_type, id),
             relation: subject_relation.map(str::to_string),
         };
-        // Every id of the type that appears as a subject, sorted and distinct.
-        let filter = RelationshipFilter {
-            subject: Some(SubjectFilter {
-                subject_type: subject_type.to_string(),
-                relation: Some(subject_relation.map(str::to_string)),
-                exclude_wildcard: true,
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        let mut ids: Vec<String> = self
-            .store
-            .query(&at, &filter, &Page::default())
-            .await?
-            .into_iter()
-            .map(|r| r.subject.object.object_id)
-            .collect();
-        // A userset subject is also a member of itself (`O#R` in `O#R`).
-        if subject_relation.is_some()
-            && resource.object_type == subject_type
-            && subject_relation == Some(permission)
-        {
-            ids.push(resource.object_id.clone());
-        }
-        ids.sort();
-        ids.dedup();
+        let eval = self.evaluator_with(schema, at.clone());
+        let (candidates, wildcard_met) = eval
+            .subject_candidates(resource, permission, subject_type, subject_relation)
+            .await?;
+        let ids: Vec<String> = candidates.into_iter().collect();
 
         let mut page = SubjectsPage::default();
         // With a wildcard every candidate is decided up front (for the
         // exclusions); those decisions then serve the concrete list too.
         let mut decided: Option<Vec<bool>> = None;
-        if after.is_none() && subject_relation.is_none() {
+        if after.is_none() && subject_relation.is_none() && wildcard_met {
             let mut probe = String::from("kinbar-wildcard-probe");
             while ids.binary_search(&probe).is_ok() {
                 probe.push('_');

@@ -1,0 +1,366 @@
+//! In-process benchmark on a dataset directory, the format any embedded
+//! Zanzibar engine can be run on (`benches/data/README.md`): `schema.zed`,
+//! `relationships.txt` (one relationship per line) and `checks.txt`
+//! (`resource permission subject true|false`).
+//!
+//! `kinbar-bench run DIR [--checks N] [--lookups N] [--cache-capacity N]`
+//! loads the relationships into the memory store by one bulk import,
+//! reports the load time and resident bytes per relationship, runs the
+//! checks on one thread (checks/s, p50, p99, wrong answers), then
+//! LookupResources for users and LookupSubjects for customers (time per
+//! query, results, each lookup cross-checked against Check for a sample).
+//!
+//! `kinbar-bench generate DIR --customers N` writes a CRM dataset of the
+//! same shape at any size (orgs → departments → teams → users, nested teams,
+//! customers with owners, reps, support and a `signed` wildcard); its
+//! `checks.txt` answers come from Kinbar itself (for speed comparisons; the
+//! vendored `crm-small` answers were computed independently).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a benchmark tool: failing loudly is right
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use kinbar::{Engine, ObjectRef, Relationship, SubjectRef, TxnMetadata};
+
+const CRM_SCHEMA: &str = include_str!("../../benches/data/crm-small/schema.zed");
+
+fn usage() -> ! {
+    eprintln!(
+        "usage: kinbar-bench run DIR [--checks N] [--lookups N] [--cache-capacity N]\n       kinbar-bench generate DIR --customers N"
+    );
+    std::process::exit(2)
+}
+
+fn resident_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+struct Check {
+    resource: ObjectRef,
+    permission: String,
+    subject: SubjectRef,
+    expected: bool,
+}
+
+fn read_checks(dir: &Path) -> Vec<Check> {
+    let text = std::fs::read_to_string(dir.join("checks.txt")).unwrap_or_default();
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            assert_eq!(f.len(), 4, "checks.txt line `{l}`");
+            Check {
+                resource: f[0].parse().expect("resource"),
+                permission: f[1].to_string(),
+                subject: f[2].parse().expect("subject"),
+                expected: f[3] == "true",
+            }
+        })
+        .collect()
+}
+
+fn main() {
+    let mut it = std::env::args().skip(1);
+    let command = it.next().unwrap_or_else(|| usage());
+    let dir = PathBuf::from(it.next().unwrap_or_else(|| usage()));
+    let mut checks = 50_000usize;
+    let mut lookups = 20usize;
+    let mut customers = 0usize;
+    let mut cache: Option<u64> = None;
+    while let Some(flag) = it.next() {
+        let mut value = || {
+            it.next()
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or_else(|| usage())
+        };
+        match flag.as_str() {
+            "--checks" => checks = value() as usize,
+            "--lookups" => lookups = value() as usize,
+            "--customers" => customers = value() as usize,
+            "--cache-capacity" => cache = Some(value()),
+            _ => usage(),
+        }
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    match command.as_str() {
+        "run" => rt.block_on(run(&dir, checks, lookups, cache)),
+        "generate" if customers > 0 => rt.block_on(generate(&dir, customers)),
+        _ => usage(),
+    }
+}
+
+async fn load(dir: &Path, cache: Option<u64>) -> (Engine, usize, Duration, u64) {
+    let schema = std::fs::read_to_string(dir.join("schema.zed")).expect("schema.zed");
+    let text = std::fs::read_to_string(dir.join("relationships.txt")).expect("relationships.txt");
+    let before = resident_bytes();
+    let started = Instant::now();
+    let mut config = kinbar::engine::EngineConfig::default();
+    if let Some(c) = cache {
+        config.cache_capacity = c;
+    }
+    let engine = Engine::new(
+        std::sync::Arc::new(kinbar::store::memory::MemoryStore::default()),
+        config,
+    );
+    engine
+        .write_schema(&schema, TxnMetadata::default())
+        .await
+        .expect("schema");
+    let rels: Vec<Relationship> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| l.parse().expect("relationship"))
+        .collect();
+    let n = rels.len();
+    engine
+        .import_relationships(rels, TxnMetadata::default())
+        .await
+        .expect("import");
+    let took = started.elapsed();
+    let grown = resident_bytes().saturating_sub(before);
+    (engine, n, took, grown)
+}
+
+async fn run(dir: &Path, max_checks: usize, lookups: usize, cache: Option<u64>) {
+    let (engine, n, took, grown) = load(dir, cache).await;
+    println!("| dataset | relationships | load (import) | resident bytes / relationship |");
+    println!("|---|---|---|---|");
+    println!(
+        "| {} | {n} | {:.2} s | {} |",
+        dir.display(),
+        took.as_secs_f64(),
+        grown / n.max(1) as u64
+    );
+    let at = engine.head_revision().await.unwrap();
+    let checks = read_checks(dir);
+    let checks = &checks[..checks.len().min(max_checks)];
+    // Warm-up pass, then the measured pass.
+    for c in checks.iter().take(1_000) {
+        let _ = engine
+            .check_at(at.clone(), &c.resource, &c.permission, &c.subject)
+            .await;
+    }
+    let mut times = Vec::with_capacity(checks.len());
+    let mut wrong = 0usize;
+    let started = Instant::now();
+    for c in checks {
+        let t = Instant::now();
+        let d = engine
+            .check_at(at.clone(), &c.resource, &c.permission, &c.subject)
+            .await
+            .expect("check");
+        times.push(t.elapsed());
+        wrong += usize::from(d.is_allowed() != c.expected);
+    }
+    let total = started.elapsed();
+    times.sort();
+    println!();
+    println!("| checks (one thread) | checks/s | p50 | p99 | wrong |");
+    println!("|---|---|---|---|---|");
+    println!(
+        "| {} | {:.0} | {:.1} µs | {:.1} µs | {wrong} |",
+        checks.len(),
+        checks.len() as f64 / total.as_secs_f64().max(1e-9),
+        percentile(&times, 0.5).as_secs_f64() * 1e6,
+        percentile(&times, 0.99).as_secs_f64() * 1e6,
+    );
+    // Lookups: the subjects and resources of the checks file.
+    let mut users: Vec<SubjectRef> = checks
+        .iter()
+        .filter(|c| c.subject.object.object_type == "user")
+        .map(|c| c.subject.clone())
+        .collect();
+    users.sort();
+    users.dedup();
+    let mut resources: Vec<(ObjectRef, String)> = checks
+        .iter()
+        .filter(|c| c.resource.object_type == "customer")
+        .map(|c| (c.resource.clone(), c.permission.clone()))
+        .collect();
+    resources.sort();
+    resources.dedup();
+    let step = (users.len() / lookups.max(1)).max(1);
+    let mut lr_times = Vec::new();
+    let mut lr_results = 0usize;
+    let mut mismatches = 0usize;
+    for user in users.iter().step_by(step).take(lookups) {
+        let t = Instant::now();
+        let ids = engine
+            .lookup_resources_at(at.clone(), "customer", "view", user, None, usize::MAX)
+            .await
+            .expect("lookup resources");
+        lr_times.push(t.elapsed());
+        lr_results += ids.len();
+        // Cross-check a sample against Check.
+        for id in ids.iter().take(20) {
+            let r = ObjectRef::new("customer", id.as_str());
+            if !engine
+                .check_at(at.clone(), &r, "view", user)
+                .await
+                .unwrap()
+                .is_allowed()
+            {
+                mismatches += 1;
+            }
+        }
+    }
+    let mut ls_times = Vec::new();
+    let mut ls_results = 0usize;
+    let step = (resources.len() / lookups.max(1)).max(1);
+    for (resource, _) in resources.iter().step_by(step).take(lookups) {
+        let t = Instant::now();
+        let page = engine
+            .lookup_subjects_at(at.clone(), resource, "view", "user", None, None, usize::MAX)
+            .await
+            .expect("lookup subjects");
+        ls_times.push(t.elapsed());
+        ls_results += page.subject_ids.len();
+    }
+    lr_times.sort();
+    ls_times.sort();
+    let mean = |v: &[Duration]| {
+        v.iter().map(Duration::as_secs_f64).sum::<f64>() / v.len().max(1) as f64 * 1e3
+    };
+    println!();
+    println!(
+        "| lookup | queries | mean | p50 | max | results / query | lookup ⇒ check mismatches |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    println!(
+        "| LookupResources customer#view for a user | {} | {:.2} ms | {:.2} ms | {:.2} ms | {:.1} | {mismatches} |",
+        lr_times.len(),
+        mean(&lr_times),
+        percentile(&lr_times, 0.5).as_secs_f64() * 1e3,
+        lr_times.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
+        lr_results as f64 / lr_times.len().max(1) as f64,
+    );
+    println!(
+        "| LookupSubjects customer#view of type user | {} | {:.2} ms | {:.2} ms | {:.2} ms | {:.1} | – |",
+        ls_times.len(),
+        mean(&ls_times),
+        percentile(&ls_times, 0.5).as_secs_f64() * 1e3,
+        ls_times.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
+        ls_results as f64 / ls_times.len().max(1) as f64,
+    );
+    if wrong > 0 || mismatches > 0 {
+        std::process::exit(1);
+    }
+}
+
+/// A deterministic pseudo-random sequence (no dependency, reproducible files).
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: usize) -> usize {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((self.0 >> 33) as usize) % n.max(1)
+    }
+}
+
+async fn generate(dir: &Path, customers: usize) {
+    std::fs::create_dir_all(dir).expect("create the dataset directory");
+    let users = customers * 4 / 5;
+    let teams = (customers / 10).max(1);
+    let departments = (customers / 50).max(1);
+    let orgs = (customers / 3_000).max(5);
+    let mut rng = Rng(0x6b69_6e62_6172);
+    let mut out = String::new();
+    let mut line = |s: String| {
+        out.push_str(&s);
+        out.push('\n');
+    };
+    for o in 0..orgs {
+        for a in 0..2 {
+            line(format!("org:o{o}#admin@user:u{}", (o * 7 + a * 13) % users));
+        }
+    }
+    for u in 0..users {
+        line(format!("org:o{}#member@user:u{u}", u % orgs));
+    }
+    for d in 0..departments {
+        line(format!("department:d{d}#org@org:o{}", d % orgs));
+        line(format!(
+            "department:d{d}#manager@user:u{}",
+            rng.below(users)
+        ));
+    }
+    for t in 0..teams {
+        line(format!(
+            "team:t{t}#department@department:d{}",
+            t % departments
+        ));
+        line(format!("team:t{t}#manager@user:u{}", rng.below(users)));
+        if t % 2 == 1 {
+            line(format!("team:t{t}#member@team:t{}#member", t - 1));
+        }
+    }
+    for u in 0..users {
+        line(format!("team:t{}#member@user:u{u}", u % teams));
+    }
+    for c in 0..customers {
+        let team = rng.below(teams);
+        line(format!("customer:c{c}#org@org:o{}", c % orgs));
+        line(format!("customer:c{c}#team@team:t{team}"));
+        let owner = rng.below(users);
+        line(format!("customer:c{c}#owner@user:u{owner}"));
+        if c % 2 == 0 {
+            line(format!("customer:c{c}#sales_rep@user:u{owner}"));
+        } else {
+            line(format!("customer:c{c}#sales_rep@team:t{team}#member"));
+        }
+        if c % 3 == 0 {
+            line(format!(
+                "customer:c{c}#support@team:t{}#member",
+                rng.below(teams)
+            ));
+        } else {
+            line(format!("customer:c{c}#support@user:u{}", rng.below(users)));
+        }
+        if c % 10 < 3 {
+            line(format!("customer:c{c}#signed@user:*"));
+        }
+    }
+    std::fs::write(dir.join("relationships.txt"), &out).expect("write relationships.txt");
+    std::fs::write(dir.join("schema.zed"), CRM_SCHEMA).expect("write schema.zed");
+    // Checks with Kinbar's own answers.
+    let (engine, _, _, _) = load(dir, None).await;
+    let mut checks = String::new();
+    let permissions = ["view", "edit", "manage", "add_friend"];
+    for i in 0..50_000 {
+        let c = rng.below(customers);
+        let u = rng.below(users);
+        let p = permissions[i % permissions.len()];
+        let r = ObjectRef::new("customer", format!("c{c}"));
+        let s = SubjectRef::object(ObjectRef::new("user", format!("u{u}")));
+        let d = engine.check(&r, p, &s).await.expect("check");
+        let _ = writeln!(checks, "{r} {p} {s} {}", d.is_allowed());
+    }
+    std::fs::write(dir.join("checks.txt"), checks).expect("write checks.txt");
+    println!("{} relationships in {}", out_len(dir), dir.display());
+}
+
+fn out_len(dir: &Path) -> usize {
+    std::fs::read_to_string(dir.join("relationships.txt"))
+        .map(|t| t.lines().count())
+        .unwrap_or(0)
+}
