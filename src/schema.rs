@@ -143,6 +143,16 @@ impl Schema {
         self.definitions.get(object_type)?.relations.get(relation)
     }
 
+    /// Whether `object_type#member` is a relation whose subjects are only
+    /// objects and wildcards (no usersets): deciding it is one lookup.
+    pub fn is_direct_only(&self, object_type: &str, member: &str) -> bool {
+        self.relation(object_type, member).is_some_and(|r| {
+            r.allowed
+                .iter()
+                .all(|a| !matches!(a, AllowedType::Userset(..)))
+        })
+    }
+
     /// Whether `subject` may appear on `resource_type#relation`; `Err` says why not.
     pub fn check_relationship(&self, rel: &crate::model::Relationship) -> Result<(), Violation> {
         use ViolationKind as K;

@@ -220,12 +220,16 @@ impl Evaluator<'_> {
                     depth: self.max_depth,
                 });
             }
-            // The top-level call runs inside the cache's own singleflight
-            // (`Engine::check_at`), which reads and fills the entry itself.
-            let top = path.is_none();
-            let key = self.cache_key(resource, member, subject);
-            if !top {
-                if let Some(d) = self.engine.cache.get(&key).await {
+            // Only shared sub-problems are worth the shared cache: a node
+            // reached by a hop to another object (a userset or an arrow:
+            // a team's members, a department's managers) that is more than
+            // a direct lookup. Top-level checks, same-object permissions and
+            // direct-only relations cost less to compute than a cache miss.
+            let cached = path.is_some_and(|p| p.resource != resource)
+                && !self.schema.is_direct_only(&resource.object_type, member);
+            let key = cached.then(|| self.cache_key(resource, member, subject));
+            if let Some(key) = &key {
+                if let Some(d) = self.engine.cache.get(key).await {
                     self.engine.metrics.cache_hit();
                     return Ok(Outcome::of(d));
                 }
@@ -277,7 +281,9 @@ impl Evaluator<'_> {
             }
             // The answer now stands on the other assumptions only.
             outcome.cuts.0.remove(&here.frame);
-            if !top && outcome.cuts.is_none() {
+            if let Some(key) = key
+                && outcome.cuts.is_none()
+            {
                 self.engine.cache.insert(key, outcome.decision).await;
             }
             self.memo_put(memo_key, here.frame, &outcome);
