@@ -67,6 +67,11 @@ pub struct Config {
     pub postgres_read_replica: Option<String>,
     /// Serve even when the Postgres role can run DDL or change audit rows.
     pub allow_privileged_datastore_role: bool,
+    /// HTTP address for `/metrics` (Prometheus), `/healthz` and `/readyz`;
+    /// unset: no HTTP listener.
+    pub metrics_addr: Option<SocketAddr>,
+    /// How often readiness probes the datastore, in milliseconds.
+    pub readiness_interval_ms: u64,
 }
 
 impl Default for Config {
@@ -105,6 +110,8 @@ impl Default for Config {
             postgres_max_connections: 20,
             postgres_read_replica: None,
             allow_privileged_datastore_role: false,
+            metrics_addr: None,
+            readiness_interval_ms: 2_000,
         }
     }
 }
@@ -117,6 +124,12 @@ pub struct ServeArgs {
     pub config: Option<PathBuf>,
     #[arg(long, env = "KINBAR_GRPC_ADDR")]
     pub grpc_addr: Option<SocketAddr>,
+    /// HTTP address for /metrics, /healthz and /readyz (e.g. 0.0.0.0:9090).
+    #[arg(long, env = "KINBAR_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+    /// How often readiness probes the datastore (milliseconds).
+    #[arg(long, env = "KINBAR_READINESS_INTERVAL_MS")]
+    pub readiness_interval_ms: Option<u64>,
     /// `memory` or `postgres://…`.
     #[arg(long, env = "KINBAR_DATASTORE")]
     pub datastore: Option<String>,
@@ -186,6 +199,12 @@ impl Config {
         }
         if let Some(v) = &args.datastore {
             c.datastore = v.clone();
+        }
+        if args.metrics_addr.is_some() {
+            c.metrics_addr = args.metrics_addr;
+        }
+        if let Some(v) = args.readiness_interval_ms {
+            c.readiness_interval_ms = v;
         }
         if !args.preshared_keys.is_empty() {
             c.preshared_keys = args.preshared_keys.clone();
@@ -258,6 +277,7 @@ impl Config {
             || self.request_timeout_secs == 0
             || self.max_in_flight == 0
             || self.max_concurrent_streams == 0
+            || self.readiness_interval_ms == 0
         {
             return Err("limits must be positive".into());
         }

@@ -3,6 +3,7 @@
 //! in-flight requests finish. Tests start it on `127.0.0.1:0`.
 
 mod edge;
+pub mod ops;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -232,6 +233,34 @@ pub async fn run(
     serve(config, api, listener, shutdown).await
 }
 
+/// Sets the gRPC health status of every service and of the server ("").
+async fn set_health(reporter: &tonic_health::server::HealthReporter, ready: bool) {
+    use tonic_health::ServingStatus;
+    let status = if ready {
+        ServingStatus::Serving
+    } else {
+        ServingStatus::NotServing
+    };
+    for name in [
+        "",
+        <PermissionsServiceServer<PermissionsApi> as tonic::server::NamedService>::NAME,
+        <SchemaServiceServer<SchemaApi> as tonic::server::NamedService>::NAME,
+        <WatchServiceServer<WatchApi> as tonic::server::NamedService>::NAME,
+        <AuditServiceServer<AuditApi> as tonic::server::NamedService>::NAME,
+    ] {
+        reporter.set_service_status(name, status).await;
+    }
+}
+
+/// Aborts a background task when the server stops.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Serves an already-built API (tests use it to share an engine).
 pub async fn serve(
     config: Config,
@@ -241,18 +270,31 @@ pub async fn serve(
 ) -> Result<(), ServerError> {
     let max = config.max_message_bytes;
     let (health_reporter, health) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<PermissionsServiceServer<PermissionsApi>>()
-        .await;
-    health_reporter
-        .set_serving::<SchemaServiceServer<SchemaApi>>()
-        .await;
-    health_reporter
-        .set_serving::<WatchServiceServer<WatchApi>>()
-        .await;
-    health_reporter
-        .set_serving::<AuditServiceServer<AuditApi>>()
-        .await;
+    // Readiness tells the truth: every service (and the server as a whole,
+    // "") is SERVING only while the datastore answers.
+    let readiness = ops::Readiness::new();
+    readiness.probe(&api.engine).await;
+    set_health(&health_reporter, readiness.is_ready()).await;
+    let reporter = health_reporter.clone();
+    let probe = tokio::spawn(ops::watch_readiness(
+        readiness.clone(),
+        api.engine.clone(),
+        Duration::from_millis(config.readiness_interval_ms),
+        move |ready| {
+            let reporter = reporter.clone();
+            async move { set_health(&reporter, ready).await }
+        },
+    ));
+    let _stop_probe = AbortOnDrop(probe);
+    let _metrics = match config.metrics_addr {
+        Some(addr) => Some(AbortOnDrop(
+            ops::serve_http(addr, readiness.clone()).await?.1,
+        )),
+        None => {
+            ops::metrics_handle();
+            None
+        }
+    };
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::api::proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)

@@ -916,6 +916,55 @@ async fn health_and_graceful_shutdown() {
     server.stop().await;
 }
 
+/// `--metrics-addr`: `/healthz`, `/readyz` and Prometheus `/metrics`, whose
+/// request counters move with the calls made.
+#[tokio::test]
+async fn metrics_health_and_readiness_over_http() {
+    let metrics = common::free_addr();
+    let config = Config {
+        metrics_addr: Some(metrics),
+        ..Default::default()
+    };
+    let (server, ch) = Server::with_schema(config, SCHEMA).await;
+    assert_eq!(common::http_get(metrics, "/healthz").await.0, 200);
+    let (code, body) = common::http_get(metrics, "/readyz").await;
+    assert_eq!((code, body.trim()), (200, "ready"));
+    let count = |body: &str, code: &str| -> u64 {
+        body.lines()
+            .find(|l| {
+                l.starts_with("kinbar_grpc_requests_total")
+                    && l.contains("CheckPermission")
+                    && l.contains(&format!("code=\"{code}\""))
+            })
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    let before = common::http_get(metrics, "/metrics").await.1;
+    let mut perms = PermissionsServiceClient::new(ch);
+    for _ in 0..3 {
+        perms
+            .check_permission(common::check("doc:1", "view", "user:anna", full()))
+            .await
+            .unwrap();
+    }
+    let e = perms
+        .check_permission(common::check("nope:1", "view", "user:anna", full()))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    let after = common::http_get(metrics, "/metrics").await.1;
+    assert_eq!(count(&after, "Ok") - count(&before, "Ok"), 3, "{after}");
+    assert_eq!(
+        count(&after, "FailedPrecondition") - count(&before, "FailedPrecondition"),
+        1
+    );
+    assert!(after.contains("kinbar_grpc_request_duration_seconds_bucket"));
+    assert!(after.contains("kinbar_datastore_ready 1"));
+    assert_eq!(common::http_get(metrics, "/nope").await.0, 404);
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_writers_and_checkers_see_no_torn_writes() {
     let (server, perms, _, _) = seeded().await;

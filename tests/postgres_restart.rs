@@ -19,15 +19,27 @@ use tonic::Code;
 async fn postgres_restart_gives_unavailable_then_recovers() {
     skip_without_postgres!();
     let url = database().await;
-    let (addr, _stop) = serve(&url).await;
-    let channel = channel(addr).await;
+    let metrics = free_addr();
+    let server = Server::start(kinbar::config::Config {
+        datastore: url,
+        allow_privileged_datastore_role: true,
+        metrics_addr: Some(metrics),
+        readiness_interval_ms: 100,
+        ..Default::default()
+    })
+    .await;
+    let channel = server.channel().await;
+    let serving = tonic_health::pb::health_check_response::ServingStatus::Serving as i32;
+    let not_serving = tonic_health::pb::health_check_response::ServingStatus::NotServing as i32;
+    assert_eq!(health_status(channel.clone()).await.unwrap(), serving);
+    assert_eq!(http_get(metrics, "/readyz").await.0, 200);
     SchemaServiceClient::new(channel.clone())
         .write_schema(pb::WriteSchemaRequest {
             schema: "definition user {}\ndefinition doc { relation viewer: user\n permission view = viewer }".into(),
         })
         .await
         .unwrap();
-    let mut client = PermissionsServiceClient::new(channel);
+    let mut client = PermissionsServiceClient::new(channel.clone());
     client
         .write_relationships(touch(&["doc:1#viewer@user:a"], "before"))
         .await
@@ -43,7 +55,36 @@ async fn postgres_restart_gives_unavailable_then_recovers() {
         .unwrap_err();
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
 
+    // Readiness tells the truth: NOT_SERVING and 503 while Postgres is down.
+    let mut down = false;
+    for _ in 0..300 {
+        if health_status(channel.clone()).await.unwrap() == not_serving {
+            down = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(down, "gRPC health went NOT_SERVING while Postgres was down");
+    let (code, body) = http_get(metrics, "/readyz").await;
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("datastore unavailable"), "{body}");
+    assert_eq!(
+        http_get(metrics, "/healthz").await.0,
+        200,
+        "alive all along"
+    );
+
     cluster().start_again().unwrap();
+    let mut up = false;
+    for _ in 0..300 {
+        if health_status(channel.clone()).await.unwrap() == serving {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(up, "gRPC health back to SERVING after Postgres came back");
+    assert_eq!(http_get(metrics, "/readyz").await.0, 200);
     let mut recovered = None;
     for _ in 0..100 {
         match client.check_permission(allowed()).await {
@@ -72,4 +113,5 @@ async fn postgres_restart_gives_unavailable_then_recovers() {
         .unwrap()
         .into_inner();
     assert!(has(&r));
+    server.stop().await;
 }

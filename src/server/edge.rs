@@ -95,6 +95,7 @@ where
                 Ok(p) => Some(p),
                 Err(_) => {
                     self.layer.stats.shed.fetch_add(1, Ordering::Relaxed);
+                    super::ops::record_shed(&path);
                     tracing::warn!(method = %path, limit = self.layer.limit, "load shed");
                     let status = crate::api::status::overloaded(
                         format!(
@@ -107,17 +108,32 @@ where
                 }
             }
         };
-        let deadline = grpc_timeout(&req).map(|t| std::time::Instant::now() + t);
+        let started = std::time::Instant::now();
+        let deadline = grpc_timeout(&req).map(|t| started + t);
         let fut = self.inner.call(req);
-        Box::pin(async move {
-            let mut response = match deadline {
-                Some(d) => crate::engine::REQUEST_DEADLINE.scope(d, fut).await?,
-                None => fut.await?,
-            };
-            drop(permit);
-            name_unknown_method(&mut response, &path);
-            Ok(response)
-        })
+        let span = tracing::info_span!("rpc", method = %path);
+        Box::pin(tracing::Instrument::instrument(
+            async move {
+                let mut response = match deadline {
+                    Some(d) => crate::engine::REQUEST_DEADLINE.scope(d, fut).await?,
+                    None => fut.await?,
+                };
+                drop(permit);
+                name_unknown_method(&mut response, &path);
+                // A failed call carries its status in the headers
+                // (trailers-only); a successful one sends OK in trailers.
+                let code = tonic::Status::from_header_map(response.headers())
+                    .map_or(tonic::Code::Ok, |s| s.code());
+                super::ops::record_call(&path, code, started.elapsed());
+                tracing::debug!(
+                    ?code,
+                    elapsed_us = started.elapsed().as_micros() as u64,
+                    "rpc done"
+                );
+                Ok(response)
+            },
+            span,
+        ))
     }
 }
 

@@ -293,3 +293,47 @@ pub async fn allowed(client: &mut Client, req: pb::CheckPermissionRequest) -> bo
         .expect("check")
         .into_inner())
 }
+
+/// A free local port for a listener the server binds itself (`--metrics-addr`).
+pub fn free_addr() -> std::net::SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr")
+}
+
+/// `GET path` over plain HTTP/1.1: the status code and the body.
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut last = String::new();
+    for _ in 0..200 {
+        match tokio::net::TcpStream::connect(addr).await {
+            Ok(mut s) => {
+                let req =
+                    format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+                s.write_all(req.as_bytes()).await.expect("send");
+                let mut buf = String::new();
+                s.read_to_string(&mut buf).await.expect("read");
+                let code = buf
+                    .split_whitespace()
+                    .nth(1)
+                    .and_then(|c| c.parse().ok())
+                    .expect("status line");
+                let body = buf.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+                return (code, body.to_string());
+            }
+            Err(e) => last = e.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("no HTTP listener at {addr}: {last}");
+}
+
+/// The gRPC health status of the whole server ("").
+pub async fn health_status(ch: Channel) -> Result<i32, tonic::Status> {
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    HealthClient::new(ch)
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .map(|r| r.into_inner().status)
+}
