@@ -100,9 +100,13 @@ pub enum Command {
         #[arg(
             long,
             env = "KINBAR_DATASTORE",
-            required_unless_present = "print_grants"
+            required_unless_present_any = ["print_grants", "datastore_file"]
         )]
         datastore: Option<String>,
+        /// Read the URL from this file instead (a mounted Secret: keeps the
+        /// password out of the environment and the process list).
+        #[arg(long, env = "KINBAR_DATASTORE_FILE", conflicts_with = "datastore")]
+        datastore_file: Option<std::path::PathBuf>,
         /// Print the GRANTs a least-privilege runtime role ROLE needs for
         /// `kinbar serve`, instead of migrating.
         #[arg(long, value_name = "ROLE")]
@@ -247,8 +251,15 @@ async fn dispatch(cli: Cli) -> CliResult {
         Command::Serve(args) => offline::serve(*args).await,
         Command::Migrate {
             datastore,
+            datastore_file,
             print_grants,
-        } => offline::migrate(datastore.as_deref(), print_grants.as_deref()).await,
+        } => {
+            let datastore = match datastore_file {
+                Some(path) => Some(crate::config::read_secret_file(&path).map_err(CliError::msg)?),
+                None => datastore,
+            };
+            offline::migrate(datastore.as_deref(), print_grants.as_deref()).await
+        }
         Command::Schema {
             command: SchemaCommand::Read,
         } => permissions::schema_read(conn).await,

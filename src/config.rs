@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 /// Everything `kinbar serve` needs.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// gRPC listen address.
@@ -133,6 +133,14 @@ pub struct ServeArgs {
     /// `memory` or `postgres://…`.
     #[arg(long, env = "KINBAR_DATASTORE")]
     pub datastore: Option<String>,
+    /// Read the datastore URL from this file (a mounted Secret), keeping
+    /// the password out of the environment and the process list.
+    #[arg(long, env = "KINBAR_DATASTORE_FILE", conflicts_with = "datastore")]
+    pub datastore_file: Option<PathBuf>,
+    /// Read preshared keys from this file: one NAME:KEY:SCOPES per line
+    /// (blank lines and `#` comments ignored), added to --preshared-key.
+    #[arg(long, env = "KINBAR_PRESHARED_KEYS_FILE")]
+    pub preshared_keys_file: Option<PathBuf>,
     /// NAME:KEY:SCOPES (scopes: check, write, admin); repeatable.
     #[arg(
         long = "preshared-key",
@@ -180,6 +188,10 @@ pub struct ServeArgs {
     /// TRUNCATE audit rows (development only; logged as a warning).
     #[arg(long, env = "KINBAR_ALLOW_PRIVILEGED_DATASTORE_ROLE")]
     pub allow_privileged_datastore_role: bool,
+    /// Print the effective configuration (defaults ← file ← env ← flags) as
+    /// TOML, secrets redacted, and exit without serving.
+    #[arg(long)]
+    pub print_config: bool,
 }
 
 impl Config {
@@ -200,6 +212,9 @@ impl Config {
         if let Some(v) = &args.datastore {
             c.datastore = v.clone();
         }
+        if let Some(path) = &args.datastore_file {
+            c.datastore = read_secret_file(path)?;
+        }
         if args.metrics_addr.is_some() {
             c.metrics_addr = args.metrics_addr;
         }
@@ -208,6 +223,15 @@ impl Config {
         }
         if !args.preshared_keys.is_empty() {
             c.preshared_keys = args.preshared_keys.clone();
+        }
+        if let Some(path) = &args.preshared_keys_file {
+            let text = read_secret_file(path)?;
+            c.preshared_keys.extend(
+                text.lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                    .map(str::to_string),
+            );
         }
         c.insecure_allow_unauthenticated |= args.insecure_allow_unauthenticated;
         c.allow_privileged_datastore_role |= args.allow_privileged_datastore_role;
@@ -291,5 +315,80 @@ impl Config {
             crate::api::auth::PresharedKey::parse(k)?;
         }
         Ok(())
+    }
+}
+
+impl Config {
+    /// The configuration as TOML with secrets redacted: the datastore
+    /// password and every preshared key (only names and scopes remain).
+    pub fn to_redacted_toml(&self) -> Result<String, String> {
+        let mut shown = self.clone();
+        shown.datastore = crate::server::redact_credentials(&self.datastore);
+        if let Some(r) = &self.postgres_read_replica {
+            shown.postgres_read_replica = Some(crate::server::redact_credentials(r));
+        }
+        shown.preshared_keys = self
+            .preshared_keys
+            .iter()
+            .map(|k| match k.split(':').collect::<Vec<_>>().as_slice() {
+                [name, _, scopes] => format!("{name}:***:{scopes}"),
+                _ => "***".to_string(),
+            })
+            .collect();
+        toml::to_string(&shown).map_err(|e| format!("cannot print the configuration: {e}"))
+    }
+}
+
+/// The trimmed contents of a file holding a secret (a datastore URL, keys).
+/// Errors name the file, never its contents.
+pub fn read_secret_file(path: &std::path::Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read secret file {}: {e}", path.display()))?;
+    let text = text.trim().to_string();
+    if text.is_empty() {
+        return Err(format!("secret file {} is empty", path.display()));
+    }
+    Ok(text)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // test code
+    use super::*;
+
+    #[test]
+    fn secrets_come_from_mounted_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = dir.path().join("url");
+        std::fs::write(&url, "postgres://kinbar:s3cret@db/kinbar\n").unwrap();
+        let keys = dir.path().join("keys");
+        std::fs::write(
+            &keys,
+            "# rotated 2026-12-01\nsvc:k1-abcdefghijklmnop:check\n\nadmin:k2-abcdefghijklmnop:admin\n",
+        )
+        .unwrap();
+        let args = ServeArgs {
+            datastore_file: Some(url),
+            preshared_keys_file: Some(keys),
+            ..Default::default()
+        };
+        let c = Config::load(&args).unwrap();
+        assert_eq!(c.datastore, "postgres://kinbar:s3cret@db/kinbar");
+        assert_eq!(c.preshared_keys.len(), 2);
+        // A missing or empty file is an error naming the file, not its contents.
+        let empty = dir.path().join("empty");
+        std::fs::write(&empty, "\n").unwrap();
+        let e = Config::load(&ServeArgs {
+            datastore_file: Some(empty),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(e.contains("is empty"), "{e}");
+        let e = Config::load(&ServeArgs {
+            preshared_keys_file: Some(dir.path().join("missing")),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(e.contains("missing"), "{e}");
     }
 }

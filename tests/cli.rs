@@ -485,3 +485,54 @@ fn refused_calls_are_logged_as_security_events_without_tokens() {
         "a token reached the log: {log}"
     );
 }
+
+/// docs/OPERATIONS.md names every `kinbar serve` flag, its environment
+/// variable and every configuration key, so the reference cannot drift.
+#[test]
+fn operations_guide_names_every_setting() {
+    let guide = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/OPERATIONS.md"),
+    )
+    .unwrap();
+    let (code, help, _) = kinbar(&["serve", "--help"]);
+    assert_eq!(code, 0);
+    let mut named = 0;
+    for word in help.split(|c: char| c.is_whitespace() || c == ',' || c == '[' || c == ']') {
+        let word = word.trim_end_matches('=');
+        if (word.starts_with("--") && word.len() > 2 && word != "--help")
+            || word.starts_with("KINBAR_")
+        {
+            assert!(
+                guide.contains(word),
+                "docs/OPERATIONS.md does not mention {word}"
+            );
+            named += 1;
+        }
+    }
+    assert!(
+        named > 40,
+        "parsed only {named} flags and variables from --help"
+    );
+    let (code, config, _) = kinbar(&[
+        "serve",
+        "--print-config",
+        "--metrics-addr",
+        "127.0.0.1:9090",
+        "--tls-cert",
+        "c",
+        "--tls-key",
+        "k",
+        "--tls-client-ca",
+        "ca",
+        "--postgres-read-replica",
+        "postgres://r/db",
+    ]);
+    assert_eq!(code, 0, "{config}");
+    for line in config.lines() {
+        let key = line.split(" = ").next().unwrap();
+        assert!(
+            guide.contains(&format!("`{key}`")),
+            "docs/OPERATIONS.md does not mention the configuration key `{key}`"
+        );
+    }
+}

@@ -43,6 +43,10 @@ pub(super) async fn migrate(url: Option<&str>, print_grants: Option<&str>) -> Cl
 
 pub(super) async fn serve(args: crate::config::ServeArgs) -> CliResult {
     let config = crate::config::Config::load(&args)?;
+    if args.print_config {
+        print!("{}", config.to_redacted_toml()?);
+        return Ok(ExitCode::SUCCESS);
+    }
     crate::telemetry::init_logging(&config.log_format);
     let listener = tokio::net::TcpListener::bind(config.grpc_addr)
         .await
