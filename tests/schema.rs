@@ -313,6 +313,119 @@ fn doc_comments_are_kept_by_fmt() {
     );
 }
 
+/// Every plain comment of `src`, whitespace-normalized, in order.
+fn comment_texts(src: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let b = src.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        match (b[i], b.get(i + 1)) {
+            (b'"', _) => {
+                i += 1;
+                while i < b.len() && b[i] != b'"' {
+                    i += 1;
+                }
+                i += 1;
+            }
+            (b'/', Some(b'/')) => {
+                let end = src[i..].find('\n').map_or(src.len(), |e| i + e);
+                out.push(src[i..end].split_whitespace().collect::<Vec<_>>().join(" "));
+                i = end;
+            }
+            (b'/', Some(b'*')) if b.get(i + 2) != Some(&b'*') || b.get(i + 3) == Some(&b'/') => {
+                let end = src[i + 2..].find("*/").map_or(src.len(), |e| i + 2 + e + 2);
+                out.push(src[i..end].split_whitespace().collect::<Vec<_>>().join(" "));
+                i = end;
+            }
+            (b'/', Some(b'*')) => {
+                i = src[i + 2..].find("*/").map_or(src.len(), |e| i + 2 + e + 2);
+            }
+            _ => i += 1,
+        }
+    }
+    out
+}
+
+/// `fmt` keeps every comment in order and is stable; the result parses to
+/// the same tree.
+fn assert_fmt_keeps_comments(src: &str, what: &str) {
+    let Ok(ast) = schema::parse_ast(src, &Limits::default()) else {
+        return;
+    };
+    let out = format::format_source(src, &ast);
+    assert_eq!(
+        comment_texts(&out),
+        comment_texts(src),
+        "{what}: comments\n{out}"
+    );
+    let again = schema::parse_ast(&out, &Limits::default())
+        .unwrap_or_else(|e| panic!("{what}: formatted output does not parse: {e:?}\n{out}"));
+    assert_eq!(
+        again.without_spans(),
+        ast.without_spans(),
+        "{what}: tree changed"
+    );
+    assert_eq!(
+        format::format_source(&out, &again),
+        out,
+        "{what}: not stable"
+    );
+}
+
+#[test]
+fn fmt_keeps_every_comment() {
+    let src = "// header: the CRM model\n/* block\n   over lines */\n/** the user */ definition user {} // users\n\ndefinition doc {\n    // who reads\n    relation viewer: user // direct\n    /* editors */ relation editor: user\n    permission view = viewer + /* inline */ editor\n    // before the end\n}\ndefinition empty {\n  // nothing yet\n}\n// the end\n";
+    assert_fmt_keeps_comments(src, "inline sample");
+    let ast = schema::parse_ast(src, &Limits::default()).unwrap();
+    let out = format::format_source(src, &ast);
+    assert!(
+        out.contains("    relation viewer: user // direct\n"),
+        "{out}"
+    );
+    assert!(out.contains("definition user {} // users\n"), "{out}");
+    assert!(
+        out.contains("definition empty {\n    // nothing yet\n}"),
+        "{out}"
+    );
+}
+
+/// The whole conformance corpus (and our files and the CRM example).
+#[test]
+fn fmt_keeps_comments_on_the_whole_corpus() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    for dir in [
+        "tests/conformance/spicedb",
+        "tests/validation",
+        "examples/crm",
+    ] {
+        for e in std::fs::read_dir(root.join(dir)).unwrap() {
+            files.push(e.unwrap().path());
+        }
+    }
+    let mut with_comments = 0;
+    let mut schemas = 0;
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap();
+        let src = match f.extension().and_then(|e| e.to_str()) {
+            Some("zed") => text,
+            Some("yaml") => {
+                let v: serde_norway::Value = serde_norway::from_str(&text).unwrap();
+                match v.get("schema").and_then(|s| s.as_str()) {
+                    Some(s) => s.to_string(),
+                    None => continue,
+                }
+            }
+            _ => continue,
+        };
+        schemas += 1;
+        with_comments += usize::from(!comment_texts(&src).is_empty());
+        assert_fmt_keeps_comments(&src, &f.display().to_string());
+    }
+    assert!(schemas > 70, "only {schemas} schemas found");
+    assert!(with_comments > 0, "no schema with comments in the corpus");
+}
+
 // ---- Property tests: formatter round trip, no panics on arbitrary input ----
 
 fn name() -> impl Strategy<Value = String> {

@@ -116,7 +116,7 @@ pub(super) fn schema_fmt(file: &Path, write: bool) -> CliResult {
         eprint!("{}", e.render(&file.display().to_string()));
         CliError::Reported
     })?;
-    let out = schema::format::format(&ast);
+    let out = schema::format::format_source(&src, &ast);
     if write {
         std::fs::write(file, out).map_err(|e| format!("cannot write {}: {e}", file.display()))?;
     } else {

@@ -45,6 +45,18 @@ pub struct Token {
 }
 
 pub fn lex(src: &str) -> Vec<Token> {
+    lex_keeping(src, &mut Vec::new())
+}
+
+/// The spans of the plain comments (`// …` and `/* … */`, not doc comments)
+/// of `src`, in order: the formatter puts them back.
+pub fn plain_comments(src: &str) -> Vec<Span> {
+    let mut comments = Vec::new();
+    lex_keeping(src, &mut comments);
+    comments
+}
+
+fn lex_keeping(src: &str, comments: &mut Vec<Span>) -> Vec<Token> {
     let bytes = src.as_bytes();
     let mut out = Vec::new();
     let mut i = 0;
@@ -59,6 +71,7 @@ pub fn lex(src: &str) -> Vec<Token> {
             while i < bytes.len() && bytes[i] != b'\n' {
                 i += 1;
             }
+            comments.push(Span::new(start, i));
             continue;
         } else if c == b'/' && bytes.get(i + 1) == Some(&b'*') {
             let is_doc = bytes.get(i + 2) == Some(&b'*') && bytes.get(i + 3) != Some(&b'/');
@@ -69,6 +82,7 @@ pub fn lex(src: &str) -> Vec<Token> {
                     if is_doc {
                         Tok::DocComment(clean_doc(body))
                     } else {
+                        comments.push(Span::new(start, i));
                         continue;
                     }
                 }
