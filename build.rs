@@ -16,6 +16,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/google/rpc/status.proto",
         "proto/google/rpc/error_details.proto",
         "proto/kinbar/v1/audit_service.proto",
+        "proto/kinbar/v1/admin_service.proto",
     ];
     println!("cargo:rerun-if-changed=proto");
     let fds = protox::compile(files, ["proto"])?;

@@ -5,6 +5,7 @@
 //! engine errors into statuses, `token` makes ZedTokens and `auth` checks
 //! preshared keys. Each service method states the scope it needs.
 
+mod admin_service;
 mod audit_service;
 pub mod auth;
 pub mod codec;
@@ -21,6 +22,7 @@ use std::time::Duration;
 
 use tonic::{Request, Status};
 
+pub use admin_service::AdminApi;
 pub use audit_service::AuditApi;
 pub use permissions::PermissionsApi;
 pub use schema_service::SchemaApi;

@@ -92,6 +92,22 @@ pub enum Command {
         #[arg(long)]
         exhaustive: bool,
     },
+    /// Offboarding: remove every relationship whose subject is SUBJECT (or,
+    /// with --handover, give each to SUCCESSOR) in one audited transaction,
+    /// for any number of relationships; fails (retry) if SUBJECT's
+    /// relationships change while it runs.
+    Offboard {
+        /// `type:id[#relation]`, e.g. `user:anna`.
+        subject: String,
+        /// Who takes over (same type and relation).
+        #[arg(long, value_name = "SUCCESSOR")]
+        handover: Option<String>,
+        /// Print what would change; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Create or upgrade the Postgres datastore's tables (versioned
     /// migrations; safe to run again). `kinbar serve` refuses an
     /// unmigrated or newer database.
@@ -249,6 +265,12 @@ async fn dispatch(cli: Cli) -> CliResult {
     match cli.command {
         Command::Validate { files, exhaustive } => offline::validate(&files, exhaustive).await,
         Command::Serve(args) => offline::serve(*args).await,
+        Command::Offboard {
+            subject,
+            handover,
+            dry_run,
+            json,
+        } => relationships::offboard(conn, &subject, handover.as_deref(), dry_run, json).await,
         Command::Migrate {
             datastore,
             datastore_file,

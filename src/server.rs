@@ -17,8 +17,9 @@ use crate::api::auth::{Authenticator, PresharedKey};
 use crate::api::proto::authzed::api::v1::permissions_service_server::PermissionsServiceServer;
 use crate::api::proto::authzed::api::v1::schema_service_server::SchemaServiceServer;
 use crate::api::proto::authzed::api::v1::watch_service_server::WatchServiceServer;
+use crate::api::proto::kinbar::v1::admin_service_server::AdminServiceServer;
 use crate::api::proto::kinbar::v1::audit_service_server::AuditServiceServer;
-use crate::api::{Api, ApiLimits, AuditApi, PermissionsApi, SchemaApi, WatchApi};
+use crate::api::{AdminApi, Api, ApiLimits, AuditApi, PermissionsApi, SchemaApi, WatchApi};
 use crate::config::Config;
 use crate::engine::{Engine, EngineConfig};
 use crate::schema::Limits;
@@ -247,6 +248,7 @@ async fn set_health(reporter: &tonic_health::server::HealthReporter, ready: bool
         <SchemaServiceServer<SchemaApi> as tonic::server::NamedService>::NAME,
         <WatchServiceServer<WatchApi> as tonic::server::NamedService>::NAME,
         <AuditServiceServer<AuditApi> as tonic::server::NamedService>::NAME,
+        <AdminServiceServer<AdminApi> as tonic::server::NamedService>::NAME,
     ] {
         reporter.set_service_status(name, status).await;
     }
@@ -361,6 +363,7 @@ pub async fn serve(
             SchemaServiceServer::new(SchemaApi(api.clone())).max_decoding_message_size(max),
         )
         .add_service(WatchServiceServer::new(WatchApi(api.clone())).max_decoding_message_size(max))
+        .add_service(AdminServiceServer::new(AdminApi(api.clone())).max_decoding_message_size(max))
         .add_service(AuditServiceServer::new(AuditApi(api)).max_decoding_message_size(max))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await?;

@@ -94,6 +94,12 @@ pub enum StoreError {
     TooManyToDelete { matched: usize, limit: usize },
     #[error("the schema changed during the transaction; retry")]
     SchemaChanged,
+    /// A delete expected an exact set and found another: the data changed
+    /// since the caller read it.
+    #[error(
+        "{matched} relationships match the delete filter where exactly {expected} were expected: the data changed concurrently; retry"
+    )]
+    ChangedConcurrently { matched: usize, expected: usize },
     #[error("datastore unavailable: {0}")]
     Unavailable(String),
     #[error("datastore error: {0}")]

@@ -499,6 +499,7 @@ async fn exhaustive(
             }
         }
     }
+    let leaf_checks = LeafChecks::default();
     for object in objects {
         let Some(def) = schema.definition(&object.object_type) else {
             continue;
@@ -565,7 +566,7 @@ async fn exhaustive(
                         }),
                     }
                 }
-                let via_tree = tree_contains(engine, at.clone(), &tree, s).await;
+                let via_tree = tree_contains(engine, at.clone(), &tree, s, &leaf_checks).await;
                 match (check, via_tree) {
                     (Ok(a), Ok(b)) if a == b => report.passed += 1,
                     (a, b) => report.failures.push(Failure {
@@ -580,6 +581,10 @@ async fn exhaustive(
     }
 }
 
+/// Check answers for expand-tree leaves, shared by one file's exhaustive run.
+type LeafChecks =
+    std::sync::Mutex<std::collections::HashMap<(ObjectRef, String, SubjectRef), Decision>>;
+
 /// Whether `subject` is in the set an expand tree describes (leaf usersets
 /// resolved with Check).
 fn tree_contains<'a>(
@@ -587,6 +592,7 @@ fn tree_contains<'a>(
     at: Revision,
     tree: &'a ExpandTree,
     subject: &'a SubjectRef,
+    leaf_checks: &'a LeafChecks,
 ) -> futures::future::BoxFuture<'a, Result<Decision, crate::Error>> {
     Box::pin(async move {
         match &tree.kind {
@@ -597,20 +603,30 @@ fn tree_contains<'a>(
                     {
                         return Ok(Decision::Allowed);
                     }
-                    if let Some(r) = &s.relation
-                        && engine
-                            .check_at(at.clone(), &s.object, r, subject)
-                            .await?
-                            .is_allowed()
-                    {
-                        return Ok(Decision::Allowed);
+                    if let Some(r) = &s.relation {
+                        // Large trees repeat leaves: each is checked once.
+                        let key = (s.object.clone(), r.clone(), subject.clone());
+                        let known = leaf_checks.lock().ok().and_then(|m| m.get(&key).copied());
+                        let d = match known {
+                            Some(d) => d,
+                            None => {
+                                let d = engine.check_at(at.clone(), &s.object, r, subject).await?;
+                                if let Ok(mut m) = leaf_checks.lock() {
+                                    m.insert(key, d);
+                                }
+                                d
+                            }
+                        };
+                        if d.is_allowed() {
+                            return Ok(Decision::Allowed);
+                        }
                     }
                 }
                 Ok(Decision::Denied)
             }
             ExpandKind::Union(children) => {
                 for c in children {
-                    if tree_contains(engine, at.clone(), c, subject)
+                    if tree_contains(engine, at.clone(), c, subject, leaf_checks)
                         .await?
                         .is_allowed()
                     {
@@ -624,7 +640,7 @@ fn tree_contains<'a>(
                     return Ok(Decision::Denied);
                 }
                 for c in children {
-                    if !tree_contains(engine, at.clone(), c, subject)
+                    if !tree_contains(engine, at.clone(), c, subject, leaf_checks)
                         .await?
                         .is_allowed()
                     {
@@ -638,14 +654,14 @@ fn tree_contains<'a>(
                 let Some(first) = it.next() else {
                     return Ok(Decision::Denied);
                 };
-                if !tree_contains(engine, at.clone(), first, subject)
+                if !tree_contains(engine, at.clone(), first, subject, leaf_checks)
                     .await?
                     .is_allowed()
                 {
                     return Ok(Decision::Denied);
                 }
                 for c in it {
-                    if tree_contains(engine, at.clone(), c, subject)
+                    if tree_contains(engine, at.clone(), c, subject, leaf_checks)
                         .await?
                         .is_allowed()
                     {

@@ -138,6 +138,17 @@ fn schema_check_and_fmt() {
 }
 
 /// Client commands against a real `kinbar serve` process.
+/// A child process killed when the test ends, also when it fails (a
+/// leftover server would keep the test runner's output pipe open).
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[test]
 fn client_commands_against_a_running_server() {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -145,11 +156,14 @@ fn client_commands_against_a_running_server() {
         .local_addr()
         .unwrap()
         .port();
-    let mut server = Command::new(env!("CARGO_BIN_EXE_kinbar"))
-        .args(["serve", "--grpc-addr", &format!("127.0.0.1:{port}")])
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let server = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_kinbar"))
+            .args(["serve", "--grpc-addr", &format!("127.0.0.1:{port}")])
+            .stderr(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let endpoint = format!("http://127.0.0.1:{port}");
     let run = |args: &[&str]| {
         let mut all = vec!["--endpoint", endpoint.as_str()];
@@ -283,10 +297,26 @@ fn client_commands_against_a_running_server() {
         "user:anna",
     ]);
     assert!(
-        out.contains("handover from user:anna to user:sam")
+        out.contains("offboarding: user:anna hands over to user:sam")
             && out.contains("delete task:t1#assignee@user:anna"),
         "{out}"
     );
+
+    // `kinbar offboard`: a dry run lists, the real run removes, --json reports.
+    assert_eq!(run(&["rel", "touch", "task:t2#assignee@user:sam"]).0, 0);
+    let (code, out, err) = run(&["offboard", "user:sam", "--dry-run"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.starts_with("dry run: 4 relationship(s) of user:sam would be removed"),
+        "{out}"
+    );
+    assert!(out.contains("  task:t2#assignee@user:sam"), "{out}");
+    let (code, out, err) = run(&["offboard", "user:sam", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["committed"], true);
+    assert_eq!(v["relationships"].as_array().unwrap().len(), 4);
+    assert_eq!(run(&["rel", "read", "@user:sam"]).1, "");
 
     // import / export round trip.
     let dir = tempfile::tempdir().unwrap();
@@ -349,8 +379,7 @@ customer:c51#owner@user:sam
     assert!(line.contains("\"actor\":\"anonymous\""), "{line}");
     watcher.kill().unwrap();
     watcher.wait().unwrap();
-    server.kill().unwrap();
-    server.wait().unwrap();
+    drop(server);
 }
 
 #[test]

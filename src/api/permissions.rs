@@ -326,6 +326,7 @@ impl PermissionsService for PermissionsApi {
                     filter: filter.clone(),
                     limit,
                     allow_partial: req.optional_allow_partial_deletions,
+                    expect_exactly: false,
                 },
                 preconditions,
                 metadata,

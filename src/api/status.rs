@@ -156,7 +156,9 @@ pub fn from_store(e: StoreError) -> Status {
             msg,
             R::TooManyRelationshipsForTransactionalDelete,
         ),
-        StoreError::SchemaChanged => with_reason(Code::Aborted, msg, R::SerializationFailure),
+        StoreError::SchemaChanged | StoreError::ChangedConcurrently { .. } => {
+            with_reason(Code::Aborted, msg, R::SerializationFailure)
+        }
         StoreError::Unavailable(_) => Status::unavailable(msg),
         StoreError::Internal(_) => Status::internal(msg),
     }

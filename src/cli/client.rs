@@ -12,6 +12,7 @@ use crate::api::proto::authzed::api::v1 as pb;
 use crate::api::proto::authzed::api::v1::permissions_service_client::PermissionsServiceClient;
 use crate::api::proto::authzed::api::v1::schema_service_client::SchemaServiceClient;
 use crate::api::proto::authzed::api::v1::watch_service_client::WatchServiceClient;
+use crate::api::proto::kinbar::v1::admin_service_client::AdminServiceClient;
 use crate::api::proto::kinbar::v1::audit_service_client::AuditServiceClient;
 use crate::model::{ObjectRef, Relationship, SubjectRef};
 
@@ -63,6 +64,7 @@ pub struct Client {
     pub schema: SchemaServiceClient<Intercepted>,
     pub watch: WatchServiceClient<Intercepted>,
     pub audit: AuditServiceClient<Intercepted>,
+    pub admin: AdminServiceClient<Intercepted>,
 }
 
 impl Connection {
@@ -123,7 +125,8 @@ impl Connection {
             permissions: PermissionsServiceClient::with_interceptor(channel.clone(), b.clone()),
             schema: SchemaServiceClient::with_interceptor(channel.clone(), b.clone()),
             watch: WatchServiceClient::with_interceptor(channel.clone(), b.clone()),
-            audit: AuditServiceClient::with_interceptor(channel, b),
+            audit: AuditServiceClient::with_interceptor(channel.clone(), b.clone()),
+            admin: AdminServiceClient::with_interceptor(channel, b),
         })
     }
 }

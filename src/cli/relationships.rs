@@ -57,55 +57,71 @@ pub(super) async fn rel(conn: &Connection, command: RelCommand) -> CliResult {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Offboarding: every relationship of FROM moves to TO in one audited write.
+/// `rel handover FROM TO`: offboarding with a successor.
 async fn handover(conn: &Connection, from: &str, to: &str) -> CliResult {
-    let from = from.parse::<SubjectRef>().map_err(CliError::msg)?;
-    let to = to.parse::<SubjectRef>().map_err(CliError::msg)?;
-    if from.object.object_type != to.object.object_type
-        || from.relation != to.relation
-        || from.is_wildcard()
-        || to.is_wildcard()
-    {
-        return Err("FROM and TO must be concrete subjects of the same type (and relation)".into());
+    offboard(conn, from, Some(to), false, false).await
+}
+
+/// `kinbar offboard SUBJECT [--handover SUCCESSOR] [--dry-run] [--json]`:
+/// one server-side transaction (kinbar.v1.AdminService/Offboard).
+pub(super) async fn offboard(
+    conn: &Connection,
+    subject: &str,
+    successor: Option<&str>,
+    dry_run: bool,
+    json: bool,
+) -> CliResult {
+    let departing = subject.parse::<SubjectRef>().map_err(CliError::msg)?;
+    if let Some(s) = successor {
+        s.parse::<SubjectRef>().map_err(CliError::msg)?;
     }
     let mut c = conn.connect().await?;
-    let filter = pb::RelationshipFilter {
-        optional_subject_filter: Some(pb::SubjectFilter {
-            subject_type: from.object.object_type.clone(),
-            optional_subject_id: from.object.object_id.clone(),
-            optional_relation: Some(pb::subject_filter::RelationFilter {
-                relation: from.relation.clone().unwrap_or_default(),
-            }),
-        }),
-        ..Default::default()
-    };
-    let owned = client::read_relationships(&mut c, filter).await?;
-    if owned.is_empty() {
-        println!("{from} has no relationships; nothing to hand over");
+    let r = c
+        .admin
+        .offboard(crate::api::proto::kinbar::v1::OffboardRequest {
+            subject: departing.to_string(),
+            optional_successor: successor.unwrap_or_default().to_string(),
+            dry_run,
+            reason: conn.reason.clone().unwrap_or_default(),
+        })
+        .await?
+        .into_inner();
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "subject": departing.to_string(),
+                "successor": successor,
+                "committed": r.committed,
+                "revision": r.revision_token,
+                "relationships": r.relationships,
+            })
+        );
         return Ok(ExitCode::SUCCESS);
     }
-    let mut updates = Vec::new();
-    for rel in &owned {
-        updates.push(client::update(Operation::Delete, rel));
-        let mut moved = rel.clone();
-        moved.subject = to.clone();
-        updates.push(client::update(Operation::Touch, &moved));
+    let n = r.relationships.len();
+    match (r.committed, successor) {
+        (false, _) if n == 0 => println!("{departing} has no relationships; nothing to do"),
+        (false, Some(s)) => {
+            println!("dry run: {n} relationship(s) would move from {departing} to {s}:")
+        }
+        (false, None) => println!("dry run: {n} relationship(s) of {departing} would be removed:"),
+        (true, Some(s)) => {
+            println!(
+                "{n} relationship(s) handed over from {departing} to {s} at {}",
+                r.revision_token
+            )
+        }
+        (true, None) => println!(
+            "{n} relationship(s) of {departing} removed at {}",
+            r.revision_token
+        ),
     }
-    let reason = conn
-        .reason
-        .clone()
-        .unwrap_or_else(|| format!("handover from {from} to {to}"));
-    let req = pb::WriteRelationshipsRequest {
-        updates,
-        optional_preconditions: vec![],
-        optional_transaction_metadata: Some(reason_metadata(&reason)),
-    };
-    let r = c.permissions.write_relationships(req).await?;
-    println!(
-        "{} relationship(s) handed over from {from} to {to} at {}",
-        owned.len(),
-        written_at(r.get_ref())
-    );
+    if !r.committed {
+        for rel in &r.relationships {
+            println!("  {rel}");
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -47,13 +47,19 @@ pub struct Precondition {
 }
 
 /// Delete everything matching a filter (DeleteRelationships).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct DeleteByFilter {
     pub filter: RelationshipFilter,
     /// At most this many; `None` for all.
     pub limit: Option<usize>,
     /// If more than `limit` match: delete `limit` of them (true) or fail (false).
     pub allow_partial: bool,
+    /// With `limit`: fail with [`StoreError::ChangedConcurrently`] unless
+    /// exactly `limit` match at commit (offboarding: the set read before
+    /// the write is the set deleted, or nothing happens).
+    ///
+    /// [`StoreError::ChangedConcurrently`]: crate::store::StoreError::ChangedConcurrently
+    pub expect_exactly: bool,
 }
 
 /// Who made a change and why; recorded with the transaction for the audit.

@@ -285,6 +285,7 @@ pub async fn delete_and_filters(store: Arc<dyn Datastore>) {
             filter: docs.clone(),
             limit: Some(2),
             allow_partial: false,
+            ..Default::default()
         }],
         ..Default::default()
     };
@@ -295,11 +296,33 @@ pub async fn delete_and_filters(store: Arc<dyn Datastore>) {
             limit: 2
         })
     ));
+    // An exact expectation fails when more or fewer match (offboarding's
+    // guard against concurrent grants and revokes), and changes nothing.
+    for expected in [2, 5] {
+        let txn = WriteTxn {
+            deletes: vec![DeleteByFilter {
+                filter: docs.clone(),
+                limit: Some(expected),
+                expect_exactly: true,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        assert!(
+            matches!(
+                store.write(txn).await,
+                Err(StoreError::ChangedConcurrently { matched, expected: e })
+                    if e == expected && matched == 4.min(expected + 1)
+            ),
+            "expect exactly {expected}"
+        );
+    }
     let txn = WriteTxn {
         deletes: vec![DeleteByFilter {
             filter: docs.clone(),
             limit: None,
             allow_partial: false,
+            ..Default::default()
         }],
         ..Default::default()
     };

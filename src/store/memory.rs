@@ -500,6 +500,12 @@ impl Datastore for MemoryStore {
             let limit = d.limit.map(|l| l.saturating_add(1));
             let matched = query_snapshot(&snap, &d.filter, &Page { after: None, limit });
             let take = match d.limit {
+                Some(l) if d.expect_exactly && matched.len() != l => {
+                    return Err(StoreError::ChangedConcurrently {
+                        matched: matched.len(),
+                        expected: l,
+                    });
+                }
                 Some(l) if matched.len() > l => {
                     if !d.allow_partial {
                         return Err(StoreError::TooManyToDelete {

@@ -164,6 +164,15 @@ async fn delete_by_filters(
         let rows = qb.build().fetch_all(&mut **tx).await?;
         let mut matched: Vec<Relationship> = rows.iter().map(row_rel).collect::<Result<_, _>>()?;
         if let Some(l) = d.limit
+            && d.expect_exactly
+            && matched.len() != l
+        {
+            return Err(Attempt::Store(StoreError::ChangedConcurrently {
+                matched: matched.len(),
+                expected: l,
+            }));
+        }
+        if let Some(l) = d.limit
             && matched.len() > l
         {
             if !d.allow_partial {
