@@ -61,12 +61,33 @@ pub enum Command {
         resource_type: String,
         permission: String,
         subject: String,
+        /// One JSON object per line, with the revision read at.
+        #[arg(long)]
+        json: bool,
     },
     /// Subjects of TYPE (or TYPE#relation) that have PERMISSION on RESOURCE.
     LookupSubjects {
         resource: String,
         permission: String,
         subject_type: String,
+        /// One JSON object per line, with the revision read at.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Access review at one revision: every resource and permission a
+    /// subject holds (--subject), or every subject per permission of a
+    /// resource (--resource); CSV, or one JSON document with --json.
+    Review {
+        #[arg(
+            long,
+            conflicts_with = "resource",
+            required_unless_present = "resource"
+        )]
+        subject: Option<String>,
+        #[arg(long)]
+        resource: Option<String>,
+        #[arg(long)]
+        json: bool,
     },
     /// Read, follow or verify the audit trail (admin scope).
     Audit {
@@ -315,12 +336,19 @@ async fn dispatch(cli: Cli) -> CliResult {
             resource_type,
             permission,
             subject,
-        } => lookups::lookup_resources(conn, &resource_type, &permission, &subject).await,
+            json,
+        } => lookups::lookup_resources(conn, &resource_type, &permission, &subject, json).await,
         Command::LookupSubjects {
             resource,
             permission,
             subject_type,
-        } => lookups::lookup_subjects(conn, &resource, &permission, &subject_type).await,
+            json,
+        } => lookups::lookup_subjects(conn, &resource, &permission, &subject_type, json).await,
+        Command::Review {
+            subject,
+            resource,
+            json,
+        } => lookups::review(conn, subject.as_deref(), resource.as_deref(), json).await,
     }
 }
 

@@ -274,6 +274,51 @@ fn client_commands_against_a_running_server() {
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("stored relationships accounted for"), "{out}");
 
+    // Access review at one revision, CSV and JSON; lookups as JSON lines.
+    let (code, out, err) = run(&["review", "--subject", "user:anna"]);
+    assert_eq!(code, 0, "{err}");
+    let mut lines = out.lines();
+    assert_eq!(lines.next(), Some("resource,permission,subject,revision"));
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
+    assert!(rows.iter().all(|r| r.len() == 4), "{out}");
+    assert!(
+        rows.iter()
+            .any(|r| r[0] == "customer:c42" && r[1] == "view" && r[2] == "user:anna"),
+        "{out}"
+    );
+    let revisions: std::collections::BTreeSet<&str> = rows.iter().map(|r| r[3]).collect();
+    assert_eq!(
+        revisions.len(),
+        1,
+        "one revision for the whole review: {out}"
+    );
+    let (code, out, err) = run(&["review", "--resource", "customer:c42", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert!(
+        v["grants"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|g| g["permission"] == "view" && g["subject"] == "user:anna"),
+        "{out}"
+    );
+    let (code, out, err) = run(&[
+        "lookup-resources",
+        "customer",
+        "view",
+        "user:anna",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let first: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    assert_eq!(first["subject"], "user:anna");
+    assert!(
+        first["revision"].as_str().is_some_and(|r| !r.is_empty()),
+        "{out}"
+    );
+    assert_eq!(run(&["review"]).0, 2, "--subject or --resource is required");
+
     // Offboarding: everything anna had moves to sam in one transaction.
     assert_eq!(run(&["rel", "touch", "task:t1#assignee@user:anna"]).0, 0);
     let (code, out, err) = run(&["rel", "handover", "user:anna", "user:sam"]);
@@ -564,4 +609,92 @@ fn operations_guide_names_every_setting() {
             "docs/OPERATIONS.md does not mention the configuration key `{key}`"
         );
     }
+}
+
+/// Splits one walkthrough command line like a shell would (quotes, a
+/// trailing `# comment`, a `> file` redirection dropped); returns the
+/// arguments and the comment.
+fn shell_words(line: &str) -> (Vec<String>, String) {
+    let mut words = Vec::new();
+    let mut word = String::new();
+    let mut in_word = false;
+    let mut chars = line.chars().peekable();
+    let mut comment = String::new();
+    while let Some(c) = chars.next() {
+        match c {
+            '\'' | '"' => {
+                in_word = true;
+                for q in chars.by_ref() {
+                    if q == c {
+                        break;
+                    }
+                    word.push(q);
+                }
+            }
+            '#' if !in_word => {
+                comment = chars.collect::<String>().trim().to_string();
+                break;
+            }
+            '>' if !in_word => break,
+            c if c.is_whitespace() => {
+                if in_word {
+                    words.push(std::mem::take(&mut word));
+                    in_word = false;
+                }
+            }
+            c => {
+                in_word = true;
+                word.push(c);
+            }
+        }
+    }
+    if in_word {
+        words.push(word);
+    }
+    (words, comment)
+}
+
+/// examples/crm/README.md runs as written: every `$K …` command of its
+/// walkthrough against a real `kinbar serve`, in order; a command whose
+/// comment says "denied" must exit 1 (denied), every other one 0.
+#[test]
+fn crm_walkthrough_runs_as_written() {
+    let readme = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/crm/README.md"),
+    )
+    .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let _server = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_kinbar"))
+            .args(["serve", "--grpc-addr", &format!("127.0.0.1:{port}")])
+            .stderr(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let endpoint = format!("127.0.0.1:{port}");
+    let mut ran = 0;
+    for line in readme.lines() {
+        let Some(command) = line.strip_prefix("$K ") else {
+            continue;
+        };
+        let (words, comment) = shell_words(command);
+        let mut args = vec!["--endpoint", endpoint.as_str()];
+        args.extend(words.iter().map(String::as_str));
+        let (code, out, err) = kinbar(&args);
+        let want = if comment.starts_with("denied") { 1 } else { 0 };
+        assert_eq!(code, want, "`$K {command}`:\n{out}{err}");
+        ran += 1;
+    }
+    assert!(ran >= 25, "only {ran} walkthrough commands found");
 }
