@@ -1727,3 +1727,79 @@ async fn offboarding_hands_over_everything_in_one_audited_transaction() {
     }
     server.stop().await;
 }
+
+/// An Expand through a 120-deep arrow chain stays decodable by protobuf
+/// clients (which refuse nesting past 100 levels): nodes past the nesting
+/// cap come back as userset leaves, and expanding those reaches the end.
+#[tokio::test]
+async fn deep_expand_trees_stay_decodable() {
+    let (server, ch) = Server::with_schema(
+        Config {
+            max_depth: 500,
+            ..Default::default()
+        },
+        SCHEMA,
+    )
+    .await;
+    let mut perms = PermissionsServiceClient::new(ch);
+    let mut texts: Vec<String> = (0..120)
+        .map(|i| format!("doc:c{i}#parent@doc:c{}", i + 1))
+        .collect();
+    texts.push("doc:c120#viewer@user:deep".into());
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    perms.write_relationships(touch(&refs)).await.unwrap();
+    fn nesting(t: &pb::PermissionRelationshipTree) -> usize {
+        match &t.tree_type {
+            Some(pb::permission_relationship_tree::TreeType::Intermediate(s)) => {
+                1 + s.children.iter().map(nesting).max().unwrap_or(0)
+            }
+            _ => 1,
+        }
+    }
+    fn userset_leaves(t: &pb::PermissionRelationshipTree, out: &mut Vec<(String, String)>) {
+        match &t.tree_type {
+            Some(pb::permission_relationship_tree::TreeType::Intermediate(s)) => {
+                s.children.iter().for_each(|c| userset_leaves(c, out))
+            }
+            Some(pb::permission_relationship_tree::TreeType::Leaf(l)) => {
+                for s in &l.subjects {
+                    let o = s.object.as_ref().unwrap();
+                    out.push((
+                        format!("{}:{}", o.object_type, o.object_id),
+                        s.optional_relation.clone(),
+                    ));
+                }
+            }
+            None => {}
+        }
+    }
+    let mut next = Some("c0".to_string());
+    let mut rounds = 0;
+    let mut reached = false;
+    while let Some(id) = next.take() {
+        rounds += 1;
+        assert!(rounds < 10, "never reached the end of the chain");
+        let tree = perms
+            .expand_permission_tree(pb::ExpandPermissionTreeRequest {
+                consistency: full(),
+                resource: obj("doc", &id),
+                permission: "view".into(),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("expand doc:{id}: {e:?}"))
+            .into_inner()
+            .tree_root
+            .unwrap();
+        assert!(nesting(&tree) <= 41, "nesting {}", nesting(&tree));
+        let mut leaves = Vec::new();
+        userset_leaves(&tree, &mut leaves);
+        reached |= leaves.iter().any(|(o, _)| o == "user:deep");
+        next = leaves
+            .iter()
+            .find(|(o, r)| r == "view" && o.starts_with("doc:c"))
+            .map(|(o, _)| o.trim_start_matches("doc:").to_string());
+    }
+    assert!(reached, "user:deep found by following the userset leaves");
+    assert!(rounds >= 2, "the chain was cut at least once");
+    server.stop().await;
+}

@@ -16,13 +16,21 @@
 //! tree describes is unchanged: a userset leaf stands for exactly its
 //! members, and by the fixpoint property plugging a node's members back in
 //! gives the same set. The response's size is bounded by
-//! [`super::Budget::max_expand_elements`] (nodes plus leaf subjects).
+//! [`super::Budget::max_expand_elements`] (nodes plus leaf subjects), and
+//! its nesting by [`MAX_TREE_NESTING`]: protobuf decoders refuse messages
+//! nested past 100 levels (prost, upb), so a deeper node is rendered as
+//! the userset leaf `object#member`, which the client can expand on its own.
 
 use std::collections::BTreeSet;
 
 use futures::future::BoxFuture;
 
 use super::{Error, Evaluator};
+
+/// Tree levels rendered before nodes become userset leaves. Each level is
+/// two protobuf messages (a tree and its set), a leaf three more, under the
+/// decoders' limit of 100 with room to spare.
+pub const MAX_TREE_NESTING: u32 = 40;
 use crate::model::{ObjectRef, SubjectRef};
 use crate::schema::{ArrowKind, MemberKind, Rewrite};
 
@@ -82,7 +90,7 @@ impl Evaluator<'_> {
         resource: &ObjectRef,
         member: &str,
     ) -> Result<ExpandTree, Error> {
-        self.expand_member(resource, member, 0).await
+        self.expand_member(resource, member, 0, 0).await
     }
 
     /// Marks `(resource, member)` expanded in this response; false if it
@@ -96,11 +104,13 @@ impl Evaluator<'_> {
         }
     }
 
+    /// `level`: tree nodes above this one in the response.
     fn expand_member<'a>(
         &'a self,
         resource: &'a ObjectRef,
         member: &'a str,
         depth: u32,
+        level: u32,
     ) -> BoxFuture<'a, Result<ExpandTree, Error>> {
         Box::pin(async move {
             let leaf = |subjects: Vec<SubjectRef>| -> Result<ExpandTree, Error> {
@@ -111,7 +121,7 @@ impl Evaluator<'_> {
                     kind: ExpandKind::Leaf(subjects),
                 })
             };
-            if !self.first_visit(resource, member) {
+            if level >= MAX_TREE_NESTING || !self.first_visit(resource, member) {
                 let itself = SubjectRef {
                     object: resource.clone(),
                     relation: Some(member.to_string()),
@@ -135,7 +145,8 @@ impl Evaluator<'_> {
                 }
                 Some(MemberKind::Permission) => {
                     let rewrite = &def.permissions[member].rewrite;
-                    self.expand_rewrite(resource, member, rewrite, depth).await
+                    self.expand_rewrite(resource, member, rewrite, depth, level)
+                        .await
                 }
                 None => Err(Error::UnknownMember {
                     object_type: resource.object_type.clone(),
@@ -151,6 +162,7 @@ impl Evaluator<'_> {
         member: &'a str,
         rewrite: &'a Rewrite,
         depth: u32,
+        level: u32,
     ) -> BoxFuture<'a, Result<ExpandTree, Error>> {
         Box::pin(async move {
             let node = |kind| -> Result<ExpandTree, Error> {
@@ -165,11 +177,14 @@ impl Evaluator<'_> {
             let kind = match rewrite {
                 Rewrite::Nil => return node(ExpandKind::Leaf(Vec::new())),
                 Rewrite::Ref(name) => {
-                    return self.expand_member(resource, name, depth + 1).await;
+                    return self.expand_member(resource, name, depth + 1, level).await;
                 }
                 Rewrite::Union(cs) | Rewrite::Intersection(cs) => {
                     for c in cs {
-                        children.push(self.expand_rewrite(resource, member, c, depth).await?);
+                        children.push(
+                            self.expand_rewrite(resource, member, c, depth, level + 1)
+                                .await?,
+                        );
                     }
                     if matches!(rewrite, Rewrite::Union(_)) {
                         ExpandKind::Union(children)
@@ -178,8 +193,14 @@ impl Evaluator<'_> {
                     }
                 }
                 Rewrite::Exclusion(a, b) => {
-                    children.push(self.expand_rewrite(resource, member, a, depth).await?);
-                    children.push(self.expand_rewrite(resource, member, b, depth).await?);
+                    children.push(
+                        self.expand_rewrite(resource, member, a, depth, level + 1)
+                            .await?,
+                    );
+                    children.push(
+                        self.expand_rewrite(resource, member, b, depth, level + 1)
+                            .await?,
+                    );
                     ExpandKind::Exclusion(children)
                 }
                 Rewrite::Arrow {
@@ -196,7 +217,10 @@ impl Evaluator<'_> {
                             .definition(&object.object_type)
                             .is_some_and(|d| d.member_kind(target).is_some());
                         if has_target {
-                            children.push(self.expand_member(object, target, depth + 1).await?);
+                            children.push(
+                                self.expand_member(object, target, depth + 1, level + 1)
+                                    .await?,
+                            );
                         } else {
                             self.expand_grow(1)?;
                             children.push(ExpandTree {
