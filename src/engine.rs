@@ -861,6 +861,50 @@ impl Engine {
             .map(|o| o.decision)
     }
 
+    /// Many checks at one revision (CheckBulkPermissions), answered in
+    /// order, each item its own result. Work is shared: identical items are
+    /// evaluated once, and items with the same subject share one
+    /// evaluation state, so a sub-problem they have in common (the user's
+    /// team memberships, a department's managers) is computed once; those
+    /// items also share one request budget.
+    pub async fn check_bulk_at(
+        &self,
+        at: Revision,
+        items: &[(ObjectRef, String, SubjectRef)],
+    ) -> Vec<Result<Decision, Error>> {
+        let schema = match self.schema_at(at.clone()).await {
+            Ok(s) => s,
+            Err(e) => return items.iter().map(|_| Err(e.clone())).collect(),
+        };
+        let mut evaluators: std::collections::HashMap<&SubjectRef, Evaluator<'_>> =
+            std::collections::HashMap::new();
+        let mut answered: std::collections::HashMap<&(ObjectRef, String, SubjectRef), usize> =
+            std::collections::HashMap::new();
+        let mut out: Vec<Result<Decision, Error>> = Vec::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
+            if let Some(&j) = answered.get(item) {
+                let again = out[j].clone();
+                out.push(again);
+                continue;
+            }
+            let (resource, permission, subject) = item;
+            let result = match validate_check(&schema, resource, permission, subject) {
+                Err(e) => Err(e),
+                Ok(()) => {
+                    let eval = evaluators
+                        .entry(subject)
+                        .or_insert_with(|| self.evaluator_with(schema.clone(), at.clone()));
+                    eval.check(resource, permission, subject, 0, None)
+                        .await
+                        .map(|o| o.decision)
+                }
+            };
+            answered.insert(item, i);
+            out.push(result);
+        }
+        out
+    }
+
     /// Expands at the head revision.
     pub async fn expand(
         &self,

@@ -447,6 +447,40 @@ fn run_case(c: &Case) -> Result<(), TestCaseError> {
                 prop_assert_eq!(got, want, "lookup_resources doc#{} {}", member, subject);
             }
         }
+        // CheckBulk (shared evaluation per subject, duplicates once) gives
+        // exactly the single checks' answers, in order.
+        let mut items = Vec::new();
+        let mut want = Vec::new();
+        for u in (0..USERS).rev() {
+            for ((obj, member), set) in &expected {
+                if *member == "parent" {
+                    continue;
+                }
+                let resource: ObjectRef = obj.parse().unwrap();
+                let subject: SubjectRef = format!("user:u{u}").parse().unwrap();
+                items.push((resource, member.to_string(), subject));
+                want.push(set.contains(&u));
+            }
+        }
+        let dup = items.first().cloned();
+        if let Some(d) = dup {
+            want.push(want[0]);
+            items.push(d);
+        }
+        let got = engine.check_bulk_at(at.clone(), &items).await;
+        for ((item, got), want) in items.iter().zip(got).zip(want) {
+            let got = got.map_err(|e| TestCaseError::fail(format!("bulk check error: {e}")))?;
+            prop_assert_eq!(
+                got.is_allowed(),
+                want,
+                "bulk {}#{}@{}\nschema:\n{}\nrelationships:\n{}",
+                item.0,
+                item.1,
+                item.2,
+                schema,
+                c.rels.join("\n")
+            );
+        }
         for ((obj, member), set) in &expected {
             if *member == "parent" {
                 continue;

@@ -10,7 +10,7 @@ use super::proto::authzed::api::v1 as pb;
 use super::proto::authzed::api::v1::permissions_service_server::PermissionsService;
 use super::{Api, convert, engine_err, status};
 use crate::model::{DeleteByFilter, Page, RelationshipFilter, Update};
-use crate::model::{Relationship, Revision};
+use crate::model::{ObjectRef, Relationship, Revision, SubjectRef};
 
 type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
@@ -93,6 +93,17 @@ fn decode_cursor(c: &pb::Cursor, query: &str) -> Result<(Revision, String), Stat
     }
 }
 
+/// One CheckBulkPermissions item as model values, or its error.
+fn parse_item(
+    item: &pb::CheckBulkPermissionsRequestItem,
+) -> Result<(ObjectRef, String, SubjectRef), Status> {
+    refuse_context(item.context.as_ref())?;
+    let resource = convert::object(item.resource.as_ref(), "resource")?;
+    let permission = convert::name(&item.permission, "permission")?;
+    let subject = convert::subject(item.subject.as_ref(), "subject")?;
+    Ok((resource, permission, subject))
+}
+
 /// Lookups compute and stream results in batches of this many.
 const LOOKUP_BATCH: usize = 100;
 
@@ -138,24 +149,6 @@ impl PermissionsApi {
             .map(|t| t.parse::<Relationship>().map_err(|_| invalid_cursor()))
             .transpose()?;
         Ok((at, after))
-    }
-
-    async fn check_one(
-        &self,
-        at: Revision,
-        item: &pb::CheckBulkPermissionsRequestItem,
-    ) -> Result<i32, Status> {
-        refuse_context(item.context.as_ref())?;
-        let resource = convert::object(item.resource.as_ref(), "resource")?;
-        let permission = convert::name(&item.permission, "permission")?;
-        let subject = convert::subject(item.subject.as_ref(), "subject")?;
-        let d = self
-            .0
-            .engine
-            .check_at(at.clone(), &resource, &permission, &subject)
-            .await
-            .map_err(engine_err)?;
-        Ok(convert::permissionship(d))
     }
 
     /// Streams relationships matching `filter` at `at` in pages, sending
@@ -370,13 +363,17 @@ impl PermissionsService for PermissionsApi {
         self.0.authorize(&request, Scope::Check)?;
         let req = request.get_ref();
         let at = self.0.revision(req.consistency.as_ref()).await?;
-        let item = pb::CheckBulkPermissionsRequestItem {
-            resource: req.resource.clone(),
-            permission: req.permission.clone(),
-            subject: req.subject.clone(),
-            context: req.context.clone(),
-        };
-        let permissionship = self.check_one(at.clone(), &item).await?;
+        refuse_context(req.context.as_ref())?;
+        let resource = convert::object(req.resource.as_ref(), "resource")?;
+        let permission = convert::name(&req.permission, "permission")?;
+        let subject = convert::subject(req.subject.as_ref(), "subject")?;
+        let d = self
+            .0
+            .engine
+            .check_at(at.clone(), &resource, &permission, &subject)
+            .await
+            .map_err(engine_err)?;
+        let permissionship = convert::permissionship(d);
         Ok(Response::new(pb::CheckPermissionResponse {
             checked_at: Some(self.0.token(&at)),
             permissionship,
@@ -404,10 +401,32 @@ impl PermissionsService for PermissionsApi {
             ));
         }
         let at = self.0.revision(req.consistency.as_ref()).await?;
+        // Items that parse are evaluated together (shared work); the others
+        // answer their own error.
+        let parsed: Vec<Result<(ObjectRef, String, SubjectRef), Status>> =
+            req.items.iter().map(parse_item).collect();
+        let valid: Vec<(ObjectRef, String, SubjectRef)> = parsed
+            .iter()
+            .filter_map(|p| p.as_ref().ok().cloned())
+            .collect();
+        let mut decided = self
+            .0
+            .engine
+            .check_bulk_at(at.clone(), &valid)
+            .await
+            .into_iter();
         let mut pairs = Vec::with_capacity(req.items.len());
-        for item in &req.items {
+        for (item, parsed) in req.items.iter().zip(parsed) {
             use pb::check_bulk_permissions_pair::Response as R;
-            let response = match self.check_one(at.clone(), item).await {
+            let answer = match parsed {
+                Err(s) => Err(s),
+                Ok(_) => match decided.next() {
+                    Some(Ok(d)) => Ok(convert::permissionship(d)),
+                    Some(Err(e)) => Err(engine_err(e)),
+                    None => Err(Status::internal("bulk check lost an item")),
+                },
+            };
+            let response = match answer {
                 Ok(permissionship) => R::Item(pb::CheckBulkPermissionsResponseItem {
                     permissionship,
                     partial_caveat_info: None,
