@@ -72,6 +72,8 @@ pub struct Config {
     pub metrics_addr: Option<SocketAddr>,
     /// How often readiness probes the datastore, in milliseconds.
     pub readiness_interval_ms: u64,
+    /// OTLP/gRPC collector (`http://collector:4317`) to export traces to.
+    pub otlp_endpoint: Option<String>,
 }
 
 impl Default for Config {
@@ -112,6 +114,7 @@ impl Default for Config {
             allow_privileged_datastore_role: false,
             metrics_addr: None,
             readiness_interval_ms: 2_000,
+            otlp_endpoint: None,
         }
     }
 }
@@ -130,6 +133,9 @@ pub struct ServeArgs {
     /// How often readiness probes the datastore (milliseconds).
     #[arg(long, env = "KINBAR_READINESS_INTERVAL_MS")]
     pub readiness_interval_ms: Option<u64>,
+    /// Export traces over OTLP/gRPC to this collector (http://host:4317).
+    #[arg(long, env = "KINBAR_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
     /// `memory` or `postgres://…`.
     #[arg(long, env = "KINBAR_DATASTORE")]
     pub datastore: Option<String>,
@@ -220,6 +226,9 @@ impl Config {
         }
         if let Some(v) = args.readiness_interval_ms {
             c.readiness_interval_ms = v;
+        }
+        if args.otlp_endpoint.is_some() {
+            c.otlp_endpoint = args.otlp_endpoint.clone();
         }
         if !args.preshared_keys.is_empty() {
             c.preshared_keys = args.preshared_keys.clone();

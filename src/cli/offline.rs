@@ -47,13 +47,15 @@ pub(super) async fn serve(args: crate::config::ServeArgs) -> CliResult {
         print!("{}", config.to_redacted_toml()?);
         return Ok(ExitCode::SUCCESS);
     }
-    crate::telemetry::init_logging(&config.log_format);
+    let telemetry = crate::telemetry::init(&config.log_format, config.otlp_endpoint.as_deref())?;
     let listener = tokio::net::TcpListener::bind(config.grpc_addr)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", config.grpc_addr))?;
     crate::server::run(config, listener, shutdown_signal())
         .await
         .map_err(CliError::msg)?;
+    // Buffered spans go out before the process ends.
+    telemetry.flush();
     Ok(ExitCode::SUCCESS)
 }
 
