@@ -458,17 +458,7 @@ async fn exhaustive(
             let check = engine.check_at(at.clone(), object, member, s).await;
             let key = (object.object_type.clone(), member.clone(), s.clone());
             if !looked_up.contains_key(&key) {
-                match engine
-                    .lookup_resources_at(
-                        at.clone(),
-                        &object.object_type,
-                        member,
-                        s,
-                        None,
-                        usize::MAX,
-                    )
-                    .await
-                {
+                match every_resource(engine, &at, &object.object_type, member, s).await {
                     Ok(ids) => {
                         looked_up.insert(key.clone(), ids);
                     }
@@ -548,16 +538,8 @@ async fn exhaustive(
                             message: format!("inconsistent: check {object}#{member}@{s} = {d:?} but LookupSubjects says {listed}"),
                         });
                     }
-                    let resources = engine
-                        .lookup_resources_at(
-                            at.clone(),
-                            &object.object_type,
-                            member,
-                            s,
-                            None,
-                            usize::MAX,
-                        )
-                        .await;
+                    let resources =
+                        every_resource(engine, &at, &object.object_type, member, s).await;
                     match resources {
                         Ok(ids) if ids.contains(&object.object_id) == d.is_allowed() => {}
                         other => report.failures.push(Failure {
@@ -579,6 +561,19 @@ async fn exhaustive(
             }
         }
     }
+}
+
+/// LookupResources, all pages at once.
+async fn every_resource(
+    engine: &Engine,
+    at: &Revision,
+    object_type: &str,
+    member: &str,
+    subject: &SubjectRef,
+) -> Result<Vec<String>, crate::Error> {
+    engine
+        .lookup_resources_at(at.clone(), object_type, member, subject, None, usize::MAX)
+        .await
 }
 
 /// Check answers for expand-tree leaves, shared by one file's exhaustive run.

@@ -149,8 +149,8 @@ impl Drop for KillOnDrop {
     }
 }
 
-#[test]
-fn client_commands_against_a_running_server() {
+/// `kinbar serve` on a free loopback port, up and accepting; killed on drop.
+fn serve_on_free_port() -> (KillOnDrop, u16) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -164,18 +164,24 @@ fn client_commands_against_a_running_server() {
             .spawn()
             .unwrap(),
     );
-    let endpoint = format!("http://127.0.0.1:{port}");
-    let run = |args: &[&str]| {
-        let mut all = vec!["--endpoint", endpoint.as_str()];
-        all.extend_from_slice(args);
-        kinbar(&all)
-    };
     for _ in 0..100 {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
+    (server, port)
+}
+
+#[test]
+fn client_commands_against_a_running_server() {
+    let (server, port) = serve_on_free_port();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let run = |args: &[&str]| {
+        let mut all = vec!["--endpoint", endpoint.as_str()];
+        all.extend_from_slice(args);
+        kinbar(&all)
+    };
     let (code, out, err) = run(&["schema", "write", "examples/crm/schema.zed"]);
     assert_eq!(code, 0, "{out}{err}");
     // host:port, as grpcurl and zed take it (plaintext without TLS flags).
@@ -663,25 +669,7 @@ fn crm_walkthrough_runs_as_written() {
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/crm/README.md"),
     )
     .unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let _server = KillOnDrop(
-        Command::new(env!("CARGO_BIN_EXE_kinbar"))
-            .args(["serve", "--grpc-addr", &format!("127.0.0.1:{port}")])
-            .stderr(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    for _ in 0..100 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    let (_server, port) = serve_on_free_port();
     let endpoint = format!("127.0.0.1:{port}");
     let mut ran = 0;
     for line in readme.lines() {

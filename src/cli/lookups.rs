@@ -8,6 +8,25 @@ use super::{CliError, CliResult};
 use crate::api::proto::authzed::api::v1 as pb;
 use crate::model::{ObjectRef, SubjectRef};
 
+/// Every resource of `resource_type` on which `subject` has `permission`.
+fn resources_request(
+    consistency: Option<pb::Consistency>,
+    resource_type: &str,
+    permission: &str,
+    subject: &SubjectRef,
+) -> pb::LookupResourcesRequest {
+    pb::LookupResourcesRequest {
+        consistency,
+        resource_object_type: resource_type.to_string(),
+        permission: permission.to_string(),
+        subject: Some(crate::api::convert::subject_pb(subject)),
+        context: None,
+        optional_limit: 0,
+        optional_cursor: None,
+        with_debug: false,
+    }
+}
+
 pub(super) async fn lookup_resources(
     conn: &Connection,
     resource_type: &str,
@@ -17,16 +36,12 @@ pub(super) async fn lookup_resources(
 ) -> CliResult {
     let subject = subject.parse::<SubjectRef>().map_err(CliError::msg)?;
     let mut c = conn.connect().await?;
-    let req = pb::LookupResourcesRequest {
-        consistency: client::fully_consistent(),
-        resource_object_type: resource_type.to_string(),
-        permission: permission.to_string(),
-        subject: Some(crate::api::convert::subject_pb(&subject)),
-        context: None,
-        optional_limit: 0,
-        optional_cursor: None,
-        with_debug: false,
-    };
+    let req = resources_request(
+        client::fully_consistent(),
+        resource_type,
+        permission,
+        &subject,
+    );
     let stream = c.permissions.lookup_resources(req).await?.into_inner();
     client::drain(stream, |r| {
         if json {
@@ -147,16 +162,7 @@ pub(super) async fn review(
             let who = s.parse::<SubjectRef>().map_err(CliError::msg)?;
             for (t, def) in &schema.definitions {
                 for m in def.relations.keys().chain(def.permissions.keys()) {
-                    let req = pb::LookupResourcesRequest {
-                        consistency: at.clone(),
-                        resource_object_type: t.clone(),
-                        permission: m.clone(),
-                        subject: Some(crate::api::convert::subject_pb(&who)),
-                        context: None,
-                        optional_limit: 0,
-                        optional_cursor: None,
-                        with_debug: false,
-                    };
+                    let req = resources_request(at.clone(), t, m, &who);
                     let stream = c.permissions.lookup_resources(req).await?.into_inner();
                     client::drain(stream, |r| {
                         grants.push(Grant {

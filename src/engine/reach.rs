@@ -171,6 +171,17 @@ fn arrow_object_types<'s>(schema: &'s Schema, object_type: &str, relation: &str)
     out
 }
 
+/// A leaf of an expression as a term (`nil` is none).
+fn term(rewrite: &Rewrite) -> Option<Source<'_>> {
+    match rewrite {
+        Rewrite::Ref(n) => Some(Source::Ref(n)),
+        Rewrite::Arrow {
+            relation, target, ..
+        } => Some(Source::Arrow(relation, target)),
+        _ => None,
+    }
+}
+
 /// The terms of `rewrite` on which a positive path can start.
 fn generators<'s>(
     rewrite: &'s Rewrite,
@@ -179,11 +190,7 @@ fn generators<'s>(
     out: &mut Vec<Source<'s>>,
 ) {
     match rewrite {
-        Rewrite::Nil => {}
-        Rewrite::Ref(n) => out.push(Source::Ref(n)),
-        Rewrite::Arrow {
-            relation, target, ..
-        } => out.push(Source::Arrow(relation, target)),
+        Rewrite::Nil | Rewrite::Ref(_) | Rewrite::Arrow { .. } => out.extend(term(rewrite)),
         Rewrite::Union(children) => {
             for c in children {
                 generators(c, object_type, wildcard_fed, out);
@@ -432,11 +439,7 @@ impl Evaluator<'_> {
 /// Every reference and arrow of `rewrite`, on either side of any operator.
 fn all_terms<'s>(rewrite: &'s Rewrite, out: &mut Vec<Source<'s>>) {
     match rewrite {
-        Rewrite::Nil => {}
-        Rewrite::Ref(n) => out.push(Source::Ref(n)),
-        Rewrite::Arrow {
-            relation, target, ..
-        } => out.push(Source::Arrow(relation, target)),
+        Rewrite::Nil | Rewrite::Ref(_) | Rewrite::Arrow { .. } => out.extend(term(rewrite)),
         Rewrite::Union(children) | Rewrite::Intersection(children) => {
             children.iter().for_each(|c| all_terms(c, out))
         }
