@@ -1627,31 +1627,23 @@ async fn offboarding_hands_over_everything_in_one_audited_transaction() {
     let held_by = |who: &str| {
         let mut p = perms.clone();
         let at = at.clone();
-        let who = who.to_string();
+        let filter = pb::RelationshipFilter {
+            optional_subject_filter: Some(pb::SubjectFilter {
+                subject_type: "user".into(),
+                optional_subject_id: who.to_string(),
+                optional_relation: None,
+            }),
+            ..Default::default()
+        };
         async move {
-            let mut s = p
-                .read_relationships(pb::ReadRelationshipsRequest {
-                    consistency: at,
-                    relationship_filter: Some(pb::RelationshipFilter {
-                        optional_subject_filter: Some(pb::SubjectFilter {
-                            subject_type: "user".into(),
-                            optional_subject_id: who,
-                            optional_relation: None,
-                        }),
-                        ..Default::default()
-                    }),
-                    optional_limit: 0,
-                    optional_cursor: None,
-                })
+            let mut v: Vec<String> = common::read_all(&mut p, at, filter)
                 .await
-                .unwrap()
-                .into_inner();
-            let mut v = Vec::new();
-            while let Some(r) = s.message().await.unwrap() {
-                let r = r.relationship.unwrap();
-                let o = r.resource.unwrap();
-                v.push(format!("{}:{}#{}", o.object_type, o.object_id, r.relation));
-            }
+                .into_iter()
+                .map(|r| {
+                    let o = r.resource.unwrap();
+                    format!("{}:{}#{}", o.object_type, o.object_id, r.relation)
+                })
+                .collect();
             v.sort();
             v
         }

@@ -306,29 +306,18 @@ async fn sigkill_mid_writes_loses_nothing_acknowledged() {
     let mut server = spawn_server(&url, port);
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let mut client = PermissionsServiceClient::new(channel(addr).await);
-    let mut stream = client
-        .read_relationships(pb::ReadRelationshipsRequest {
-            consistency: full(),
-            relationship_filter: Some(pb::RelationshipFilter {
-                resource_type: "doc".into(),
-                ..Default::default()
-            }),
-            optional_limit: 0,
-            optional_cursor: None,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let all = read_all(
+        &mut client,
+        full(),
+        pb::RelationshipFilter {
+            resource_type: "doc".into(),
+            ..Default::default()
+        },
+    )
+    .await;
     let mut per_doc: BTreeMap<usize, usize> = BTreeMap::new();
-    while let Some(r) = stream.message().await.unwrap() {
-        let id: usize = r
-            .relationship
-            .unwrap()
-            .resource
-            .unwrap()
-            .object_id
-            .parse()
-            .unwrap();
+    for r in all {
+        let id: usize = r.resource.unwrap().object_id.parse().unwrap();
         *per_doc.entry(id).or_default() += 1;
     }
     for i in &acks {

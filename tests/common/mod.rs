@@ -337,3 +337,26 @@ pub async fn health_status(ch: Channel) -> Result<i32, tonic::Status> {
         .await
         .map(|r| r.into_inner().status)
 }
+
+/// Every relationship matching `filter` at `consistency` (all pages).
+pub async fn read_all(
+    client: &mut Client,
+    consistency: Option<pb::Consistency>,
+    filter: pb::RelationshipFilter,
+) -> Vec<pb::Relationship> {
+    let mut s = client
+        .read_relationships(pb::ReadRelationshipsRequest {
+            consistency,
+            relationship_filter: Some(filter),
+            optional_limit: 0,
+            optional_cursor: None,
+        })
+        .await
+        .expect("read relationships")
+        .into_inner();
+    let mut out = Vec::new();
+    while let Some(r) = s.message().await.expect("read stream") {
+        out.extend(r.relationship);
+    }
+    out
+}
