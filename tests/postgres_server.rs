@@ -2,7 +2,8 @@
 //! checks, Watch with concurrent writers, and a server killed (SIGKILL) in
 //! the middle of a stream of writes losing nothing acknowledged, leaving no
 //! partial write, with an audit trail that verifies — until a row is
-//! altered in SQL, which `kinbar audit verify` then names.
+//! altered in SQL, which `kinbar audit verify` then names; offboarding of
+//! thousands of relationships in one transaction.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
 
 #[macro_use]
@@ -41,6 +42,17 @@ async fn write_schema(addr: std::net::SocketAddr) {
 /// A check at a write's token always sees that write, and a check at the
 /// token before it never does — 2,000 rounds (4,000 writes, 6,000 checks),
 /// with writers and checkers running concurrently on Postgres.
+/// Offboarding 5,001 relationships in one transaction on Postgres (the
+/// scenario of `tests/grpc.rs`, on the real datastore).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offboarding_in_one_transaction_on_postgres() {
+    skip_without_postgres!();
+    let url = database().await;
+    let (addr, _stop) = serve(&url).await;
+    write_schema(addr).await;
+    offboarding_scenario(channel(addr).await).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_new_enemy_under_concurrent_writes_and_checks() {
     skip_without_postgres!();

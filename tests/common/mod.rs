@@ -360,3 +360,145 @@ pub async fn read_all(
     }
     out
 }
+
+/// Offboarding (kinbar.v1.AdminService/Offboard) of a subject holding more
+/// than 5,000 relationships: one audited transaction, the successor holds
+/// exactly what was handed over, the leaving user can see nothing, bad
+/// input is INVALID_ARGUMENT.
+/// Needs `doc#viewer: user`, `doc#banned: user` and a `doc#view` permission.
+pub async fn offboarding_scenario(ch: Channel) {
+    use kinbar::api::proto::authzed::api::v1::permissions_service_client::PermissionsServiceClient;
+    use kinbar::api::proto::kinbar::v1 as kpb;
+    use kinbar::api::proto::kinbar::v1::admin_service_client::AdminServiceClient;
+    use kinbar::api::proto::kinbar::v1::audit_service_client::AuditServiceClient;
+    let mut perms = PermissionsServiceClient::new(ch.clone());
+    let mut admin = AdminServiceClient::new(ch.clone());
+    const N: usize = 5_001;
+    let texts: Vec<String> = (0..N)
+        .map(|i| format!("doc:d{i:05}#viewer@user:leaver"))
+        .collect();
+    for chunk in texts.chunks(1_000) {
+        let refs: Vec<&str> = chunk.iter().map(String::as_str).collect();
+        perms.write_relationships(touch_all(&refs)).await.unwrap();
+    }
+    perms
+        .write_relationships(touch_all(&[
+            "doc:extra#banned@user:leaver",
+            "doc:keep#viewer@user:other",
+        ]))
+        .await
+        .unwrap();
+    let req = |dry_run: bool| kpb::OffboardRequest {
+        subject: "user:leaver".into(),
+        optional_successor: "user:successor".into(),
+        dry_run,
+        reason: "offboarding ticket HR-12".into(),
+    };
+    // A dry run reports and changes nothing.
+    let dry = admin.offboard(req(true)).await.unwrap().into_inner();
+    assert!(!dry.committed);
+    assert_eq!(dry.relationships.len(), N + 1);
+    let done = admin.offboard(req(false)).await.unwrap().into_inner();
+    assert!(done.committed);
+    assert_eq!(done.relationships, dry.relationships);
+    let at = Some(pb::Consistency {
+        requirement: Some(pb::consistency::Requirement::AtExactSnapshot(
+            pb::ZedToken {
+                token: done.revision_token.clone(),
+            },
+        )),
+    });
+    let held_by = |who: &str| {
+        let mut p = perms.clone();
+        let at = at.clone();
+        let filter = pb::RelationshipFilter {
+            optional_subject_filter: Some(pb::SubjectFilter {
+                subject_type: "user".into(),
+                optional_subject_id: who.to_string(),
+                optional_relation: None,
+            }),
+            ..Default::default()
+        };
+        async move {
+            let mut v: Vec<String> = read_all(&mut p, at, filter)
+                .await
+                .into_iter()
+                .map(|r| {
+                    let o = r.resource.unwrap();
+                    format!("{}:{}#{}", o.object_type, o.object_id, r.relation)
+                })
+                .collect();
+            v.sort();
+            v
+        }
+    };
+    assert!(held_by("leaver").await.is_empty());
+    let mut want: Vec<String> = done
+        .relationships
+        .iter()
+        .map(|r| r.split('@').next().unwrap().to_string())
+        .collect();
+    want.sort();
+    assert_eq!(held_by("successor").await, want);
+    let mut lookup = perms
+        .lookup_resources(pb::LookupResourcesRequest {
+            consistency: at.clone(),
+            resource_object_type: "doc".into(),
+            permission: "view".into(),
+            subject: subj("user", "leaver", ""),
+            context: None,
+            optional_limit: 0,
+            optional_cursor: None,
+            with_debug: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        lookup.message().await.unwrap().is_none(),
+        "the leaver sees nothing"
+    );
+    // One audit transaction with every change and the reason.
+    let mut audit = AuditServiceClient::new(ch);
+    let mut s = audit
+        .read_audit(kpb::ReadAuditRequest {
+            optional_subject: "user:leaver".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut last = None;
+    while let Some(r) = s.message().await.unwrap() {
+        last = r.transaction;
+    }
+    let last = last.unwrap();
+    assert_eq!(last.revision_token, done.revision_token);
+    assert_eq!(last.changes.len(), 2 * (N + 1));
+    let reason = format!("{:?}", last.metadata);
+    assert!(reason.contains("offboarding ticket HR-12"), "{reason}");
+    // Nothing left: a second offboarding is a no-op; bad input is refused.
+    let again = admin.offboard(req(false)).await.unwrap().into_inner();
+    assert!(!again.committed && again.relationships.is_empty());
+    for (subject, successor) in [
+        ("user:*", ""),
+        ("user:leaver", "doc:extra"),
+        ("user:leaver", "user:leaver"),
+        ("not a subject", ""),
+    ] {
+        let e = admin
+            .offboard(kpb::OffboardRequest {
+                subject: subject.into(),
+                optional_successor: successor.into(),
+                dry_run: false,
+                reason: String::new(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(
+            e.code(),
+            tonic::Code::InvalidArgument,
+            "{subject} → {successor}: {e:?}"
+        );
+    }
+}
