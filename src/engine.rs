@@ -248,11 +248,14 @@ pub(crate) struct Evaluator<'e> {
 
 impl Evaluator<'_> {
     async fn read(&self, filter: &RelationshipFilter) -> Result<Vec<Relationship>, Error> {
+        let started = std::time::Instant::now();
         let rows = self
             .engine
             .store
             .query(&self.at, filter, &Page::default())
             .await?;
+        metrics::histogram!("kinbar_datastore_query_duration_seconds")
+            .record(started.elapsed().as_secs_f64());
         let total = self
             .rows
             .fetch_add(rows.len() as u64, Ordering::Relaxed)
@@ -841,6 +844,8 @@ impl Engine {
     }
 
     /// Is `subject` in `resource#permission` at revision `at`?
+    #[tracing::instrument(level = "debug", name = "check", skip_all,
+        fields(resource_type = %resource.object_type, permission = %permission))]
     pub async fn check_at(
         &self,
         at: Revision,
@@ -916,6 +921,8 @@ impl Engine {
     }
 
     /// The userset tree of `resource#permission` at `at`.
+    #[tracing::instrument(level = "debug", name = "expand", skip_all,
+        fields(resource_type = %resource.object_type, permission = %permission))]
     pub async fn expand_at(
         &self,
         at: Revision,

@@ -1,5 +1,6 @@
 //! Trace export: with an OTLP endpoint, a CheckPermission's `rpc` span
-//! (with its method) reaches an in-process OTLP/gRPC receiver. Its own test
+//! (with its method and the caller's request id) reaches an in-process
+//! OTLP/gRPC receiver. Its own test
 //! binary: it installs the process-wide tracing subscriber.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
 
@@ -85,8 +86,11 @@ async fn check_spans_reach_an_otlp_collector() {
         "definition user {}\ndefinition doc { relation viewer: user\n permission view = viewer }",
     )
     .await;
+    let mut req = tonic::Request::new(check("doc:1", "view", "user:anna", full()));
+    req.metadata_mut()
+        .insert("x-request-id", "trace-me-1".parse().unwrap());
     PermissionsServiceClient::new(ch)
-        .check_permission(check("doc:1", "view", "user:anna", full()))
+        .check_permission(req)
         .await
         .unwrap();
     let mut found = None;
@@ -102,6 +106,7 @@ async fn check_spans_reach_an_otlp_collector() {
                     && attrs
                         .iter()
                         .any(|a| a == "method=/authzed.api.v1.PermissionsService/CheckPermission")
+                    && attrs.iter().any(|a| a == "request_id=trace-me-1")
             })
             .cloned();
         if found.is_some() {

@@ -33,6 +33,8 @@ pub struct SubjectsPage {
 impl Engine {
     /// Ids of `resource_type` objects on which `subject` has `permission`,
     /// sorted, strictly after `after`, at most `limit`.
+    #[tracing::instrument(level = "debug", name = "lookup_resources", skip_all,
+        fields(resource_type = %resource_type, permission = %permission))]
     pub async fn lookup_resources_at(
         &self,
         at: Revision,
@@ -84,6 +86,8 @@ impl Engine {
     /// `permission` on `resource`: concrete ids sorted, strictly after
     /// `after`, at most `limit`; plus the wildcard on the first page.
     #[allow(clippy::too_many_arguments)]
+    #[tracing::instrument(level = "debug", name = "lookup_subjects", skip_all,
+        fields(resource_type = %resource.object_type, permission = %permission))]
     pub async fn lookup_subjects_at(
         &self,
         at: Revision,

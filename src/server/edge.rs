@@ -88,6 +88,23 @@ where
         let path = req.uri().path().to_string();
         req.extensions_mut()
             .insert(crate::api::auth::CallPath(path.clone()));
+        // One request id per call: the caller's `x-request-id`, or a new
+        // one the handlers (audit records) and the logs then share.
+        let request_id = match req
+            .headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.is_empty() && v.len() <= 128)
+        {
+            Some(id) => id.to_string(),
+            None => {
+                let id = format!("{:032x}", rand::random::<u128>());
+                if let Ok(v) = http::HeaderValue::from_str(&id) {
+                    req.headers_mut().insert("x-request-id", v);
+                }
+                id
+            }
+        };
         let permit = if exempt(&path) {
             None
         } else {
@@ -111,7 +128,7 @@ where
         let started = std::time::Instant::now();
         let deadline = grpc_timeout(&req).map(|t| started + t);
         let fut = self.inner.call(req);
-        let span = tracing::info_span!("rpc", method = %path);
+        let span = tracing::info_span!("rpc", method = %path, request_id = %request_id);
         Box::pin(tracing::Instrument::instrument(
             async move {
                 let mut response = match deadline {
