@@ -244,6 +244,8 @@ pub(crate) struct Evaluator<'e> {
     /// Expand: nodes already rendered in this response, and elements so far.
     expanded: Mutex<std::collections::HashSet<(ObjectRef, String)>>,
     expand_elements: AtomicU64,
+    /// Lookup walk steps so far.
+    walked: AtomicU64,
 }
 
 impl Evaluator<'_> {
@@ -297,6 +299,36 @@ impl Evaluator<'_> {
             });
         }
         Ok(frame)
+    }
+
+    /// One step of a lookup walk (`reach.rs`): bounded by the rows budget
+    /// (every step was reached through a row read) and the clock, not by
+    /// the sub-problem budget — a user who may see 100,000 resources takes
+    /// 200,000 steps, which is no sign of a runaway evaluation.
+    fn walk_step(&self) -> Result<(), Error> {
+        let step = self.walked.fetch_add(1, Ordering::Relaxed);
+        if step > self.budget.max_rows_read {
+            return Err(Error::BudgetExceeded {
+                what: "lookup steps",
+                setting: "max_rows_per_request",
+                limit: self.budget.max_rows_read,
+            });
+        }
+        if step % 256 != 255 {
+            return Ok(());
+        }
+        let now = std::time::Instant::now();
+        if self.caller_deadline.is_some_and(|deadline| now >= deadline) {
+            return Err(Error::DeadlineExceeded);
+        }
+        if now.duration_since(self.started) > self.budget.max_duration {
+            return Err(Error::BudgetExceeded {
+                what: "milliseconds of evaluation",
+                setting: "request_timeout_secs",
+                limit: self.budget.max_duration.as_millis() as u64,
+            });
+        }
+        Ok(())
     }
 
     /// Counts `n` elements of the Expand response being built.
@@ -483,6 +515,7 @@ impl Engine {
             budget: self.config.budget.clone(),
             expanded: Mutex::new(std::collections::HashSet::new()),
             expand_elements: AtomicU64::new(0),
+            walked: AtomicU64::new(0),
         }
     }
 

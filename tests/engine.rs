@@ -887,3 +887,58 @@ async fn crm_sample_checks_and_lookups_agree_with_independent_answers() {
         }
     }
 }
+
+/// A large answer is not a runaway evaluation: LookupResources for a user
+/// who may see many resources takes more walk steps than one check's
+/// sub-problem budget, and still answers (bounded by rows and time).
+#[tokio::test]
+async fn large_lookup_answers_are_not_refused_by_the_check_budget() {
+    let texts: Vec<String> = (0..300)
+        .map(|i| format!("doc:d{i:03}#viewer@user:reader"))
+        .collect();
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let e = engine_with(
+        "definition user {}\ndefinition doc { relation viewer: user\n permission view = viewer }",
+        &refs,
+    )
+    .await;
+    let small = e.reconfigured(EngineConfig {
+        budget: kinbar::engine::Budget {
+            max_subproblems: 50,
+            ..Default::default()
+        },
+        ..Default::default()
+    });
+    let at = small.head_revision().await.unwrap();
+    let all = small
+        .lookup_resources_at(
+            at.clone(),
+            "doc",
+            "view",
+            &subj("user:reader"),
+            None,
+            usize::MAX,
+        )
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 300);
+    let candidates = small
+        .resource_candidates_at(at, "doc", "view", &subj("user:reader"))
+        .await
+        .unwrap();
+    assert_eq!(candidates.len(), 300);
+    // The rows budget still bounds the walk.
+    let few_rows = e.reconfigured(EngineConfig {
+        budget: kinbar::engine::Budget {
+            max_rows_read: 100,
+            ..Default::default()
+        },
+        ..Default::default()
+    });
+    let at = few_rows.head_revision().await.unwrap();
+    let err = few_rows
+        .lookup_resources_at(at, "doc", "view", &subj("user:reader"), None, usize::MAX)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::BudgetExceeded { .. }), "{err:?}");
+}

@@ -496,60 +496,62 @@ impl PermissionsService for PermissionsApi {
             0 => usize::MAX,
             n => n as usize,
         };
-        // Validate before streaming so bad requests fail with a status, not mid-stream.
+        // One walk for the whole stream (validated before streaming, so a
+        // bad request fails with a status, not mid-stream); candidates are
+        // then confirmed in order and sent as they are confirmed.
         let engine = self.0.engine.clone();
-        let first = engine
-            .lookup_resources_at(
+        let candidates = engine
+            .resource_candidates_at(
                 at.clone(),
                 &req.resource_object_type,
                 &req.permission,
                 &subject,
-                after.as_deref(),
-                limit.min(LOOKUP_BATCH),
             )
             .await
             .map_err(engine_err)?;
         let token = self.0.token(&at);
-        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let (tx, rx) = tokio::sync::mpsc::channel(LOOKUP_BATCH);
         tokio::spawn(async move {
-            let mut batch = first;
+            let range = match after.take() {
+                Some(a) => candidates.range::<str, _>((
+                    std::ops::Bound::Excluded(a.as_str()),
+                    std::ops::Bound::Unbounded,
+                )),
+                None => candidates.range::<str, _>(..),
+            };
             let mut sent = 0usize;
-            loop {
-                let full = batch.len() == LOOKUP_BATCH;
-                for id in batch {
-                    sent += 1;
-                    let item = pb::LookupResourcesResponse {
-                        looked_up_at: Some(token.clone()),
-                        after_result_cursor: Some(encode_cursor(&query, &at, &id)),
-                        resource_object_id: id.clone(),
-                        permissionship: pb::LookupPermissionship::HasPermission as i32,
-                        partial_caveat_info: None,
-                    };
-                    after = Some(id);
-                    if tx.send(Ok(item)).await.is_err() {
-                        return;
-                    }
-                }
-                if !full || sent >= limit {
+            for id in range {
+                if sent >= limit {
                     return;
                 }
-                batch = match engine
-                    .lookup_resources_at(
-                        at.clone(),
+                match engine
+                    .resource_granted(
+                        &at,
                         &req.resource_object_type,
+                        id,
                         &req.permission,
                         &subject,
-                        after.as_deref(),
-                        (limit - sent).min(LOOKUP_BATCH),
                     )
                     .await
                 {
-                    Ok(b) => b,
+                    Ok(false) => continue,
+                    Ok(true) => {}
                     Err(e) => {
                         let _ = tx.send(Err(engine_err(e))).await;
                         return;
                     }
+                }
+                sent += 1;
+                let item = pb::LookupResourcesResponse {
+                    looked_up_at: Some(token.clone()),
+                    after_result_cursor: Some(encode_cursor(&query, &at, id)),
+                    resource_object_id: id.clone(),
+                    permissionship: pb::LookupPermissionship::HasPermission as i32,
+                    partial_caveat_info: None,
                 };
+                if tx.send(Ok(item)).await.is_err() {
+                    return;
+                }
             }
         });
         Ok(Response::new(Box::pin(

@@ -27,7 +27,7 @@ const CRM_SCHEMA: &str = include_str!("../../benches/data/crm-small/schema.zed")
 
 fn usage() -> ! {
     eprintln!(
-        "usage: kinbar-bench run DIR [--checks N] [--lookups N] [--cache-capacity N]\n       kinbar-bench generate DIR --customers N"
+        "usage: kinbar-bench run DIR [--checks N] [--lookups N] [--cache-capacity N]\n       kinbar-bench generate DIR --customers N\n       kinbar-bench scale - [--customers N]   (lookup time as the answer grows)"
     );
     std::process::exit(2)
 }
@@ -102,6 +102,7 @@ fn main() {
     match command.as_str() {
         "run" => rt.block_on(run(&dir, checks, lookups, cache)),
         "generate" if customers > 0 => rt.block_on(generate(&dir, customers)),
+        "scale" => rt.block_on(scale(if customers > 0 { customers } else { 100_000 })),
         _ => usage(),
     }
 }
@@ -261,6 +262,101 @@ async fn run(dir: &Path, max_checks: usize, lookups: usize, cache: Option<u64>) 
     );
     if wrong > 0 || mismatches > 0 {
         std::process::exit(1);
+    }
+}
+
+/// LookupResources as the answer grows: `n` documents; three users see 1%,
+/// 10% and 100% of them (directly, and through a group for 100%). Reports
+/// the time to the first 100 results and to all of them (one walk, then
+/// candidates confirmed in order, as the gRPC stream does), and the
+/// resident growth during the lookup.
+async fn scale(n: usize) {
+    let engine = kinbar::in_memory();
+    engine
+        .write_schema(
+            "definition user {}\ndefinition group { relation member: user }\n\
+             definition doc { relation viewer: user | group#member\n permission view = viewer }",
+            TxnMetadata::default(),
+        )
+        .await
+        .expect("schema");
+    let mut rels: Vec<Relationship> = Vec::with_capacity(n * 2);
+    for d in 0..n {
+        rels.push(
+            format!("doc:d{d:07}#viewer@group:all#member")
+                .parse()
+                .unwrap(),
+        );
+        if d % 100 == 0 {
+            rels.push(
+                format!("doc:d{d:07}#viewer@user:one_percent")
+                    .parse()
+                    .unwrap(),
+            );
+        }
+        if d % 10 == 0 {
+            rels.push(
+                format!("doc:d{d:07}#viewer@user:ten_percent")
+                    .parse()
+                    .unwrap(),
+            );
+        }
+        // Background: other users, so the store is larger than any answer.
+        rels.push(
+            format!("doc:d{d:07}#viewer@user:other{}", d % 997)
+                .parse()
+                .unwrap(),
+        );
+    }
+    rels.push("group:all#member@user:everyone".parse().unwrap());
+    engine
+        .import_relationships(rels, TxnMetadata::default())
+        .await
+        .expect("import");
+    let at = engine.head_revision().await.unwrap();
+    println!(
+        "| {n} documents: user sees | results | first 100 results | all results | resident growth |"
+    );
+    println!("|---|---|---|---|---|");
+    for (who, share) in [
+        ("one_percent", "1%"),
+        ("ten_percent", "10%"),
+        ("everyone", "100%"),
+    ] {
+        let subject = SubjectRef::object(ObjectRef::new("user", who));
+        // As the gRPC stream does it: one walk, then candidates confirmed
+        // in order; the first page is out after 100 confirmations.
+        let before = resident_bytes();
+        let t = Instant::now();
+        let candidates = engine
+            .resource_candidates_at(at.clone(), "doc", "view", &subject)
+            .await
+            .expect("lookup");
+        let mut total = 0usize;
+        let mut first_page = None;
+        for id in &candidates {
+            if engine
+                .resource_granted(&at, "doc", id, "view", &subject)
+                .await
+                .expect("check")
+            {
+                total += 1;
+                if total == 100 {
+                    first_page = Some(t.elapsed());
+                }
+            }
+        }
+        let all = t.elapsed();
+        let first_page = first_page.unwrap_or(all);
+        let first = total;
+        let grown = resident_bytes().saturating_sub(before);
+        assert!(first > 0);
+        println!(
+            "| {share} | {total} | {:.2} ms | {:.1} ms | {:.1} MB |",
+            first_page.as_secs_f64() * 1e3,
+            all.as_secs_f64() * 1e3,
+            grown as f64 / 1e6
+        );
     }
 }
 

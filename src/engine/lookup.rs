@@ -32,7 +32,9 @@ pub struct SubjectsPage {
 
 impl Engine {
     /// Ids of `resource_type` objects on which `subject` has `permission`,
-    /// sorted, strictly after `after`, at most `limit`.
+    /// sorted, strictly after `after`, at most `limit`. Each call walks the
+    /// neighbourhood again; to page through a large answer, take
+    /// [`Engine::resource_candidates_at`] once and confirm them in order.
     #[tracing::instrument(level = "debug", name = "lookup_resources", skip_all,
         fields(resource_type = %resource_type, permission = %permission))]
     pub async fn lookup_resources_at(
@@ -70,16 +72,61 @@ impl Engine {
             if out.len() >= limit {
                 break;
             }
-            let resource = ObjectRef::new(resource_type, id.as_str());
             if self
-                .check_at(at.clone(), &resource, permission, subject)
+                .resource_granted(&at, resource_type, id, permission, subject)
                 .await?
-                .is_allowed()
             {
                 out.push(id.clone());
             }
         }
         Ok(out)
+    }
+
+    /// The candidates of a LookupResources (validated like it): a sorted
+    /// superset of the answer from one walk; confirm each with
+    /// [`Engine::resource_granted`]. Streams confirm them incrementally
+    /// instead of walking again for every page.
+    pub async fn resource_candidates_at(
+        &self,
+        at: Revision,
+        resource_type: &str,
+        permission: &str,
+        subject: &SubjectRef,
+    ) -> Result<std::collections::BTreeSet<String>, Error> {
+        let schema = self.schema_at(at.clone()).await?;
+        if schema.definition(resource_type).is_none() {
+            return Err(Error::UnknownType(resource_type.to_string()));
+        }
+        super::validate_member(&schema, resource_type, permission)?;
+        if subject.is_wildcard() {
+            return Err(Error::InvalidArgument(format!(
+                "cannot look up resources for the wildcard `{subject}`; use a concrete subject"
+            )));
+        }
+        super::validate_object(&schema, &subject.object)?;
+        if let Some(r) = &subject.relation {
+            super::validate_member(&schema, &subject.object.object_type, r)?;
+        }
+        let plan = ReversePlan::new(&schema, resource_type, permission);
+        self.evaluator_with(schema, at)
+            .resource_candidates(&plan, subject)
+            .await
+    }
+
+    /// Whether candidate `id` really has `permission` for `subject`.
+    pub async fn resource_granted(
+        &self,
+        at: &Revision,
+        resource_type: &str,
+        id: &str,
+        permission: &str,
+        subject: &SubjectRef,
+    ) -> Result<bool, Error> {
+        let resource = ObjectRef::new(resource_type, id);
+        Ok(self
+            .check_at(at.clone(), &resource, permission, subject)
+            .await?
+            .is_allowed())
     }
 
     /// Subjects of `subject_type` (with `subject_relation`, if any) that have

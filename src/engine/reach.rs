@@ -315,7 +315,7 @@ impl Evaluator<'_> {
         }
         let mut out = BTreeSet::new();
         while let Some((object, member)) = queue.pop_front() {
-            self.enter()?;
+            self.walk_step()?;
             if object.object_type == plan.target.0 && member == plan.target.1 {
                 out.insert(object.object_id.clone());
             }
@@ -382,7 +382,7 @@ impl Evaluator<'_> {
         let mut out = BTreeSet::new();
         let mut wildcard = false;
         while let Some((object, member)) = queue.pop_front() {
-            self.enter()?;
+            self.walk_step()?;
             // A userset is a member of itself.
             if object.object_type == subject_type && subject_relation == Some(member.as_str()) {
                 out.insert(object.object_id.clone());
