@@ -283,9 +283,15 @@ impl Evaluator<'_> {
                 limit: self.budget.max_subproblems,
             });
         }
-        // Reading the clock once every 256 frames keeps it off the hot path.
-        if frame % 256 != 255 {
-            return Ok(frame);
+        self.check_clock(frame)?;
+        Ok(frame)
+    }
+
+    /// The caller's deadline and the wall-time budget, read once every 256
+    /// counted steps (`n`) to keep the clock off the hot path.
+    fn check_clock(&self, n: u64) -> Result<(), Error> {
+        if n % 256 != 255 {
+            return Ok(());
         }
         let now = std::time::Instant::now();
         if self.caller_deadline.is_some_and(|deadline| now >= deadline) {
@@ -298,7 +304,7 @@ impl Evaluator<'_> {
                 limit: self.budget.max_duration.as_millis() as u64,
             });
         }
-        Ok(frame)
+        Ok(())
     }
 
     /// One step of a lookup walk (`reach.rs`): bounded by the rows budget
@@ -314,21 +320,7 @@ impl Evaluator<'_> {
                 limit: self.budget.max_rows_read,
             });
         }
-        if step % 256 != 255 {
-            return Ok(());
-        }
-        let now = std::time::Instant::now();
-        if self.caller_deadline.is_some_and(|deadline| now >= deadline) {
-            return Err(Error::DeadlineExceeded);
-        }
-        if now.duration_since(self.started) > self.budget.max_duration {
-            return Err(Error::BudgetExceeded {
-                what: "milliseconds of evaluation",
-                setting: "request_timeout_secs",
-                limit: self.budget.max_duration.as_millis() as u64,
-            });
-        }
-        Ok(())
+        self.check_clock(step)
     }
 
     /// Counts `n` elements of the Expand response being built.

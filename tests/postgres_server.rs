@@ -234,6 +234,17 @@ fn spawn_server_as(url: &str, port: u16, privileged_role: bool) -> std::process:
         .unwrap()
 }
 
+/// `kinbar serve` on `url` refused at start (exit status 2): its stderr.
+fn serve_refused(url: &str) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_kinbar"))
+        .args(["serve", "--datastore", url, "--grpc-addr", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    err
+}
+
 /// A `kinbar serve` process on `url` with the test schema, its port and a
 /// connected client.
 async fn start_server(
@@ -428,12 +439,7 @@ async fn least_privilege_runtime_role() {
     skip_without_postgres!();
     let url = database().await;
     // The migration role (a superuser here) is refused by default.
-    let out = Command::new(env!("CARGO_BIN_EXE_kinbar"))
-        .args(["serve", "--datastore", &url, "--grpc-addr", "127.0.0.1:0"])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
+    let err = serve_refused(&url);
     assert!(
         err.contains("privileged Postgres role")
             && err.contains("is a superuser")
@@ -509,12 +515,7 @@ async fn least_privilege_runtime_role() {
 async fn migrate_command_and_serve_refusal() {
     skip_without_postgres!();
     let url = cluster().fresh_database().await.unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_kinbar"))
-        .args(["serve", "--datastore", &url, "--grpc-addr", "127.0.0.1:0"])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
+    let err = serve_refused(&url);
     assert!(
         err.contains("not migrated") && err.contains("kinbar migrate"),
         "{err}"

@@ -46,23 +46,9 @@ impl Engine {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<String>, Error> {
-        let schema = self.schema_at(at.clone()).await?;
-        if schema.definition(resource_type).is_none() {
-            return Err(Error::UnknownType(resource_type.to_string()));
-        }
-        super::validate_member(&schema, resource_type, permission)?;
-        if subject.is_wildcard() {
-            return Err(Error::InvalidArgument(format!(
-                "cannot look up resources for the wildcard `{subject}`; use a concrete subject"
-            )));
-        }
-        super::validate_object(&schema, &subject.object)?;
-        if let Some(r) = &subject.relation {
-            super::validate_member(&schema, &subject.object.object_type, r)?;
-        }
-        let plan = ReversePlan::new(&schema, resource_type, permission);
-        let eval = self.evaluator_with(schema, at.clone());
-        let candidates = eval.resource_candidates(&plan, subject).await?;
+        let candidates = self
+            .resource_candidates_at(at.clone(), resource_type, permission, subject)
+            .await?;
         let mut out: Vec<String> = Vec::new();
         let range = match after {
             Some(a) => candidates.range::<str, _>((Bound::Excluded(a), Bound::Unbounded)),
