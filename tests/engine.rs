@@ -698,6 +698,56 @@ definition folder {
     );
 }
 
+/// Two permissions each excluding the other (`a = base - b`, `b = base - a`)
+/// have two self-consistent answers; which one a depth-first evaluation
+/// finds depends on where it starts. Both must fail closed, from either
+/// side, and a gate that makes "denied" the only answer is still answered.
+#[tokio::test]
+async fn an_even_cycle_of_exclusions_with_two_answers_fails_closed() {
+    let schema = "definition user {}
+definition document {
+    relation base: user
+    relation gate: user
+    relation blocked_a: user | document#b
+    relation blocked_b: user | document#a
+    permission a = (base - blocked_a) & gate
+    permission b = base - blocked_b
+}";
+    let rels = [
+        "document:1#base@user:jon",
+        "document:1#gate@user:jon",
+        "document:1#blocked_a@document:1#b",
+        "document:1#blocked_b@document:1#a",
+    ];
+    let e = engine_with(schema, &rels).await;
+    for q in ["document:1#a@user:jon", "document:1#b@user:jon"] {
+        let err = check(&e, q).await.unwrap_err();
+        assert!(
+            matches!(err, Error::CycleThroughExclusion { .. }),
+            "{q}: {err:?}"
+        );
+    }
+    // Without the gate `a` is denied whatever `b` is, so `b` is allowed:
+    // one consistent answer each.
+    let e = engine_with(
+        schema,
+        &rels[..1]
+            .iter()
+            .chain(&rels[2..])
+            .copied()
+            .collect::<Vec<_>>(),
+    )
+    .await;
+    assert_eq!(
+        check(&e, "document:1#a@user:jon").await.unwrap(),
+        Decision::Denied
+    );
+    assert_eq!(
+        check(&e, "document:1#b@user:jon").await.unwrap(),
+        Decision::Allowed
+    );
+}
+
 /// Recursive permissions through arrows over a dense cycle: Expand shares
 /// each (object, permission) node, so the tree is linear in the nodes
 /// reached (it was exponential: one request allocated gigabytes), and a

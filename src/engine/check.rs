@@ -22,7 +22,12 @@
 //! the assumption was false and the question has no least fixpoint (the
 //! node depends on its own negation): evaluation fails closed with
 //! [`Error::CycleThroughExclusion`] instead of answering. When it completes
-//! denied the assumption held and the answer stands.
+//! denied the assumption was self-consistent, but through an even number of
+//! exclusions (`a = base - b`, `b = base - a`) the opposite assumption may
+//! be self-consistent too, and then the answer depends on where evaluation
+//! started. So the node is evaluated once more assuming itself *allowed* at
+//! the cut: only if that comes out denied (the assumption refutes itself) is
+//! "denied" the one consistent answer; otherwise it fails closed too.
 //!
 //! Depth (hops through relations and permissions) and the request's work
 //! ([`super::Budget`]) are bounded; exceeding either is an error, never an
@@ -119,6 +124,10 @@ pub(crate) struct Path<'p> {
     member: &'p str,
     /// Unique within the request: tells re-entries of the same node apart.
     frame: u64,
+    /// What a cycle back to this node assumes: denied (the least fixpoint),
+    /// or allowed while testing whether a denial is the only consistent
+    /// answer (see the module docs).
+    assume_allowed: bool,
     parent: Option<&'p Path<'p>>,
 }
 
@@ -183,6 +192,42 @@ impl Evaluator<'_> {
         })
     }
 
+    fn memo_put_frame(&self, frame: u64, decision: Decision, cuts: Cuts) {
+        if let Ok(mut memo) = self.memo.lock() {
+            memo.frames.insert(frame, (decision, cuts));
+        }
+    }
+
+    /// One node's rule (its relation or permission), evaluated at `here`.
+    async fn evaluate(
+        &self,
+        resource: &ObjectRef,
+        member: &str,
+        subject: &SubjectRef,
+        depth: u32,
+        here: &Path<'_>,
+    ) -> Result<Outcome, Error> {
+        let def = self
+            .schema
+            .definition(&resource.object_type)
+            .ok_or_else(|| Error::UnknownType(resource.object_type.clone()))?;
+        match def.member_kind(member) {
+            Some(MemberKind::Relation) => {
+                self.check_relation(resource, member, subject, depth, here)
+                    .await
+            }
+            Some(MemberKind::Permission) => {
+                let rewrite = &def.permissions[member].rewrite;
+                self.check_rewrite(resource, rewrite, subject, depth, here)
+                    .await
+            }
+            None => Err(Error::UnknownMember {
+                object_type: resource.object_type.clone(),
+                member: member.to_string(),
+            }),
+        }
+    }
+
     fn memo_put(&self, key: super::MemoKey, frame: u64, outcome: &Outcome) {
         if let Ok(mut memo) = self.memo.lock() {
             memo.frames
@@ -209,6 +254,16 @@ impl Evaluator<'_> {
                 return Ok(Outcome::of(Decision::Allowed));
             }
             if let Some(node) = path.and_then(|p| p.find(resource, member)) {
+                if node.assume_allowed {
+                    // Allowed by assumption: tracked as a negated assumption
+                    // so that every allowed result built on it keeps it.
+                    let via: Arc<str> = format!("{resource}#{member} (cycle)").into();
+                    return Ok(Outcome {
+                        decision: Decision::Allowed,
+                        cuts: Cuts::at(node.frame),
+                        neg: Negated(BTreeMap::from([(node.frame, via)])),
+                    });
+                }
                 return Ok(Outcome {
                     decision: Decision::Denied,
                     cuts: Cuts::at(node.frame),
@@ -243,41 +298,41 @@ impl Evaluator<'_> {
                 resource,
                 member,
                 frame: self.enter()?,
+                assume_allowed: false,
                 parent: path,
             };
-            let def = self
-                .schema
-                .definition(&resource.object_type)
-                .ok_or_else(|| Error::UnknownType(resource.object_type.clone()))?;
-            let outcome = match def.member_kind(member) {
-                Some(MemberKind::Relation) => {
-                    self.check_relation(resource, member, subject, depth, &here)
-                        .await?
-                }
-                Some(MemberKind::Permission) => {
-                    let rewrite = &def.permissions[member].rewrite;
-                    self.check_rewrite(resource, rewrite, subject, depth, &here)
-                        .await?
-                }
-                None => {
-                    return Err(Error::UnknownMember {
-                        object_type: resource.object_type.clone(),
-                        member: member.to_string(),
-                    });
-                }
-            };
-            let mut outcome = outcome;
+            let mut outcome = self
+                .evaluate(resource, member, subject, depth, &here)
+                .await?;
             // A cut at this very node assumed it denied while computing it.
             // Through an exclusion, that assumption is only sound if the node
-            // did come out denied; otherwise there is no defined answer.
-            if let Some(via) = outcome.neg.0.remove(&here.frame)
-                && outcome.decision != Decision::Denied
-            {
-                return Err(Error::CycleThroughExclusion {
-                    resource: resource.to_string(),
-                    member: member.to_string(),
-                    via: via.to_string(),
-                });
+            // did come out denied and assuming it allowed does not come out
+            // allowed as well; otherwise there is no defined answer.
+            if let Some(via) = outcome.neg.0.remove(&here.frame) {
+                let undefined = outcome.decision != Decision::Denied || {
+                    let again = Path {
+                        resource,
+                        member,
+                        frame: self.enter()?,
+                        assume_allowed: true,
+                        parent: path,
+                    };
+                    let other = self
+                        .evaluate(resource, member, subject, depth, &again)
+                        .await?;
+                    // Results memoised under "allowed" at that frame must
+                    // never be reused: recording it as not denied makes
+                    // `memo_get` drop them.
+                    self.memo_put_frame(again.frame, Decision::Allowed, Cuts::default());
+                    other.decision != Decision::Denied
+                };
+                if undefined {
+                    return Err(Error::CycleThroughExclusion {
+                        resource: resource.to_string(),
+                        member: member.to_string(),
+                        via: via.to_string(),
+                    });
+                }
             }
             // The answer now stands on the other assumptions only.
             outcome.cuts.0.remove(&here.frame);
@@ -383,12 +438,14 @@ impl Evaluator<'_> {
                         let o = self
                             .check_rewrite(resource, c, subject, depth, here)
                             .await?;
+                        // A denied child decides alone: the result rests on
+                        // its assumptions only, not on its siblings'.
+                        if o.decision == Decision::Denied {
+                            return Ok(o);
+                        }
                         let d = acc.decision.and(o.decision);
                         acc = acc.merge(o);
                         acc.decision = d;
-                        if acc.decision == Decision::Denied {
-                            return Ok(acc);
-                        }
                     }
                     Ok(acc)
                 }
@@ -402,6 +459,13 @@ impl Evaluator<'_> {
                     let s = self
                         .check_rewrite(resource, subtract, subject, depth, here)
                         .await?;
+                    if s.decision == Decision::Allowed {
+                        // Denied by the subtracted side alone.
+                        return Ok(Outcome {
+                            decision: Decision::Denied,
+                            ..s
+                        });
+                    }
                     let decision = b.decision.and(s.decision.negate());
                     // A subtracted side denied only by assumption makes the
                     // result hold only while those assumptions do.
@@ -460,11 +524,11 @@ impl Evaluator<'_> {
             if kind == ArrowKind::Any && decision == Decision::Allowed {
                 return Ok(Outcome::allowed(o.neg));
             }
-            acc = acc.merge(o);
             if kind == ArrowKind::All && decision == Decision::Denied {
-                acc.decision = Decision::Denied;
-                return Ok(acc);
+                // One object denied decides alone.
+                return Ok(o);
             }
+            acc = acc.merge(o);
         }
         let decision = match kind {
             ArrowKind::Any => Decision::Denied,
