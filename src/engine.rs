@@ -246,16 +246,21 @@ pub(crate) struct Evaluator<'e> {
     expand_elements: AtomicU64,
     /// Lookup walk steps so far.
     walked: AtomicU64,
+    /// The deepest sub-problem reached (hops through relations and
+    /// permissions), for the dispatch-depth metric.
+    deepest: std::sync::atomic::AtomicU32,
 }
 
 impl Evaluator<'_> {
     async fn read(&self, filter: &RelationshipFilter) -> Result<Vec<Relationship>, Error> {
         let started = std::time::Instant::now();
-        let rows = self
-            .engine
-            .store
-            .query(&self.at, filter, &Page::default())
-            .await?;
+        let span = tracing::trace_span!("datastore.query", rows = tracing::field::Empty);
+        let rows = tracing::Instrument::instrument(
+            self.engine.store.query(&self.at, filter, &Page::default()),
+            span.clone(),
+        )
+        .await?;
+        span.record("rows", rows.len());
         metrics::histogram!("kinbar_datastore_query_duration_seconds")
             .record(started.elapsed().as_secs_f64());
         let total = self
@@ -270,6 +275,14 @@ impl Evaluator<'_> {
             });
         }
         Ok(rows)
+    }
+
+    /// Exports how much work this evaluation did: sub-problems and depth.
+    fn record_work(&self) {
+        metrics::histogram!("kinbar_dispatch_subproblems")
+            .record(self.frames.load(Ordering::Relaxed) as f64);
+        metrics::histogram!("kinbar_dispatch_depth")
+            .record(f64::from(self.deepest.load(Ordering::Relaxed)));
     }
 
     /// A new sub-problem: a fresh frame id, refused past the request's
@@ -454,6 +467,16 @@ impl Engine {
         Ok(self.store.head_revision().await?)
     }
 
+    /// Whether the datastore can serve (reachable, migrations current).
+    pub async fn ready(&self) -> Result<(), Error> {
+        Ok(self.store.ready().await?)
+    }
+
+    /// The datastore's pool, audit-sealer and GC figures.
+    pub async fn datastore_stats(&self) -> crate::store::DatastoreStats {
+        self.store.stats().await
+    }
+
     /// The compiled schema in force at `at`.
     pub async fn schema_at(&self, at: Revision) -> Result<Arc<Schema>, Error> {
         let stored = self.store.read_schema(&at).await?.ok_or(Error::NoSchema)?;
@@ -508,6 +531,7 @@ impl Engine {
             expanded: Mutex::new(std::collections::HashSet::new()),
             expand_elements: AtomicU64::new(0),
             walked: AtomicU64::new(0),
+            deepest: std::sync::atomic::AtomicU32::new(0),
         }
     }
 
@@ -886,9 +910,12 @@ impl Engine {
         // are cached. (`kinbar validate --exhaustive`, which repeats checks,
         // memoizes them itself.)
         let eval = self.evaluator_with(schema, at);
-        eval.check(resource, permission, subject, 0, None)
+        let decision = eval
+            .check(resource, permission, subject, 0, None)
             .await
-            .map(|o| o.decision)
+            .map(|o| o.decision);
+        eval.record_work();
+        decision
     }
 
     /// Many checks at one revision (CheckBulkPermissions), answered in
@@ -931,6 +958,9 @@ impl Engine {
             };
             answered.insert(item, i);
             out.push(result);
+        }
+        for eval in evaluators.values() {
+            eval.record_work();
         }
         out
     }

@@ -67,6 +67,29 @@ pub struct GcStats {
     pub horizon: u64,
 }
 
+/// What operators watch of a datastore (exported on `/metrics`). Counters
+/// are totals since the process started; fields a backend does not have
+/// stay `None`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DatastoreStats {
+    /// Connection pool: open connections, idle ones, the configured maximum.
+    pub pool_connections: Option<u64>,
+    pub pool_idle: Option<u64>,
+    pub pool_max: Option<u64>,
+    /// Write attempts retried after a serialization failure or deadlock.
+    pub write_conflict_retries: u64,
+    /// Transactions linked into the audit chain by this process's sealer.
+    pub audit_sealed: u64,
+    /// Committed transactions not yet in the audit chain.
+    pub audit_unsealed: Option<u64>,
+    /// Garbage-collection passes finished, failed, and versions removed.
+    pub gc_passes: u64,
+    pub gc_failures: u64,
+    pub gc_deleted: u64,
+    /// When the last pass finished (Unix ms; 0: none yet).
+    pub gc_last_pass_unix_ms: u64,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
     #[error(
@@ -123,6 +146,17 @@ pub trait Datastore: Send + Sync + 'static {
 
     /// The newest committed revision.
     async fn head_revision(&self) -> Result<Revision, StoreError>;
+
+    /// Whether the store can serve: reachable and, where it has a schema of
+    /// its own, migrated to exactly this binary's version.
+    async fn ready(&self) -> Result<(), StoreError> {
+        self.head_revision().await.map(|_| ())
+    }
+
+    /// Pool, audit-sealer and GC figures for `/metrics`.
+    async fn stats(&self) -> DatastoreStats {
+        DatastoreStats::default()
+    }
 
     /// A recent revision chosen so that many requests share it (and the
     /// cache): the newest revision committed at or before the start of the

@@ -36,7 +36,19 @@ impl Drop for TelemetryGuard {
 /// `otlp_endpoint` (`http://collector:4317`) turns on trace export; it must
 /// be called inside a Tokio runtime then (the exporter is a tonic client).
 pub fn init(format: &str, otlp_endpoint: Option<&str>) -> Result<TelemetryGuard, String> {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_string());
+    init_with_filter(format, otlp_endpoint, &filter)
+}
+
+/// [`init`] with an explicit filter (`RUST_LOG` syntax) instead of the
+/// environment's. Per-step `dispatch` and `datastore.query` spans are at
+/// `trace` level: `RUST_LOG=info,kinbar::engine=trace` exports them.
+pub fn init_with_filter(
+    format: &str,
+    otlp_endpoint: Option<&str>,
+    filter: &str,
+) -> Result<TelemetryGuard, String> {
+    let filter = EnvFilter::try_new(filter).map_err(|e| format!("log filter `{filter}`: {e}"))?;
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let (otel, provider) = match otlp_endpoint {
         Some(endpoint) => {

@@ -961,6 +961,11 @@ async fn metrics_health_and_readiness_over_http() {
     );
     assert!(after.contains("kinbar_grpc_request_duration_seconds_bucket"));
     assert!(after.contains("kinbar_datastore_query_duration_seconds_bucket"));
+    assert!(
+        after.contains("kinbar_dispatch_subproblems_bucket"),
+        "{after}"
+    );
+    assert!(after.contains("kinbar_dispatch_depth_bucket"), "{after}");
     assert!(after.contains("kinbar_datastore_ready 1"));
     assert_eq!(common::http_get(metrics, "/nope").await.0, 404);
     server.stop().await;

@@ -1,6 +1,6 @@
 //! Trace export: with an OTLP endpoint, a CheckPermission's `rpc` span
-//! (with its method and the caller's request id) reaches an in-process
-//! OTLP/gRPC receiver. Its own test
+//! (with its method and the caller's request id) and its dispatch and
+//! datastore spans reach an in-process OTLP/gRPC receiver. Its own test
 //! binary: it installs the process-wide tracing subscriber.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
 
@@ -80,7 +80,12 @@ async fn check_spans_reach_an_otlp_collector() {
             .add_service(TraceServiceServer::new(receiver))
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
     );
-    let telemetry = kinbar::telemetry::init("text", Some(&format!("http://{collector}"))).unwrap();
+    let telemetry = kinbar::telemetry::init_with_filter(
+        "text",
+        Some(&format!("http://{collector}")),
+        "info,kinbar::engine=trace",
+    )
+    .unwrap();
     let (server, ch) = Server::with_schema(
         kinbar::config::Config::default(),
         "definition user {}\ndefinition doc { relation viewer: user\n permission view = viewer }",
@@ -121,5 +126,22 @@ async fn check_spans_reach_an_otlp_collector() {
         )
     });
     assert_eq!(service, "kinbar");
+    // Inside it, at trace level: the dispatch step with its resource type,
+    // permission and depth, and the datastore query with its row count.
+    let got = spans.0.lock().unwrap().clone();
+    let has = |name: &str, attrs: &[&str]| {
+        got.iter()
+            .any(|(n, a, _)| n == name && attrs.iter().all(|want| a.iter().any(|x| x == want)))
+    };
+    assert!(
+        has("dispatch", &["resource_type=doc", "member=view", "depth=0"]),
+        "{got:?}"
+    );
+    assert!(has("dispatch", &["member=viewer", "depth=1"]), "{got:?}");
+    assert!(
+        got.iter()
+            .any(|(n, a, _)| n == "datastore.query" && a.iter().any(|x| x.starts_with("rows="))),
+        "{got:?}"
+    );
     server.stop().await;
 }

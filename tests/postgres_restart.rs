@@ -21,7 +21,7 @@ async fn postgres_restart_gives_unavailable_then_recovers() {
     let url = database().await;
     let metrics = free_addr();
     let server = Server::start(kinbar::config::Config {
-        datastore: url,
+        datastore: url.clone(),
         allow_privileged_datastore_role: true,
         metrics_addr: Some(metrics),
         readiness_interval_ms: 100,
@@ -113,5 +113,81 @@ async fn postgres_restart_gives_unavailable_then_recovers() {
         .unwrap()
         .into_inner();
     assert!(has(&r));
+
+    // The sealer's and the pool's figures on /metrics.
+    let mut sealed = 0.0;
+    for _ in 0..100 {
+        let body = http_get(metrics, "/metrics").await.1;
+        sealed = metric_value(&body, "kinbar_audit_sealed_transactions_total").unwrap_or(0.0);
+        if sealed >= 3.0 {
+            assert!(
+                metric_value(&body, "kinbar_datastore_pool_max").unwrap_or(0.0) >= 1.0,
+                "{body}"
+            );
+            assert!(
+                metric_value(&body, "kinbar_datastore_pool_connections").is_some(),
+                "{body}"
+            );
+            assert!(
+                metric_value(&body, "kinbar_audit_unsealed_transactions").is_some(),
+                "{body}"
+            );
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(sealed >= 3.0, "schema + 2 writes sealed, saw {sealed}");
+
+    // Migrations no longer current (a newer kinbar migrated the database):
+    // not ready, naming why; ready again once they match.
+    let sql = sqlx::PgPool::connect(&url).await.unwrap();
+    sqlx::query(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+         VALUES (99999999, 'from the future', true, '\\x00', 0)",
+    )
+    .execute(&sql)
+    .await
+    .unwrap();
+    let mut body = String::new();
+    for _ in 0..100 {
+        let (code, b) = http_get(metrics, "/readyz").await;
+        body = b;
+        if code == 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(body.contains("newer version"), "{body}");
+    let mut down = false;
+    for _ in 0..100 {
+        if health_status(channel.clone()).await.unwrap() == not_serving {
+            down = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        down,
+        "gRPC health NOT_SERVING while migrations are not current"
+    );
+    sqlx::query("DELETE FROM _sqlx_migrations WHERE version = 99999999")
+        .execute(&sql)
+        .await
+        .unwrap();
+    let mut ready = false;
+    for _ in 0..100 {
+        if http_get(metrics, "/readyz").await.0 == 200 {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ready, "ready again once the migrations match");
     server.stop().await;
+}
+
+/// The value of an unlabelled Prometheus sample.
+fn metric_value(body: &str, name: &str) -> Option<f64> {
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }

@@ -248,102 +248,119 @@ impl Evaluator<'_> {
         depth: u32,
         path: Option<&'a Path<'a>>,
     ) -> BoxFuture<'a, Result<Outcome, Error>> {
-        Box::pin(async move {
-            // A userset is a member of itself.
-            if subject.object == *resource && subject.relation.as_deref() == Some(member) {
-                return Ok(Outcome::of(Decision::Allowed));
-            }
-            if let Some(node) = path.and_then(|p| p.find(resource, member)) {
-                if node.assume_allowed {
-                    // Allowed by assumption: tracked as a negated assumption
-                    // so that every allowed result built on it keeps it.
-                    let via: Arc<str> = format!("{resource}#{member} (cycle)").into();
+        // One span per dispatch step; at `trace` level only (a check has
+        // many), and its fields are not even formatted when disabled.
+        let span = tracing::trace_span!(
+            "dispatch",
+            resource_type = %resource.object_type,
+            member,
+            depth,
+            cache = tracing::field::Empty,
+        );
+        let in_span = span.clone();
+        Box::pin(tracing::Instrument::instrument(
+            async move {
+                // A userset is a member of itself.
+                if subject.object == *resource && subject.relation.as_deref() == Some(member) {
+                    return Ok(Outcome::of(Decision::Allowed));
+                }
+                if let Some(node) = path.and_then(|p| p.find(resource, member)) {
+                    if node.assume_allowed {
+                        // Allowed by assumption: tracked as a negated assumption
+                        // so that every allowed result built on it keeps it.
+                        let via: Arc<str> = format!("{resource}#{member} (cycle)").into();
+                        return Ok(Outcome {
+                            decision: Decision::Allowed,
+                            cuts: Cuts::at(node.frame),
+                            neg: Negated(BTreeMap::from([(node.frame, via)])),
+                        });
+                    }
                     return Ok(Outcome {
-                        decision: Decision::Allowed,
+                        decision: Decision::Denied,
                         cuts: Cuts::at(node.frame),
-                        neg: Negated(BTreeMap::from([(node.frame, via)])),
+                        neg: Negated::default(),
                     });
                 }
-                return Ok(Outcome {
-                    decision: Decision::Denied,
-                    cuts: Cuts::at(node.frame),
-                    neg: Negated::default(),
-                });
-            }
-            if depth >= self.max_depth {
-                return Err(Error::DepthExceeded {
-                    depth: self.max_depth,
-                });
-            }
-            // Only shared sub-problems are worth the shared cache: a node
-            // reached by a hop to another object (a userset or an arrow:
-            // a team's members, a department's managers) that is more than
-            // a direct lookup. Top-level checks, same-object permissions and
-            // direct-only relations cost less to compute than a cache miss.
-            let cached = path.is_some_and(|p| p.resource != resource)
-                && !self.schema.is_direct_only(&resource.object_type, member);
-            let key = cached.then(|| self.cache_key(resource, member, subject));
-            if let Some(key) = &key {
-                if let Some(d) = self.engine.cache.get(key).await {
-                    self.engine.metrics.cache_hit();
-                    return Ok(Outcome::of(d));
+                self.deepest
+                    .fetch_max(depth, std::sync::atomic::Ordering::Relaxed);
+                if depth >= self.max_depth {
+                    return Err(Error::DepthExceeded {
+                        depth: self.max_depth,
+                    });
                 }
-                self.engine.metrics.cache_miss();
-            }
-            let memo_key = (resource.clone(), member.to_string(), subject.clone());
-            if let Some(o) = self.memo_get(&memo_key, path) {
-                return Ok(o);
-            }
-            let here = Path {
-                resource,
-                member,
-                frame: self.enter()?,
-                assume_allowed: false,
-                parent: path,
-            };
-            let mut outcome = self
-                .evaluate(resource, member, subject, depth, &here)
-                .await?;
-            // A cut at this very node assumed it denied while computing it.
-            // Through an exclusion, that assumption is only sound if the node
-            // did come out denied and assuming it allowed does not come out
-            // allowed as well; otherwise there is no defined answer.
-            if let Some(via) = outcome.neg.0.remove(&here.frame) {
-                let undefined = outcome.decision != Decision::Denied || {
-                    let again = Path {
-                        resource,
-                        member,
-                        frame: self.enter()?,
-                        assume_allowed: true,
-                        parent: path,
-                    };
-                    let other = self
-                        .evaluate(resource, member, subject, depth, &again)
-                        .await?;
-                    // Results memoised under "allowed" at that frame must
-                    // never be reused: recording it as not denied makes
-                    // `memo_get` drop them.
-                    self.memo_put_frame(again.frame, Decision::Allowed, Cuts::default());
-                    other.decision != Decision::Denied
+                // Only shared sub-problems are worth the shared cache: a node
+                // reached by a hop to another object (a userset or an arrow:
+                // a team's members, a department's managers) that is more than
+                // a direct lookup. Top-level checks, same-object permissions and
+                // direct-only relations cost less to compute than a cache miss.
+                let cached = path.is_some_and(|p| p.resource != resource)
+                    && !self.schema.is_direct_only(&resource.object_type, member);
+                let key = cached.then(|| self.cache_key(resource, member, subject));
+                if let Some(key) = &key {
+                    if let Some(d) = self.engine.cache.get(key).await {
+                        self.engine.metrics.cache_hit();
+                        in_span.record("cache", "hit");
+                        return Ok(Outcome::of(d));
+                    }
+                    self.engine.metrics.cache_miss();
+                    in_span.record("cache", "miss");
+                }
+                let memo_key = (resource.clone(), member.to_string(), subject.clone());
+                if let Some(o) = self.memo_get(&memo_key, path) {
+                    return Ok(o);
+                }
+                let here = Path {
+                    resource,
+                    member,
+                    frame: self.enter()?,
+                    assume_allowed: false,
+                    parent: path,
                 };
-                if undefined {
-                    return Err(Error::CycleThroughExclusion {
-                        resource: resource.to_string(),
-                        member: member.to_string(),
-                        via: via.to_string(),
-                    });
+                let mut outcome = self
+                    .evaluate(resource, member, subject, depth, &here)
+                    .await?;
+                // A cut at this very node assumed it denied while computing it.
+                // Through an exclusion, that assumption is only sound if the node
+                // did come out denied and assuming it allowed does not come out
+                // allowed as well; otherwise there is no defined answer.
+                if let Some(via) = outcome.neg.0.remove(&here.frame) {
+                    let undefined = outcome.decision != Decision::Denied || {
+                        let again = Path {
+                            resource,
+                            member,
+                            frame: self.enter()?,
+                            assume_allowed: true,
+                            parent: path,
+                        };
+                        let other = self
+                            .evaluate(resource, member, subject, depth, &again)
+                            .await?;
+                        // Results memoised under "allowed" at that frame must
+                        // never be reused: recording it as not denied makes
+                        // `memo_get` drop them.
+                        self.memo_put_frame(again.frame, Decision::Allowed, Cuts::default());
+                        other.decision != Decision::Denied
+                    };
+                    if undefined {
+                        return Err(Error::CycleThroughExclusion {
+                            resource: resource.to_string(),
+                            member: member.to_string(),
+                            via: via.to_string(),
+                        });
+                    }
                 }
-            }
-            // The answer now stands on the other assumptions only.
-            outcome.cuts.0.remove(&here.frame);
-            if let Some(key) = key
-                && outcome.cuts.is_none()
-            {
-                self.engine.cache.insert(key, outcome.decision).await;
-            }
-            self.memo_put(memo_key, here.frame, &outcome);
-            Ok(outcome)
-        })
+                // The answer now stands on the other assumptions only.
+                outcome.cuts.0.remove(&here.frame);
+                if let Some(key) = key
+                    && outcome.cuts.is_none()
+                {
+                    self.engine.cache.insert(key, outcome.decision).await;
+                }
+                self.memo_put(memo_key, here.frame, &outcome);
+                Ok(outcome)
+            },
+            span,
+        ))
     }
 
     /// The subject itself or a wildcard of its type (one indexed lookup),

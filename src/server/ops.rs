@@ -26,14 +26,25 @@ const BUCKETS: &[f64] = &[
     5.0, 10.0,
 ];
 
+/// Buckets for per-request work: sub-problems evaluated, dispatch depth.
+const WORK_BUCKETS: &[f64] = &[
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0,
+];
+
 /// The process-wide Prometheus recorder, installed on first use (several
 /// servers in one process — tests — share it).
 pub fn metrics_handle() -> &'static PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE.get_or_init(|| {
+        // Setting buckets only fails for an empty list; neither list is.
         let builder = PrometheusBuilder::new();
-        // Setting buckets only fails for an empty list; BUCKETS is not empty.
-        let builder = match builder.set_buckets(BUCKETS) {
+        let builder = builder
+            .set_buckets(BUCKETS)
+            .unwrap_or_else(|_| PrometheusBuilder::new());
+        let builder = match builder.set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Prefix("kinbar_dispatch_".into()),
+            WORK_BUCKETS,
+        ) {
             Ok(b) => b,
             Err(_) => PrometheusBuilder::new(),
         };
@@ -87,7 +98,7 @@ impl Readiness {
 
     /// One probe: updates the flag and returns whether it changed.
     pub async fn probe(&self, engine: &Engine) -> bool {
-        let result = tokio::time::timeout(Duration::from_secs(5), engine.head_revision()).await;
+        let result = tokio::time::timeout(Duration::from_secs(5), engine.ready()).await;
         let (ready, reason) = match result {
             Ok(Ok(_)) => (true, String::new()),
             Ok(Err(e)) => (false, format!("datastore unavailable: {e}")),
@@ -127,12 +138,43 @@ pub async fn watch_readiness<F, Fut>(
         if readiness.probe(&engine).await {
             changed(readiness.is_ready()).await;
         }
-        // The engine's cache counters, as monotonic totals.
-        let m = &engine.metrics;
-        metrics::counter!("kinbar_cache_hits_total").absolute(m.cache_hits.load(Ordering::Relaxed));
-        metrics::counter!("kinbar_cache_misses_total")
-            .absolute(m.cache_misses.load(Ordering::Relaxed));
+        export_engine_stats(&engine).await;
         tokio::time::sleep(every).await;
+    }
+}
+
+/// The engine's cache counters and the datastore's pool, sealer and GC
+/// figures, as gauges and monotonic totals.
+pub async fn export_engine_stats(engine: &Engine) {
+    let m = &engine.metrics;
+    let hits = m.cache_hits.load(Ordering::Relaxed);
+    let misses = m.cache_misses.load(Ordering::Relaxed);
+    metrics::counter!("kinbar_cache_hits_total").absolute(hits);
+    metrics::counter!("kinbar_cache_misses_total").absolute(misses);
+    if hits + misses > 0 {
+        metrics::gauge!("kinbar_cache_hit_ratio").set(hits as f64 / (hits + misses) as f64);
+    }
+    let s = engine.datastore_stats().await;
+    let gauges = [
+        ("kinbar_datastore_pool_connections", s.pool_connections),
+        ("kinbar_datastore_pool_idle", s.pool_idle),
+        ("kinbar_datastore_pool_max", s.pool_max),
+        ("kinbar_audit_unsealed_transactions", s.audit_unsealed),
+    ];
+    for (name, value) in gauges {
+        if let Some(v) = value {
+            metrics::gauge!(name).set(v as f64);
+        }
+    }
+    metrics::counter!("kinbar_datastore_write_conflict_retries_total")
+        .absolute(s.write_conflict_retries);
+    metrics::counter!("kinbar_audit_sealed_transactions_total").absolute(s.audit_sealed);
+    metrics::counter!("kinbar_gc_passes_total").absolute(s.gc_passes);
+    metrics::counter!("kinbar_gc_failures_total").absolute(s.gc_failures);
+    metrics::counter!("kinbar_gc_deleted_total").absolute(s.gc_deleted);
+    if s.gc_last_pass_unix_ms > 0 {
+        metrics::gauge!("kinbar_gc_last_pass_timestamp_seconds")
+            .set(s.gc_last_pass_unix_ms as f64 / 1000.0);
     }
 }
 

@@ -108,7 +108,19 @@ pub struct PostgresStore {
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// Write attempts retried after a serialization failure or deadlock.
     pub conflict_retries: AtomicU64,
+    /// Sealer and GC progress, for `/metrics`.
+    progress: Progress,
     replica: Option<Replica>,
+}
+
+/// Background-work totals since the store was opened.
+#[derive(Default)]
+pub(super) struct Progress {
+    pub sealed: AtomicU64,
+    pub gc_passes: AtomicU64,
+    pub gc_failures: AtomicU64,
+    pub gc_deleted: AtomicU64,
+    pub gc_last_pass_ms: AtomicU64,
 }
 
 impl Drop for PostgresStore {
@@ -152,6 +164,7 @@ impl PostgresStore {
             schema_at: Mutex::new(None),
             tasks: Mutex::new(Vec::new()),
             conflict_retries: AtomicU64::new(0),
+            progress: Progress::default(),
         };
         Ok(store)
     }
@@ -333,7 +346,7 @@ async fn applied_versions(pool: &PgPool) -> Result<Vec<i64>, StoreError> {
 }
 
 /// Refuses an unmigrated, partly migrated or newer database.
-async fn check_migrations(pool: &PgPool) -> Result<(), StoreError> {
+pub(super) async fn check_migrations(pool: &PgPool) -> Result<(), StoreError> {
     let applied = applied_versions(pool).await?;
     let known: Vec<i64> = MIGRATOR.iter().map(|m| m.version).collect();
     if let Some(v) = applied.iter().find(|v| !known.contains(v)) {

@@ -15,6 +15,34 @@ impl Datastore for PostgresStore {
         Ok(Revision::new(self.current_snapshot().await?.to_string()))
     }
 
+    async fn ready(&self) -> Result<(), StoreError> {
+        super::check_migrations(&self.pool).await?;
+        self.current_snapshot().await.map(|_| ())
+    }
+
+    async fn stats(&self) -> crate::store::DatastoreStats {
+        let p = &self.progress;
+        // Unsealed committed transactions: the sealer's backlog. A failure
+        // here (database down) leaves the figure out rather than failing.
+        let unsealed: Option<i64> =
+            sqlx::query_scalar("SELECT count(*) FROM transactions WHERE audit_seq IS NULL")
+                .fetch_one(&self.pool)
+                .await
+                .ok();
+        crate::store::DatastoreStats {
+            pool_connections: Some(u64::from(self.pool.size())),
+            pool_idle: Some(self.pool.num_idle() as u64),
+            pool_max: Some(u64::from(self.options.max_connections)),
+            write_conflict_retries: self.conflict_retries.load(Ordering::Relaxed),
+            audit_sealed: p.sealed.load(Ordering::Relaxed),
+            audit_unsealed: unsealed.map(|n| n.max(0) as u64),
+            gc_passes: p.gc_passes.load(Ordering::Relaxed),
+            gc_failures: p.gc_failures.load(Ordering::Relaxed),
+            gc_deleted: p.gc_deleted.load(Ordering::Relaxed),
+            gc_last_pass_unix_ms: p.gc_last_pass_ms.load(Ordering::Relaxed),
+        }
+    }
+
     async fn optimized_revision(&self, quantum: Duration) -> Result<Revision, StoreError> {
         let q = quantum.as_millis() as u64;
         if q == 0 {

@@ -97,6 +97,20 @@ impl PostgresStore {
             return Ok(GcStats::default());
         }
         let result = self.gc_locked(&mut conn, window).await;
+        let p = &self.progress;
+        match &result {
+            Ok(stats) => {
+                p.gc_passes.fetch_add(1, Ordering::Relaxed);
+                p.gc_deleted.fetch_add(
+                    stats.relationships_deleted + stats.schemas_deleted,
+                    Ordering::Relaxed,
+                );
+                p.gc_last_pass_ms.store(now_ms(), Ordering::Relaxed);
+            }
+            Err(_) => {
+                p.gc_failures.fetch_add(1, Ordering::Relaxed);
+            }
+        }
         let unlocked = sqlx::query("SELECT pg_advisory_unlock($1)")
             .bind(GC_LOCK)
             .execute(&mut *conn)

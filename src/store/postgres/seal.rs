@@ -62,6 +62,9 @@ impl PostgresStore {
                 sealed += 1;
             }
             tx.commit().await.map_err(db_err)?;
+            self.progress
+                .sealed
+                .fetch_add(txns.len() as u64, Ordering::Relaxed);
         }
     }
 }
