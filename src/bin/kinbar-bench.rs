@@ -3,7 +3,8 @@
 //! `relationships.txt` (one relationship per line) and `checks.txt`
 //! (`resource permission subject true|false`).
 //!
-//! `kinbar-bench run DIR [--checks N] [--lookups N] [--cache-capacity N]`
+//! `kinbar-bench run DIR [--checks N] [--lookups N] [--cache-capacity N] [--by-writes N]`
+//! (`--by-writes 1000`: load by WriteRelationships of 1,000, not one import)
 //! loads the relationships into the memory store by one bulk import,
 //! reports the load time and resident bytes per relationship, runs the
 //! checks on one thread (checks/s, p50, p99, wrong answers), then
@@ -27,7 +28,7 @@ const CRM_SCHEMA: &str = include_str!("../../benches/data/crm-small/schema.zed")
 
 fn usage() -> ! {
     eprintln!(
-        "usage: kinbar-bench run DIR [--checks N] [--lookups N] [--cache-capacity N]\n       kinbar-bench generate DIR --customers N\n       kinbar-bench scale - [--customers N]   (lookup time as the answer grows)"
+        "usage: kinbar-bench run DIR [--checks N] [--lookups N] [--cache-capacity N] [--by-writes N]\n       kinbar-bench generate DIR --customers N\n       kinbar-bench scale - [--customers N]   (lookup time as the answer grows)"
     );
     std::process::exit(2)
 }
@@ -81,6 +82,7 @@ fn main() {
     let mut lookups = 20usize;
     let mut customers = 0usize;
     let mut cache: Option<u64> = None;
+    let mut by_writes = 0usize;
     while let Some(flag) = it.next() {
         let mut value = || {
             it.next()
@@ -92,6 +94,7 @@ fn main() {
             "--lookups" => lookups = value() as usize,
             "--customers" => customers = value() as usize,
             "--cache-capacity" => cache = Some(value()),
+            "--by-writes" => by_writes = value() as usize,
             _ => usage(),
         }
     }
@@ -100,14 +103,18 @@ fn main() {
         .build()
         .unwrap();
     match command.as_str() {
-        "run" => rt.block_on(run(&dir, checks, lookups, cache)),
+        "run" => rt.block_on(run(&dir, checks, lookups, cache, by_writes)),
         "generate" if customers > 0 => rt.block_on(generate(&dir, customers)),
         "scale" => rt.block_on(scale(if customers > 0 { customers } else { 100_000 })),
         _ => usage(),
     }
 }
 
-async fn load(dir: &Path, cache: Option<u64>) -> (Engine, usize, Duration, u64) {
+/// Loads a dataset into a fresh memory store: one bulk import, or with
+/// `by_writes > 0` WriteRelationships transactions of that many (the way
+/// clients load, one revision each). Returns the engine, the number of
+/// relationships, the load time and the resident growth.
+async fn load(dir: &Path, cache: Option<u64>, by_writes: usize) -> (Engine, usize, Duration, u64) {
     let schema = std::fs::read_to_string(dir.join("schema.zed")).expect("schema.zed");
     let text = std::fs::read_to_string(dir.join("relationships.txt")).expect("relationships.txt");
     let before = resident_bytes();
@@ -130,18 +137,41 @@ async fn load(dir: &Path, cache: Option<u64>) -> (Engine, usize, Duration, u64) 
         .map(|l| l.parse().expect("relationship"))
         .collect();
     let n = rels.len();
-    engine
-        .import_relationships(rels, TxnMetadata::default())
-        .await
-        .expect("import");
+    if by_writes > 0 {
+        let mut rels = rels.into_iter().peekable();
+        while rels.peek().is_some() {
+            let updates: Vec<kinbar::Update> = rels
+                .by_ref()
+                .take(by_writes)
+                .map(|relationship| kinbar::Update {
+                    operation: kinbar::Operation::Touch,
+                    relationship,
+                })
+                .collect();
+            engine
+                .write_relationships(updates, vec![], TxnMetadata::default())
+                .await
+                .expect("write");
+        }
+    } else {
+        engine
+            .import_relationships(rels, TxnMetadata::default())
+            .await
+            .expect("import");
+    }
     let took = started.elapsed();
     let grown = resident_bytes().saturating_sub(before);
     (engine, n, took, grown)
 }
 
-async fn run(dir: &Path, max_checks: usize, lookups: usize, cache: Option<u64>) {
-    let (engine, n, took, grown) = load(dir, cache).await;
-    println!("| dataset | relationships | load (import) | resident bytes / relationship |");
+async fn run(dir: &Path, max_checks: usize, lookups: usize, cache: Option<u64>, by_writes: usize) {
+    let (engine, n, took, grown) = load(dir, cache, by_writes).await;
+    let how = if by_writes > 0 {
+        format!("writes of {by_writes}")
+    } else {
+        "import".to_string()
+    };
+    println!("| dataset | relationships | load ({how}) | resident bytes / relationship |");
     println!("|---|---|---|---|");
     println!(
         "| {} | {n} | {:.2} s | {} |",
@@ -439,7 +469,7 @@ async fn generate(dir: &Path, customers: usize) {
     std::fs::write(dir.join("relationships.txt"), &out).expect("write relationships.txt");
     std::fs::write(dir.join("schema.zed"), CRM_SCHEMA).expect("write schema.zed");
     // Checks with Kinbar's own answers.
-    let (engine, _, _, _) = load(dir, None).await;
+    let (engine, _, _, _) = load(dir, None, 0).await;
     let mut checks = String::new();
     let permissions = ["view", "edit", "manage", "add_friend"];
     for i in 0..50_000 {
