@@ -1,26 +1,34 @@
 //! The embedded in-memory datastore: the default for `kinbar serve` and tests.
 //!
-//! MVCC by persistent snapshots: every committed revision has its own
-//! immutable snapshot (persistent B-trees from `imbl`, so a new revision
-//! shares all unchanged nodes with the previous one and costs O(log n) per
-//! changed relationship). A reader takes the snapshot of its revision under a
-//! lock held only for an `Arc`-cheap clone and then reads without any lock, so
-//! readers never block writers and never see a later write. Writers are
-//! serialised by one mutex; each builds the next snapshot from the head and
-//! publishes it atomically.
+//! Compact MVCC, as on Postgres: every relationship version is a row of six
+//! interned symbols with the revisions it was created and deleted at, kept
+//! in two sorted indexes (by resource and by subject; [`index`]). A read at
+//! revision R sees the versions with `created <= R < deleted`, so a writer
+//! never disturbs a reader's revision and no snapshot of the whole store is
+//! kept per revision. One lock guards the state: a query holds it shared
+//! for its own duration, a write exclusively while it applies (an error
+//! midway undoes what it applied, so a transaction is all or nothing).
 //!
-//! Old snapshots are dropped once they are outside the GC window (time) or
-//! beyond the retained-revision count; reading such a revision is
+//! Revisions are numbered; the retained ones are those inside the GC window
+//! (time) and the retained-revision count. Versions deleted at or before the
+//! oldest retained revision are invisible to every readable revision and are
+//! removed (garbage collection); reading an older revision is
 //! [`StoreError::RevisionTooOld`].
+//!
+//! The Watch log covers the retained revisions; the audit chain is kept for
+//! the life of the process (DESIGN.md §9's retention is not applied: a
+//! memory store's audit ends with the process anyway). Both store changes
+//! as symbols (28 bytes a change) and rebuild records when read.
+
+mod index;
 
 use std::collections::{BTreeMap, VecDeque};
-use std::ops::Bound;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use imbl::OrdSet;
 
+use self::index::{Entry, Index, Interner, Key, LIVE, NONE, Probe};
 use super::*;
 use crate::model::{ObjectRef, Relationship, Revision, SubjectRef};
 
@@ -42,48 +50,42 @@ impl Default for MemoryOptions {
     }
 }
 
-#[derive(Clone, Default)]
-struct Snapshot {
-    forward: OrdSet<Relationship>,
-    reverse: OrdSet<ReverseKey>,
-    schema: Option<StoredSchema>,
+/// A committed transaction as kept for Watch and the audit.
+struct Txn {
+    number: u64,
+    committed_at_ms: u64,
+    metadata: TxnMetadata,
+    /// Forward keys.
+    changes: Vec<(Operation, Key)>,
+    schema_change: Option<(Option<String>, String)>,
 }
 
-/// The reverse (by-subject) index key.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-struct ReverseKey {
-    subject: SubjectRef,
-    resource_type: String,
-    relation: String,
-    resource_id: String,
+/// A sealed audit record: the transaction and its chain hashes.
+struct Sealed {
+    txn: Arc<Txn>,
+    previous_hash: [u8; 32],
+    hash: [u8; 32],
 }
 
-impl ReverseKey {
-    fn of(rel: &Relationship) -> Self {
-        ReverseKey {
-            subject: rel.subject.clone(),
-            resource_type: rel.resource.object_type.clone(),
-            relation: rel.relation.clone(),
-            resource_id: rel.resource.object_id.clone(),
-        }
-    }
-
-    fn relationship(&self) -> Relationship {
-        Relationship::new(
-            ObjectRef::new(self.resource_type.clone(), self.resource_id.clone()),
-            self.relation.clone(),
-            self.subject.clone(),
-        )
-    }
-}
-
-struct Versions {
-    /// revision → (snapshot, commit time in ms)
-    snapshots: BTreeMap<u64, (Snapshot, u64)>,
-    /// `(revision number, transaction)` in commit order.
-    log: VecDeque<(u64, Arc<CommittedTxn>)>,
+struct State {
+    names: Interner,
+    /// Keys `[resource type, resource id, relation, subject type, subject
+    /// id, subject relation]`.
+    forward: Index,
+    /// Keys `[subject type, subject id, subject relation, resource type,
+    /// relation, resource id]`.
+    reverse: Index,
+    /// Retained revisions: number → commit time (ms). Holds the head.
+    revisions: BTreeMap<u64, u64>,
+    /// Schema versions by the revision that wrote them.
+    schemas: BTreeMap<u64, StoredSchema>,
+    /// Deleted versions `(deleted at, forward key, created at)`, in order of
+    /// deletion: what garbage collection removes first.
+    dead: VecDeque<(u64, Key, u64)>,
+    /// Transactions of the retained revisions, in commit order.
+    log: VecDeque<Arc<Txn>>,
     /// The audit chain: appended and sealed with each commit, never pruned.
-    audit: Vec<Arc<crate::audit::AuditRecord>>,
+    audit: Vec<Sealed>,
     head: u64,
 }
 
@@ -91,8 +93,7 @@ struct Versions {
 pub struct MemoryStore {
     id: String,
     options: MemoryOptions,
-    versions: RwLock<Versions>,
-    writer: Mutex<()>,
+    state: RwLock<State>,
     /// `(window start, quantum, revision)` of the last optimized revision:
     /// every request in the same window shares it without scanning.
     optimized: Mutex<Option<(u64, u64, u64)>>,
@@ -120,240 +121,274 @@ fn poisoned() -> StoreError {
     StoreError::Internal("memory store lock poisoned by a panic".into())
 }
 
-impl MemoryStore {
-    pub fn new(options: MemoryOptions) -> Self {
-        let mut snapshots = BTreeMap::new();
-        snapshots.insert(0, (Snapshot::default(), now_ms()));
-        MemoryStore {
-            id: format!("mem-{:016x}", rand::random::<u64>()),
-            options,
-            versions: RwLock::new(Versions {
-                snapshots,
-                log: VecDeque::new(),
-                audit: Vec::new(),
-                head: 0,
-            }),
-            writer: Mutex::new(()),
-            optimized: Mutex::new(None),
+/// A forward key's reverse-index key.
+fn reverse_key(k: &Key) -> Key {
+    [k[3], k[4], k[5], k[0], k[2], k[1]]
+}
+
+fn probe_of(rel: &Relationship) -> Probe<'_> {
+    [
+        Some(&rel.resource.object_type),
+        Some(&rel.resource.object_id),
+        Some(&rel.relation),
+        Some(&rel.subject.object.object_type),
+        Some(&rel.subject.object.object_id),
+        rel.subject.relation.as_deref(),
+    ]
+}
+
+impl State {
+    fn new() -> Self {
+        State {
+            names: Interner::default(),
+            forward: Index::default(),
+            reverse: Index::default(),
+            revisions: BTreeMap::from([(0, now_ms())]),
+            schemas: BTreeMap::new(),
+            dead: VecDeque::new(),
+            log: VecDeque::new(),
+            audit: Vec::new(),
+            head: 0,
         }
     }
 
-    fn snapshot(&self, at: &Revision) -> Result<Snapshot, StoreError> {
+    fn oldest(&self) -> u64 {
+        self.revisions.keys().next().copied().unwrap_or(self.head)
+    }
+
+    /// `at` as a readable revision number.
+    fn readable(&self, at: &Revision) -> Result<u64, StoreError> {
         let n = number(at)?;
-        let v = self.versions.read().map_err(|_| poisoned())?;
-        if n > v.head {
+        if n > self.head {
             return Err(StoreError::RevisionInFuture(at.clone()));
         }
-        match v.snapshots.range(..=n).next_back() {
-            Some((_, (snap, _))) => Ok(snap.clone()),
-            None => Err(StoreError::RevisionTooOld {
+        if n < self.oldest() {
+            return Err(StoreError::RevisionTooOld {
                 requested: at.clone(),
-                oldest: revision(v.snapshots.keys().next().copied().unwrap_or(v.head)),
-            }),
+                oldest: revision(self.oldest()),
+            });
+        }
+        Ok(n)
+    }
+
+    fn schema_at(&self, n: u64) -> Option<&StoredSchema> {
+        self.schemas.range(..=n).next_back().map(|(_, s)| s)
+    }
+
+    fn relationship(&self, k: &Key) -> Relationship {
+        let n = &self.names;
+        Relationship::new(
+            ObjectRef::new(n.name(k[0]), n.name(k[1])),
+            n.name(k[2]),
+            SubjectRef {
+                object: ObjectRef::new(n.name(k[3]), n.name(k[4])),
+                relation: n.resolve(k[5]).map(str::to_string),
+            },
+        )
+    }
+
+    fn intern(&mut self, rel: &Relationship) -> Key {
+        let n = &mut self.names;
+        [
+            n.intern(&rel.resource.object_type),
+            n.intern(&rel.resource.object_id),
+            n.intern(&rel.relation),
+            n.intern(&rel.subject.object.object_type),
+            n.intern(&rel.subject.object.object_id),
+            match &rel.subject.relation {
+                Some(r) => n.intern(r),
+                None => NONE,
+            },
+        ]
+    }
+
+    fn committed(&self, t: &Txn) -> CommittedTxn {
+        CommittedTxn {
+            revision: revision(t.number),
+            committed_at_ms: t.committed_at_ms,
+            metadata: t.metadata.clone(),
+            changes: t
+                .changes
+                .iter()
+                .map(|(operation, k)| Change {
+                    operation: *operation,
+                    relationship: self.relationship(k),
+                })
+                .collect(),
+            schema_change: t.schema_change.clone(),
         }
     }
 
-    /// Drops snapshots outside the retention bounds. The head is always kept,
-    /// and so is the snapshot covering the oldest retained revision.
-    fn prune(&self, v: &mut Versions, now: u64) {
-        let window = self.options.gc_window.as_millis() as u64;
-        while v.snapshots.len() > 1 {
-            let Some((&oldest, &(_, at_ms))) = v.snapshots.iter().next() else {
-                break;
-            };
-            let too_many = v.snapshots.len() > self.options.max_retained_revisions.max(1);
-            let too_old = now.saturating_sub(at_ms) > window;
-            if !(too_many || too_old) || oldest == v.head {
+    fn audit_record(&self, sequence: usize, s: &Sealed) -> crate::audit::AuditRecord {
+        let mut record =
+            crate::audit::AuditRecord::of(sequence as u64 + 1, &self.committed(&s.txn));
+        record.previous_hash = s.previous_hash;
+        record.hash = s.hash;
+        record
+    }
+
+    /// Forward entries from `lo` (or strictly after `after` when that is
+    /// later) while `in_range` holds, visible at `at` and matching
+    /// `filter`, at most `limit` in all in `out`.
+    #[allow(clippy::too_many_arguments)]
+    fn scan(
+        &self,
+        at: u64,
+        lo: Probe<'_>,
+        after: Option<&Relationship>,
+        in_range: impl Fn(&[Option<&str>; 6]) -> bool,
+        filter: &RelationshipFilter,
+        out: &mut Vec<Relationship>,
+        limit: usize,
+    ) {
+        let start = match after.map(probe_of) {
+            Some(a) if a >= lo => self.forward.seek(&self.names, &a, true),
+            _ => self.forward.seek(&self.names, &lo, false),
+        };
+        for e in self.forward.iter_from(start) {
+            if out.len() >= limit {
                 break;
             }
-            v.snapshots.remove(&oldest);
-        }
-        let oldest = v.snapshots.keys().next().copied().unwrap_or(v.head);
-        while v.log.front().is_some_and(|(n, _)| *n < oldest) {
-            v.log.pop_front();
-        }
-    }
-
-    /// Number of retained revisions (for metrics and tests).
-    pub fn retained_revisions(&self) -> usize {
-        self.versions.read().map(|v| v.snapshots.len()).unwrap_or(0)
-    }
-
-    /// Garbage-collects now with `window` instead of the configured one.
-    pub fn gc_with_window(&self, window: Duration) -> Result<u64, StoreError> {
-        let mut removed = 0;
-        let mut v = self.versions.write().map_err(|_| poisoned())?;
-        let now = now_ms();
-        let cutoff = window.as_millis() as u64;
-        while v.snapshots.len() > 1 {
-            let Some((&oldest, &(_, at_ms))) = v.snapshots.iter().next() else {
-                break;
-            };
-            if oldest == v.head || now.saturating_sub(at_ms) <= cutoff {
+            let strs = e.key.map(|s| self.names.resolve(s));
+            if !in_range(&strs) {
                 break;
             }
-            v.snapshots.remove(&oldest);
-            removed += 1;
-        }
-        Ok(removed)
-    }
-}
-
-fn lower_bound(filter: &RelationshipFilter, id: Option<&str>) -> Relationship {
-    Relationship::new(
-        ObjectRef::new(
-            filter.resource_type.clone().unwrap_or_default(),
-            id.map(str::to_string)
-                .or_else(|| filter.resource_id_prefix.clone())
-                .unwrap_or_default(),
-        ),
-        if id.is_some() {
-            filter.relation.clone().unwrap_or_default()
-        } else {
-            String::new()
-        },
-        SubjectRef::object(ObjectRef::new("", "")),
-    )
-}
-
-/// Scans `set` from `lo` while `in_range` holds, collecting matches after `after`.
-fn scan(
-    set: &OrdSet<Relationship>,
-    lo: Relationship,
-    after: Option<&Relationship>,
-    in_range: impl Fn(&Relationship) -> bool,
-    filter: &RelationshipFilter,
-    out: &mut Vec<Relationship>,
-    limit: usize,
-) {
-    let start = match after {
-        Some(a) if *a >= lo => Bound::Excluded(a.clone()),
-        _ => Bound::Included(lo),
-    };
-    for rel in set.range((start, Bound::Unbounded)) {
-        if out.len() >= limit || !in_range(rel) {
-            break;
-        }
-        if filter.matches(rel) {
-            out.push(rel.clone());
+            if !e.visible_at(at) {
+                continue;
+            }
+            let rel = self.relationship(&e.key);
+            if filter.matches(&rel) {
+                out.push(rel);
+            }
         }
     }
-}
 
-fn query_snapshot(snap: &Snapshot, filter: &RelationshipFilter, page: &Page) -> Vec<Relationship> {
-    let limit = page.limit.unwrap_or(usize::MAX);
-    let after = page.after.as_ref();
-    let mut out = Vec::new();
-    if let Some(t) = &filter.resource_type {
+    /// Relationships matching `filter` at revision `at`, in relationship
+    /// order, paged.
+    fn query(&self, at: u64, filter: &RelationshipFilter, page: &Page) -> Vec<Relationship> {
+        let limit = page.limit.unwrap_or(usize::MAX);
+        let after = page.after.as_ref();
+        let mut out = Vec::new();
+        let Some(t) = filter.resource_type.as_deref() else {
+            if let Some(s) = &filter.subject {
+                return self.query_by_subject(at, filter, s, after, limit);
+            }
+            self.scan(at, [Some(""); 6], after, |_| true, filter, &mut out, limit);
+            return out;
+        };
         if filter.resource_ids.is_empty() {
-            scan(
-                &snap.forward,
-                lower_bound(filter, None),
+            let prefix = filter.resource_id_prefix.as_deref().unwrap_or("");
+            self.scan(
+                at,
+                [Some(t), Some(prefix), Some(""), Some(""), Some(""), None],
                 after,
-                |r| {
-                    r.resource.object_type == *t
-                        && filter
-                            .resource_id_prefix
-                            .as_ref()
-                            .is_none_or(|p| r.resource.object_id.starts_with(p.as_str()))
-                },
+                |k| k[0] == Some(t) && k[1].is_some_and(|id| id.starts_with(prefix)),
                 filter,
                 &mut out,
                 limit,
             );
-        } else {
-            let mut ids: Vec<&String> = filter.resource_ids.iter().collect();
-            ids.sort();
-            ids.dedup();
-            for id in ids {
-                match (&filter.relation, &filter.subject) {
-                    // resource#relation@subject_type[:ids]: the key order lets
-                    // us seek straight to those subjects.
-                    (Some(rel), Some(sf)) => {
-                        let mut sids: Vec<&str> =
-                            sf.subject_ids.iter().map(String::as_str).collect();
-                        sids.sort();
-                        sids.dedup();
-                        let seeks: Vec<Option<&str>> = if sids.is_empty() {
-                            vec![None]
-                        } else {
-                            sids.into_iter().map(Some).collect()
-                        };
-                        for sid in seeks {
-                            let lo = Relationship::new(
-                                ObjectRef::new(t.clone(), id.clone()),
-                                rel.clone(),
-                                SubjectRef::object(ObjectRef::new(
-                                    sf.subject_type.clone(),
-                                    sid.unwrap_or_default(),
-                                )),
-                            );
-                            scan(
-                                &snap.forward,
-                                lo,
-                                after,
-                                |r| {
-                                    r.resource.object_type == *t
-                                        && r.resource.object_id == *id
-                                        && r.relation == *rel
-                                        && r.subject.object.object_type == sf.subject_type
-                                        && sid.is_none_or(|s| r.subject.object.object_id == s)
-                                },
-                                filter,
-                                &mut out,
-                                limit,
-                            );
-                        }
+            return out;
+        }
+        let mut ids: Vec<&str> = filter.resource_ids.iter().map(String::as_str).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        for id in ids {
+            match (filter.relation.as_deref(), &filter.subject) {
+                // resource#relation@subject_type[:ids]: the key order lets
+                // us seek straight to those subjects.
+                (Some(rel), Some(sf)) => {
+                    let mut sids: Vec<&str> = sf.subject_ids.iter().map(String::as_str).collect();
+                    sids.sort_unstable();
+                    sids.dedup();
+                    let seeks: Vec<Option<&str>> = if sids.is_empty() {
+                        vec![None]
+                    } else {
+                        sids.into_iter().map(Some).collect()
+                    };
+                    let st = sf.subject_type.as_str();
+                    for sid in seeks {
+                        self.scan(
+                            at,
+                            [
+                                Some(t),
+                                Some(id),
+                                Some(rel),
+                                Some(st),
+                                Some(sid.unwrap_or("")),
+                                None,
+                            ],
+                            after,
+                            |k| {
+                                k[0] == Some(t)
+                                    && k[1] == Some(id)
+                                    && k[2] == Some(rel)
+                                    && k[3] == Some(st)
+                                    && sid.is_none_or(|s| k[4] == Some(s))
+                            },
+                            filter,
+                            &mut out,
+                            limit,
+                        );
                     }
-                    _ => scan(
-                        &snap.forward,
-                        lower_bound(filter, Some(id)),
-                        after,
-                        |r| {
-                            r.resource.object_type == *t
-                                && r.resource.object_id == *id
-                                && filter
-                                    .relation
-                                    .as_ref()
-                                    .is_none_or(|rel| r.relation == *rel)
-                        },
-                        filter,
-                        &mut out,
-                        limit,
-                    ),
                 }
+                (rel, _) => self.scan(
+                    at,
+                    [
+                        Some(t),
+                        Some(id),
+                        Some(rel.unwrap_or("")),
+                        Some(""),
+                        Some(""),
+                        None,
+                    ],
+                    after,
+                    |k| k[0] == Some(t) && k[1] == Some(id) && rel.is_none_or(|r| k[2] == Some(r)),
+                    filter,
+                    &mut out,
+                    limit,
+                ),
             }
         }
-    } else if let Some(s) = &filter.subject {
-        // By subject: the reverse index, then back into relationship order.
-        let mut found = Vec::new();
-        let starts: Vec<ReverseKey> = if s.subject_ids.is_empty() {
-            vec![ReverseKey {
-                subject: SubjectRef::object(ObjectRef::new(s.subject_type.clone(), "")),
-                resource_type: String::new(),
-                relation: String::new(),
-                resource_id: String::new(),
-            }]
+        out
+    }
+
+    /// By subject: the reverse index, then back into relationship order.
+    fn query_by_subject(
+        &self,
+        at: u64,
+        filter: &RelationshipFilter,
+        s: &SubjectFilter,
+        after: Option<&Relationship>,
+        limit: usize,
+    ) -> Vec<Relationship> {
+        let st = s.subject_type.as_str();
+        let starts: Vec<Option<&str>> = if s.subject_ids.is_empty() {
+            vec![None]
         } else {
-            s.subject_ids
-                .iter()
-                .map(|id| ReverseKey {
-                    subject: SubjectRef::object(ObjectRef::new(s.subject_type.clone(), id.clone())),
-                    resource_type: String::new(),
-                    relation: String::new(),
-                    resource_id: String::new(),
-                })
-                .collect()
+            s.subject_ids.iter().map(|id| Some(id.as_str())).collect()
         };
-        for start in starts {
-            let id = start.subject.object.object_id.clone();
-            for key in snap.reverse.range(start..) {
-                if key.subject.object.object_type != s.subject_type
-                    || (!s.subject_ids.is_empty() && key.subject.object.object_id != id)
+        let mut found = Vec::new();
+        for sid in starts {
+            let lo = [
+                Some(st),
+                Some(sid.unwrap_or("")),
+                None,
+                Some(""),
+                Some(""),
+                Some(""),
+            ];
+            let from = self.reverse.seek(&self.names, &lo, false);
+            for e in self.reverse.iter_from(from) {
+                if self.names.resolve(e.key[0]) != Some(st)
+                    || sid.is_some_and(|id| self.names.resolve(e.key[1]) != Some(id))
                 {
                     break;
                 }
-                let rel = key.relationship();
+                if !e.visible_at(at) {
+                    continue;
+                }
+                let k = e.key;
+                let rel = self.relationship(&[k[3], k[5], k[4], k[0], k[1], k[2]]);
                 if filter.matches(&rel) && after.is_none_or(|a| rel > *a) {
                     found.push(rel);
                 }
@@ -362,143 +397,68 @@ fn query_snapshot(snap: &Snapshot, filter: &RelationshipFilter, page: &Page) -> 
         found.sort();
         found.dedup();
         found.truncate(limit);
-        out = found;
-    } else {
-        scan(
-            &snap.forward,
-            lower_bound(filter, None),
-            after,
-            |_| true,
-            filter,
-            &mut out,
-            limit,
-        );
-    }
-    out
-}
-
-#[async_trait]
-impl Datastore for MemoryStore {
-    fn id(&self) -> &str {
-        &self.id
+        found
     }
 
-    async fn head_revision(&self) -> Result<Revision, StoreError> {
-        Ok(revision(self.versions.read().map_err(|_| poisoned())?.head))
-    }
-
-    async fn optimized_revision(&self, quantum: Duration) -> Result<Revision, StoreError> {
-        let v = self.versions.read().map_err(|_| poisoned())?;
-        let q = quantum.as_millis() as u64;
-        if q == 0 {
-            return Ok(revision(v.head));
-        }
-        let now = now_ms();
-        let window_start = now - now % q;
-        if let Ok(cached) = self.optimized.lock()
-            && let Some((w, cq, rev)) = *cached
-            && (w, cq) == (window_start, q)
-            && v.snapshots.contains_key(&rev)
-        {
-            return Ok(revision(rev));
-        }
-        let chosen = v
-            .snapshots
-            .iter()
-            .rev()
-            .find(|(_, (_, at_ms))| *at_ms <= window_start)
-            .or_else(|| v.snapshots.iter().next())
-            .map(|(rev, _)| *rev)
-            .unwrap_or(v.head);
-        if let Ok(mut cached) = self.optimized.lock() {
-            *cached = Some((window_start, q, chosen));
-        }
-        Ok(revision(chosen))
-    }
-
-    async fn check_revision(&self, at: &Revision) -> Result<(), StoreError> {
-        self.snapshot(at).map(|_| ())
-    }
-
-    async fn at_least_as_fresh(
-        &self,
-        wanted: &Revision,
-        candidate: Revision,
-    ) -> Result<Revision, StoreError> {
-        let w = number(wanted)?;
-        if w > self.versions.read().map_err(|_| poisoned())?.head {
-            return Err(StoreError::RevisionInFuture(wanted.clone()));
-        }
-        Ok(if number(&candidate)? >= w {
-            candidate
-        } else {
-            wanted.clone()
-        })
-    }
-
-    async fn read_schema(&self, at: &Revision) -> Result<Option<StoredSchema>, StoreError> {
-        Ok(self.snapshot(at)?.schema)
-    }
-
-    async fn query(
-        &self,
-        at: &Revision,
-        filter: &RelationshipFilter,
-        page: &Page,
-    ) -> Result<Vec<Relationship>, StoreError> {
-        let snap = self.snapshot(at)?;
-        Ok(query_snapshot(&snap, filter, page))
-    }
-
-    async fn write(&self, txn: WriteTxn) -> Result<CommittedTxn, StoreError> {
-        let _writer = self.writer.lock().map_err(|_| poisoned())?;
-        let (head, mut snap) = {
-            let v = self.versions.read().map_err(|_| poisoned())?;
-            let snap = v
-                .snapshots
-                .get(&v.head)
-                .map(|(s, _)| s.clone())
-                .ok_or_else(|| StoreError::Internal("head snapshot missing".into()))?;
-            (v.head, snap)
+    /// Marks the live version of `key` deleted at `number` in both indexes.
+    fn delete(&mut self, key: &Key, number: u64, undo: &mut Vec<Undo>) -> bool {
+        let Some(live) = self.forward.live(&self.names, key) else {
+            return false;
         };
-        if let Some(expected) = txn.expected_schema
-            && snap.schema.as_ref().map(|s| &s.written_at) != expected.as_ref()
-        {
-            return Err(StoreError::SchemaChanged);
-        }
-        for (index, p) in txn.preconditions.iter().enumerate() {
-            let found = query_snapshot(
-                &snap,
-                &p.filter,
-                &Page {
-                    after: None,
-                    limit: Some(1),
-                },
-            );
-            match (p.kind, found.first()) {
-                (PreconditionKind::MustMatch, None) => {
-                    return Err(StoreError::PreconditionFailed {
-                        index,
-                        reason: "no relationship matches the MUST_MATCH filter".into(),
-                        example: None,
-                    });
+        self.forward
+            .set_deleted(&self.names, key, live.created, number);
+        self.reverse
+            .set_deleted(&self.names, &reverse_key(key), live.created, number);
+        undo.push(Undo::Deleted(*key, live.created));
+        true
+    }
+
+    fn insert(&mut self, key: Key, number: u64, undo: &mut Vec<Undo>) {
+        let entry = Entry {
+            key,
+            created: number,
+            deleted: LIVE,
+        };
+        self.forward.insert(&self.names, entry);
+        self.reverse.insert(
+            &self.names,
+            Entry {
+                key: reverse_key(&key),
+                ..entry
+            },
+        );
+        undo.push(Undo::Inserted(key, number));
+    }
+
+    fn rollback(&mut self, undo: Vec<Undo>) {
+        for u in undo.into_iter().rev() {
+            match u {
+                Undo::Deleted(k, created) => {
+                    self.forward.set_deleted(&self.names, &k, created, LIVE);
+                    self.reverse
+                        .set_deleted(&self.names, &reverse_key(&k), created, LIVE);
                 }
-                (PreconditionKind::MustNotMatch, Some(rel)) => {
-                    return Err(StoreError::PreconditionFailed {
-                        index,
-                        reason: format!("relationship `{rel}` matches the MUST_NOT_MATCH filter"),
-                        example: Some(Box::new(rel.clone())),
-                    });
+                Undo::Inserted(k, created) => {
+                    self.forward.remove(&self.names, &k, created);
+                    self.reverse.remove(&self.names, &reverse_key(&k), created);
                 }
-                _ => {}
             }
         }
-        let number = head + 1;
-        let revision = revision(number);
+    }
+
+    /// Applies a transaction's deletes and updates at revision `number`;
+    /// returns its changes (forward keys). On error, the caller rolls back.
+    fn apply(
+        &mut self,
+        txn: &WriteTxn,
+        number: u64,
+        undo: &mut Vec<Undo>,
+    ) -> Result<Vec<(Operation, Key)>, StoreError> {
         let mut changes = Vec::new();
         for d in &txn.deletes {
             let limit = d.limit.map(|l| l.saturating_add(1));
-            let matched = query_snapshot(&snap, &d.filter, &Page { after: None, limit });
+            // At `number`: this transaction's earlier deletes are gone.
+            let matched = self.query(number, &d.filter, &Page { after: None, limit });
             let take = match d.limit {
                 Some(l) if d.expect_exactly && matched.len() != l => {
                     return Err(StoreError::ChangedConcurrently {
@@ -518,73 +478,326 @@ impl Datastore for MemoryStore {
                 _ => matched.len(),
             };
             for rel in matched.into_iter().take(take) {
-                snap.reverse.remove(&ReverseKey::of(&rel));
-                snap.forward.remove(&rel);
-                changes.push(Change {
-                    operation: Operation::Delete,
-                    relationship: rel,
-                });
+                let key = self.intern(&rel);
+                if self.delete(&key, number, undo) {
+                    changes.push((Operation::Delete, key));
+                }
             }
         }
+        // A large insert-only batch (an import) is sorted and merged in one
+        // pass instead of inserted one by one.
+        let bulk = txn.updates.len() > 10_000
+            && txn.deletes.is_empty()
+            && txn.updates.iter().all(|u| u.operation != Operation::Delete);
+        let mut batch: std::collections::HashSet<Key> = std::collections::HashSet::new();
         for u in &txn.updates {
-            let rel = &u.relationship;
+            let key = self.intern(&u.relationship);
+            let exists = batch.contains(&key) || self.forward.live(&self.names, &key).is_some();
             match u.operation {
                 Operation::Create | Operation::Touch => {
-                    if snap.forward.contains(rel) {
+                    if exists {
                         if u.operation == Operation::Create {
-                            return Err(StoreError::AlreadyExists(Box::new(rel.clone())));
+                            return Err(StoreError::AlreadyExists(Box::new(
+                                u.relationship.clone(),
+                            )));
                         }
                         continue;
                     }
-                    snap.reverse.insert(ReverseKey::of(rel));
-                    snap.forward.insert(rel.clone());
-                    changes.push(Change {
-                        operation: u.operation,
-                        relationship: rel.clone(),
-                    });
+                    if bulk {
+                        batch.insert(key);
+                    } else {
+                        self.insert(key, number, undo);
+                    }
+                    changes.push((u.operation, key));
                 }
                 Operation::Delete => {
-                    if snap.forward.remove(rel).is_some() {
-                        snap.reverse.remove(&ReverseKey::of(rel));
-                        changes.push(Change {
-                            operation: Operation::Delete,
-                            relationship: rel.clone(),
-                        });
+                    if self.delete(&key, number, undo) {
+                        changes.push((Operation::Delete, key));
                     }
                 }
             }
         }
+        if bulk {
+            let entries = |reverse: bool| -> Vec<Entry> {
+                batch
+                    .iter()
+                    .map(|k| Entry {
+                        key: if reverse { reverse_key(k) } else { *k },
+                        created: number,
+                        deleted: LIVE,
+                    })
+                    .collect()
+            };
+            let (fwd, rev) = (entries(false), entries(true));
+            self.forward.insert_many(&self.names, fwd);
+            self.reverse.insert_many(&self.names, rev);
+        }
+        Ok(changes)
+    }
+
+    /// Drops retained revisions the options no longer keep (never the
+    /// head), then garbage-collects. Returns versions removed.
+    fn prune(&mut self, options: &MemoryOptions, window: Duration, now: u64) -> u64 {
+        let window = window.as_millis() as u64;
+        while self.revisions.len() > 1 {
+            let Some((&oldest, &at_ms)) = self.revisions.iter().next() else {
+                break;
+            };
+            let too_many = self.revisions.len() > options.max_retained_revisions.max(1);
+            let too_old = now.saturating_sub(at_ms) > window;
+            if !(too_many || too_old) || oldest == self.head {
+                break;
+            }
+            self.revisions.remove(&oldest);
+        }
+        self.collect()
+    }
+
+    /// Removes what no retained revision can see: versions deleted at or
+    /// before the oldest, schemas superseded by then, older Watch entries.
+    fn collect(&mut self) -> u64 {
+        let oldest = self.oldest();
+        while self.log.front().is_some_and(|t| t.number < oldest) {
+            self.log.pop_front();
+        }
+        let keep_from = self
+            .schemas
+            .range(..=oldest)
+            .next_back()
+            .map(|(n, _)| *n)
+            .unwrap_or(0);
+        self.schemas = self.schemas.split_off(&keep_from);
+        let mut removed = 0;
+        while let Some(&(deleted, key, created)) = self.dead.front() {
+            if deleted > oldest {
+                break;
+            }
+            self.dead.pop_front();
+            self.forward.remove(&self.names, &key, created);
+            self.reverse
+                .remove(&self.names, &reverse_key(&key), created);
+            removed += 1;
+        }
+        removed
+    }
+}
+
+/// What a failed write must undo.
+enum Undo {
+    Deleted(Key, u64),
+    Inserted(Key, u64),
+}
+
+impl MemoryStore {
+    pub fn new(options: MemoryOptions) -> Self {
+        MemoryStore {
+            id: format!("mem-{:016x}", rand::random::<u64>()),
+            options,
+            state: RwLock::new(State::new()),
+            optimized: Mutex::new(None),
+        }
+    }
+
+    /// Number of retained revisions (for metrics and tests).
+    pub fn retained_revisions(&self) -> usize {
+        self.state.read().map(|s| s.revisions.len()).unwrap_or(0)
+    }
+
+    /// Relationship versions held (live and not yet collected), and the
+    /// bytes their two indexes take.
+    pub fn versions(&self) -> (usize, usize) {
+        self.state
+            .read()
+            .map(|s| {
+                (
+                    s.forward.len(),
+                    s.forward.heap_bytes() + s.reverse.heap_bytes(),
+                )
+            })
+            .unwrap_or_default()
+    }
+
+    /// Garbage-collects now with `window` instead of the configured one.
+    /// Returns the relationship versions removed.
+    pub fn gc_with_window(&self, window: Duration) -> Result<u64, StoreError> {
+        let mut s = self.state.write().map_err(|_| poisoned())?;
+        let options = MemoryOptions {
+            max_retained_revisions: usize::MAX,
+            ..self.options.clone()
+        };
+        Ok(s.prune(&options, window, now_ms()))
+    }
+}
+
+#[async_trait]
+impl Datastore for MemoryStore {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    async fn head_revision(&self) -> Result<Revision, StoreError> {
+        Ok(revision(self.state.read().map_err(|_| poisoned())?.head))
+    }
+
+    async fn optimized_revision(&self, quantum: Duration) -> Result<Revision, StoreError> {
+        let v = self.state.read().map_err(|_| poisoned())?;
+        let q = quantum.as_millis() as u64;
+        if q == 0 {
+            return Ok(revision(v.head));
+        }
+        let now = now_ms();
+        let window_start = now - now % q;
+        if let Ok(cached) = self.optimized.lock()
+            && let Some((w, cq, rev)) = *cached
+            && (w, cq) == (window_start, q)
+            && v.revisions.contains_key(&rev)
+        {
+            return Ok(revision(rev));
+        }
+        let chosen = v
+            .revisions
+            .iter()
+            .rev()
+            .find(|(_, at_ms)| **at_ms <= window_start)
+            .or_else(|| v.revisions.iter().next())
+            .map(|(rev, _)| *rev)
+            .unwrap_or(v.head);
+        if let Ok(mut cached) = self.optimized.lock() {
+            *cached = Some((window_start, q, chosen));
+        }
+        Ok(revision(chosen))
+    }
+
+    async fn check_revision(&self, at: &Revision) -> Result<(), StoreError> {
+        self.state
+            .read()
+            .map_err(|_| poisoned())?
+            .readable(at)
+            .map(|_| ())
+    }
+
+    async fn at_least_as_fresh(
+        &self,
+        wanted: &Revision,
+        candidate: Revision,
+    ) -> Result<Revision, StoreError> {
+        let w = number(wanted)?;
+        if w > self.state.read().map_err(|_| poisoned())?.head {
+            return Err(StoreError::RevisionInFuture(wanted.clone()));
+        }
+        Ok(if number(&candidate)? >= w {
+            candidate
+        } else {
+            wanted.clone()
+        })
+    }
+
+    async fn read_schema(&self, at: &Revision) -> Result<Option<StoredSchema>, StoreError> {
+        let s = self.state.read().map_err(|_| poisoned())?;
+        let n = s.readable(at)?;
+        Ok(s.schema_at(n).cloned())
+    }
+
+    async fn query(
+        &self,
+        at: &Revision,
+        filter: &RelationshipFilter,
+        page: &Page,
+    ) -> Result<Vec<Relationship>, StoreError> {
+        // Checked under the same lock as the read: garbage collection
+        // cannot remove a version this revision sees in between.
+        let s = self.state.read().map_err(|_| poisoned())?;
+        let n = s.readable(at)?;
+        Ok(s.query(n, filter, page))
+    }
+
+    async fn write(&self, txn: WriteTxn) -> Result<CommittedTxn, StoreError> {
+        let mut guard = self.state.write().map_err(|_| poisoned())?;
+        let st = &mut *guard;
+        let head = st.head;
+        if let Some(expected) = &txn.expected_schema
+            && st.schema_at(head).map(|s| &s.written_at) != expected.as_ref()
+        {
+            return Err(StoreError::SchemaChanged);
+        }
+        for (index, p) in txn.preconditions.iter().enumerate() {
+            let one = Page {
+                after: None,
+                limit: Some(1),
+            };
+            let found = st.query(head, &p.filter, &one);
+            match (p.kind, found.first()) {
+                (PreconditionKind::MustMatch, None) => {
+                    return Err(StoreError::PreconditionFailed {
+                        index,
+                        reason: "no relationship matches the MUST_MATCH filter".into(),
+                        example: None,
+                    });
+                }
+                (PreconditionKind::MustNotMatch, Some(rel)) => {
+                    return Err(StoreError::PreconditionFailed {
+                        index,
+                        reason: format!("relationship `{rel}` matches the MUST_NOT_MATCH filter"),
+                        example: Some(Box::new(rel.clone())),
+                    });
+                }
+                _ => {}
+            }
+        }
+        let number = head + 1;
+        let mut undo = Vec::new();
+        let changes = match st.apply(&txn, number, &mut undo) {
+            Ok(changes) => changes,
+            Err(e) => {
+                st.rollback(undo);
+                return Err(e);
+            }
+        };
+        // Every version this write deleted, for garbage collection.
+        for u in &undo {
+            if let Undo::Deleted(key, created) = u {
+                st.dead.push_back((number, *key, *created));
+            }
+        }
+        let revision = revision(number);
         let mut schema_change = None;
         if let Some(s) = &txn.schema {
-            let old = snap.schema.as_ref().map(|o| o.text.to_string());
+            let old = st.schema_at(head).map(|o| o.text.to_string());
             schema_change = Some((old, s.text.clone()));
-            snap.schema = Some(StoredSchema {
-                text: Arc::from(s.text.as_str()),
-                written_at: revision.clone(),
-            });
+            st.schemas.insert(
+                number,
+                StoredSchema {
+                    text: Arc::from(s.text.as_str()),
+                    written_at: revision.clone(),
+                },
+            );
         }
         let committed_at_ms = now_ms();
-        let committed = CommittedTxn {
-            revision,
+        let kept = Arc::new(Txn {
+            number,
             committed_at_ms,
             metadata: txn.metadata,
             changes,
             schema_change,
-        };
-        let mut v = self.versions.write().map_err(|_| poisoned())?;
-        v.snapshots.insert(number, (snap, committed_at_ms));
-        v.head = number;
+        });
+        let committed = st.committed(&kept);
+        st.revisions.insert(number, committed_at_ms);
+        st.head = number;
         if !committed.changes.is_empty() || committed.schema_change.is_some() {
             // Same critical section as the commit: a change is never visible
             // without its audit record, and records are sealed in commit order.
-            let sequence = v.audit.len() as u64 + 1;
-            let previous = v.audit.last().map(|r| r.hash).unwrap_or([0; 32]);
+            let sequence = st.audit.len() as u64 + 1;
+            let previous = st.audit.last().map(|r| r.hash).unwrap_or([0; 32]);
             let mut record = crate::audit::AuditRecord::of(sequence, &committed);
             record.seal(previous);
-            v.audit.push(Arc::new(record));
+            st.audit.push(Sealed {
+                txn: kept.clone(),
+                previous_hash: record.previous_hash,
+                hash: record.hash,
+            });
         }
-        v.log.push_back((number, Arc::new(committed.clone())));
-        self.prune(&mut v, committed_at_ms);
+        st.log.push_back(kept);
+        st.prune(&self.options, self.options.gc_window, committed_at_ms);
         Ok(committed)
     }
 
@@ -594,15 +807,16 @@ impl Datastore for MemoryStore {
         filter: &crate::audit::AuditFilter,
         limit: usize,
     ) -> Result<Vec<crate::audit::AuditRecord>, StoreError> {
-        let v = self.versions.read().map_err(|_| poisoned())?;
+        let v = self.state.read().map_err(|_| poisoned())?;
         let start = usize::try_from(after)
             .unwrap_or(usize::MAX)
             .min(v.audit.len());
         Ok(v.audit[start..]
             .iter()
+            .enumerate()
+            .map(|(i, sealed)| v.audit_record(start + i, sealed))
             .filter(|r| filter.matches(r))
             .take(limit)
-            .map(|r| (**r).clone())
             .collect())
     }
 
@@ -619,22 +833,22 @@ impl Datastore for MemoryStore {
         limit: usize,
     ) -> Result<Vec<CommittedTxn>, StoreError> {
         let n = number(after)?;
-        let v = self.versions.read().map_err(|_| poisoned())?;
+        let v = self.state.read().map_err(|_| poisoned())?;
         if n > v.head {
             return Err(StoreError::RevisionInFuture(after.clone()));
         }
-        let oldest = v.snapshots.keys().next().copied().unwrap_or(v.head);
+        let oldest = v.oldest();
         if n < oldest && n != 0 {
             return Err(StoreError::RevisionTooOld {
                 requested: after.clone(),
                 oldest: revision(oldest),
             });
         }
+        let from = v.log.partition_point(|t| t.number <= n);
         Ok(v.log
-            .iter()
-            .filter(|(t, _)| *t > n)
+            .range(from..)
             .take(limit)
-            .map(|(_, t)| (**t).clone())
+            .map(|t| v.committed(t))
             .collect())
     }
 }
