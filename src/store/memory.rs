@@ -405,6 +405,15 @@ impl State {
         let Some(live) = self.forward.live(&self.names, key) else {
             return false;
         };
+        if live.created == number {
+            // Created by this same transaction: no revision ever saw it, so
+            // it goes (a version `number..number` would share its key and
+            // revision with a re-creation in this transaction).
+            self.forward.remove(&self.names, key, number);
+            self.reverse.remove(&self.names, &reverse_key(key), number);
+            undo.push(Undo::Removed(*key, number));
+            return true;
+        }
         self.forward
             .set_deleted(&self.names, key, live.created, number);
         self.reverse
@@ -441,6 +450,21 @@ impl State {
                 Undo::Inserted(k, created) => {
                     self.forward.remove(&self.names, &k, created);
                     self.reverse.remove(&self.names, &reverse_key(&k), created);
+                }
+                Undo::Removed(k, created) => {
+                    let entry = Entry {
+                        key: k,
+                        created,
+                        deleted: LIVE,
+                    };
+                    self.forward.insert(&self.names, entry);
+                    self.reverse.insert(
+                        &self.names,
+                        Entry {
+                            key: reverse_key(&k),
+                            ..entry
+                        },
+                    );
                 }
             }
         }
@@ -566,7 +590,9 @@ impl State {
             .next_back()
             .map(|(n, _)| *n)
             .unwrap_or(0);
-        self.schemas = self.schemas.split_off(&keep_from);
+        if self.schemas.keys().next().is_some_and(|n| *n < keep_from) {
+            self.schemas = self.schemas.split_off(&keep_from);
+        }
         let mut removed = 0;
         while let Some(&(deleted, key, created)) = self.dead.front() {
             if deleted > oldest {
@@ -586,6 +612,8 @@ impl State {
 enum Undo {
     Deleted(Key, u64),
     Inserted(Key, u64),
+    /// A version inserted earlier in the same transaction, then deleted.
+    Removed(Key, u64),
 }
 
 impl MemoryStore {
@@ -780,9 +808,15 @@ impl Datastore for MemoryStore {
             changes,
             schema_change,
         });
-        let committed = st.committed(&kept);
         st.revisions.insert(number, committed_at_ms);
         st.head = number;
+        st.prune(&self.options, self.options.gc_window, committed_at_ms);
+        // Everything kept is allocated before the (possibly large) records
+        // built for the caller and the hash, so freeing those leaves no
+        // holes under long-lived memory.
+        st.audit.reserve(1);
+        st.log.reserve(1);
+        let committed = st.committed(&kept);
         if !committed.changes.is_empty() || committed.schema_change.is_some() {
             // Same critical section as the commit: a change is never visible
             // without its audit record, and records are sealed in commit order.
@@ -797,7 +831,6 @@ impl Datastore for MemoryStore {
             });
         }
         st.log.push_back(kept);
-        st.prune(&self.options, self.options.gc_window, committed_at_ms);
         Ok(committed)
     }
 
