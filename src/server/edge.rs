@@ -137,6 +137,7 @@ where
                 };
                 drop(permit);
                 name_unknown_method(&mut response, &path);
+                clip_status(&mut response);
                 // A failed call carries its status in the headers
                 // (trailers-only); a successful one sends OK in trailers.
                 let code = tonic::Status::from_header_map(response.headers())
@@ -171,6 +172,54 @@ fn grpc_timeout<B>(req: &http::Request<B>) -> Option<Duration> {
         "n" => Duration::from_nanos(n),
         _ => return None,
     })
+}
+
+/// The longest status message sent (bytes); messages may quote the
+/// caller's input, and an oversized one would exceed the client's header
+/// list limit (16 KiB by default) and reach it as a protocol error instead
+/// of the status.
+pub const MAX_STATUS_MESSAGE: usize = 1024;
+
+/// Cuts an error's message (and the copy in its details) to
+/// [`MAX_STATUS_MESSAGE`], keeping its code and `ErrorInfo`.
+fn clip_status(response: &mut http::Response<tonic::body::Body>) {
+    use prost::Message as _;
+    let headers = response.headers_mut();
+    let Some(status) = tonic::Status::from_header_map(headers) else {
+        return;
+    };
+    if status.message().len() <= MAX_STATUS_MESSAGE
+        && status.details().len() <= 2 * MAX_STATUS_MESSAGE
+    {
+        return;
+    }
+    let message = clip(status.message());
+    let details = match crate::api::proto::google::rpc::Status::decode(status.details()) {
+        Ok(mut d) => {
+            d.message = message.clone();
+            let bytes = d.encode_to_vec();
+            if bytes.len() <= 2 * MAX_STATUS_MESSAGE {
+                bytes
+            } else {
+                Vec::new()
+            }
+        }
+        Err(_) => Vec::new(),
+    };
+    let _ = tonic::Status::with_details(status.code(), message, details.into()).add_header(headers);
+}
+
+/// `message` cut at a character boundary to fit [`MAX_STATUS_MESSAGE`].
+fn clip(message: &str) -> String {
+    if message.len() <= MAX_STATUS_MESSAGE {
+        return message.to_string();
+    }
+    const MORE: &str = "… (message truncated)";
+    let mut end = MAX_STATUS_MESSAGE - MORE.len();
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{MORE}", &message[..end])
 }
 
 /// tonic answers a call to an unknown method UNIMPLEMENTED with no message;
@@ -213,6 +262,15 @@ mod tests {
                 Ok(tonic::Status::ok("").into_http())
             })
         }
+    }
+
+    #[test]
+    fn long_messages_are_clipped_at_a_character_boundary() {
+        let long = "é".repeat(2_000);
+        let clipped = clip(&long);
+        assert!(clipped.len() <= MAX_STATUS_MESSAGE, "{}", clipped.len());
+        assert!(clipped.ends_with("(message truncated)"));
+        assert_eq!(clip("short"), "short");
     }
 
     #[test]
