@@ -97,9 +97,18 @@ pub enum Command {
     /// Bulk-load relationships from a file (one per line; `//` comments) in one transaction.
     Import { file: PathBuf },
     /// Print every relationship (the format `import` reads).
-    Export,
+    Export {
+        /// One JSON object per line (`relationship`); all at one revision.
+        #[arg(long)]
+        json: bool,
+    },
     /// Stream relationship changes as they commit (`+` written, `-` deleted).
-    Watch,
+    Watch {
+        /// One JSON object per transaction (`revision`, `metadata`,
+        /// `schema_updated`, `changes`).
+        #[arg(long)]
+        json: bool,
+    },
     /// Write, delete and read relationships on a server.
     Rel {
         #[command(subcommand)]
@@ -185,6 +194,9 @@ pub enum AuditCommand {
         /// relationships: exit 1 if any relationship is unaccounted for.
         #[arg(long)]
         complete: bool,
+        /// The result as one JSON document.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -210,7 +222,11 @@ pub enum RelCommand {
 #[derive(Debug, Subcommand)]
 pub enum SchemaCommand {
     /// Print the schema stored on a server.
-    Read,
+    Read {
+        /// One JSON document (`schema`, `read_at`).
+        #[arg(long)]
+        json: bool,
+    },
     /// Write a schema file to a server.
     Write { file: PathBuf },
     /// Type-check a schema file; prints errors and warnings.
@@ -304,8 +320,8 @@ async fn dispatch(cli: Cli) -> CliResult {
             offline::migrate(datastore.as_deref(), print_grants.as_deref()).await
         }
         Command::Schema {
-            command: SchemaCommand::Read,
-        } => permissions::schema_read(conn).await,
+            command: SchemaCommand::Read { json },
+        } => permissions::schema_read(conn, json).await,
         Command::Schema {
             command: SchemaCommand::Write { file },
         } => permissions::schema_write(conn, &file).await,
@@ -330,8 +346,8 @@ async fn dispatch(cli: Cli) -> CliResult {
         Command::Rel { command } => relationships::rel(conn, command).await,
         Command::Audit { command } => audit::audit(conn, command).await,
         Command::Import { file } => relationships::import(conn, &file).await,
-        Command::Export => relationships::export(conn).await,
-        Command::Watch => relationships::watch(conn).await,
+        Command::Export { json } => relationships::export(conn, json).await,
+        Command::Watch { json } => relationships::watch(conn, json).await,
         Command::LookupResources {
             resource_type,
             permission,

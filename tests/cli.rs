@@ -389,6 +389,33 @@ customer:c51#owner@user:sam
         out.contains("customer:c50#owner@user:sam\ncustomer:c51#owner@user:sam\n"),
         "{out}"
     );
+    // --json on the read commands: one document or one object per line.
+    let (_, out, _) = run(&["export", "--json"]);
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|v| v["relationship"] == "customer:c50#owner@user:sam"),
+        "{out}"
+    );
+    let (_, out, _) = run(&["schema", "read", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(
+        v["schema"]
+            .as_str()
+            .unwrap()
+            .contains("definition customer"),
+        "{out}"
+    );
+    assert!(!v["read_at"].as_str().unwrap().is_empty(), "{out}");
+    let (code, out, _) = run(&["audit", "verify", "--json"]);
+    assert_eq!(code, 0, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["intact"], true, "{out}");
+    assert!(v["verified_transactions"].as_u64().unwrap() >= 2, "{out}");
     std::fs::write(&file, "customer:c52#owner@user:sam\nnot a relationship\n").unwrap();
     let (code, _, err) = run(&["import", file.to_str().unwrap()]);
     assert_eq!(code, 2);
@@ -428,6 +455,47 @@ customer:c51#owner@user:sam
         "{line}"
     );
     assert!(line.contains("\"actor\":\"anonymous\""), "{line}");
+    watcher.kill().unwrap();
+    watcher.wait().unwrap();
+
+    // watch --json: one object per transaction.
+    let mut watcher = Command::new(env!("CARGO_BIN_EXE_kinbar"))
+        .args(["--endpoint", endpoint.as_str(), "watch", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = watcher.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
+            if tx.send(line.unwrap_or_default()).is_err() {
+                return;
+            }
+        }
+    });
+    let mut seen = None;
+    for i in 0..50 {
+        assert_eq!(
+            run(&["rel", "touch", &format!("customer:j{i}#owner@user:jo")]).0,
+            0
+        );
+        if let Ok(line) = rx.recv_timeout(std::time::Duration::from_millis(200)) {
+            seen = Some(line);
+            break;
+        }
+    }
+    let line = seen.expect("watch --json printed a change");
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["changes"][0]["operation"], "write", "{line}");
+    assert!(
+        v["changes"][0]["relationship"]
+            .as_str()
+            .unwrap()
+            .starts_with("customer:j"),
+        "{line}"
+    );
+    assert!(!v["revision"].as_str().unwrap().is_empty(), "{line}");
+    assert_eq!(v["metadata"]["actor"], "anonymous", "{line}");
     watcher.kill().unwrap();
     watcher.wait().unwrap();
     drop(server);

@@ -959,7 +959,14 @@ async fn metrics_health_and_readiness_over_http() {
         count(&after, "FailedPrecondition") - count(&before, "FailedPrecondition"),
         1
     );
-    assert!(after.contains("kinbar_grpc_request_duration_seconds_bucket"));
+    assert!(
+        after.lines().any(
+            |l| l.starts_with("kinbar_grpc_request_duration_seconds_bucket")
+                && l.contains("CheckPermission")
+                && l.contains("code=\"FailedPrecondition\"")
+        ),
+        "{after}"
+    );
     assert!(after.contains("kinbar_datastore_query_duration_seconds_bucket"));
     assert!(
         after.contains("kinbar_dispatch_subproblems_bucket"),

@@ -9,12 +9,32 @@ use crate::api::proto::kinbar::v1 as kpb;
 pub(super) async fn audit(conn: &Connection, command: AuditCommand) -> CliResult {
     let mut c = conn.connect().await?;
     let (args, follow) = match command {
-        AuditCommand::Verify { complete } => {
+        AuditCommand::Verify { complete, json } => {
             let r = c
                 .audit
                 .verify_audit(kpb::VerifyAuditRequest { complete })
                 .await?
                 .into_inner();
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "intact": r.intact,
+                        "verified_transactions": r.verified_transactions,
+                        "head_hash": r.head_hash,
+                        "message": r.message,
+                        "first_broken_sequence": r.first_broken_sequence,
+                        "first_broken_revision": r.first_broken_revision,
+                        "relationships_checked": r.relationships_checked,
+                        "discrepancies": r.discrepancies,
+                    })
+                );
+                return if r.intact {
+                    Ok(ExitCode::SUCCESS)
+                } else {
+                    no()
+                };
+            }
             return if r.intact {
                 println!("ok  {} (head {})", r.message, r.head_hash);
                 println!("record the head hash outside the database to detect truncation");

@@ -9,10 +9,23 @@ use super::{CliError, CliResult, no, read};
 use crate::api::proto::authzed::api::v1 as pb;
 use crate::model::{ObjectRef, SubjectRef};
 
-pub(super) async fn schema_read(conn: &Connection) -> CliResult {
+pub(super) async fn schema_read(conn: &Connection, json: bool) -> CliResult {
     let mut c = conn.connect().await?;
     let r = c.schema.read_schema(pb::ReadSchemaRequest {}).await?;
-    print!("{}", r.get_ref().schema_text);
+    let r = r.get_ref();
+    if json {
+        let read_at = r
+            .read_at
+            .as_ref()
+            .map(|t| t.token.clone())
+            .unwrap_or_default();
+        println!(
+            "{}",
+            serde_json::json!({ "schema": r.schema_text, "read_at": read_at })
+        );
+    } else {
+        print!("{}", r.schema_text);
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -166,7 +166,7 @@ pub(super) async fn import(conn: &Connection, file: &Path) -> CliResult {
     Ok(ExitCode::SUCCESS)
 }
 
-pub(super) async fn export(conn: &Connection) -> CliResult {
+pub(super) async fn export(conn: &Connection, json: bool) -> CliResult {
     let mut c = conn.connect().await?;
     let req = pb::ExportBulkRelationshipsRequest {
         consistency: client::fully_consistent(),
@@ -182,6 +182,9 @@ pub(super) async fn export(conn: &Connection) -> CliResult {
     client::drain(stream, |batch| {
         for r in &batch.relationships {
             match crate::api::convert::relationship(Some(r), "relationship") {
+                Ok(rel) if json => {
+                    println!("{}", serde_json::json!({ "relationship": rel.to_string() }))
+                }
                 Ok(rel) => println!("{rel}"),
                 Err(s) => return Err(client::describe(&s)),
             }
@@ -192,7 +195,7 @@ pub(super) async fn export(conn: &Connection) -> CliResult {
     Ok(ExitCode::SUCCESS)
 }
 
-pub(super) async fn watch(conn: &Connection) -> CliResult {
+pub(super) async fn watch(conn: &Connection, json: bool) -> CliResult {
     let mut c = conn.connect().await?;
     let req = pb::WatchRequest {
         optional_object_types: vec![],
@@ -207,6 +210,30 @@ pub(super) async fn watch(conn: &Connection) -> CliResult {
                 .into_iter()
                 .collect(),
         );
+        if json {
+            let mut changes = Vec::new();
+            for u in &change.updates {
+                let deleted = u.operation == pb::relationship_update::Operation::Delete as i32;
+                match crate::api::convert::relationship(u.relationship.as_ref(), "relationship") {
+                    Ok(rel) => changes.push(serde_json::json!({
+                        "operation": if deleted { "delete" } else { "write" },
+                        "relationship": rel.to_string(),
+                    })),
+                    Err(s) => return Err(client::describe(&s)),
+                }
+            }
+            let revision = change.changes_through.as_ref().map(|t| t.token.as_str());
+            println!(
+                "{}",
+                serde_json::json!({
+                    "revision": revision,
+                    "metadata": meta,
+                    "schema_updated": change.schema_updated,
+                    "changes": changes,
+                })
+            );
+            return Ok(());
+        }
         if change.schema_updated {
             println!("* schema updated {meta}");
         }

@@ -62,9 +62,9 @@ pub fn metrics_handle() -> &'static PrometheusHandle {
 /// Records one finished gRPC call.
 pub fn record_call(method: &str, code: tonic::Code, elapsed: Duration) {
     let code = format!("{code:?}");
-    metrics::counter!("kinbar_grpc_requests_total", "method" => method.to_string(), "code" => code)
+    metrics::counter!("kinbar_grpc_requests_total", "method" => method.to_string(), "code" => code.clone())
         .increment(1);
-    metrics::histogram!("kinbar_grpc_request_duration_seconds", "method" => method.to_string())
+    metrics::histogram!("kinbar_grpc_request_duration_seconds", "method" => method.to_string(), "code" => code)
         .record(elapsed.as_secs_f64());
 }
 
