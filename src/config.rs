@@ -52,6 +52,13 @@ pub struct Config {
     /// Connections are closed (GOAWAY, 30 s grace) after this many seconds;
     /// 0 keeps them open. Spreads clients across replicas after scaling.
     pub max_connection_age_secs: u64,
+    /// Open client connections in all; a connection over the limit is
+    /// closed as soon as it is accepted (counted, logged).
+    pub max_connections: usize,
+    /// A new connection must send its first bytes (the HTTP/2 preface or a
+    /// TLS ClientHello: 24 bytes) within this many seconds, else it is
+    /// closed: idle and slow-preface connections cannot hold slots.
+    pub connection_preface_timeout_secs: u64,
     /// Unary request timeout, in seconds.
     pub request_timeout_secs: u64,
     /// `text` or `json`.
@@ -105,6 +112,8 @@ impl Default for Config {
             concurrency_limit_per_connection: 256,
             max_in_flight: 1_000,
             max_connection_age_secs: 0,
+            max_connections: 4_096,
+            connection_preface_timeout_secs: 10,
             request_timeout_secs: 10,
             log_format: "text".into(),
             gc_window_secs: 24 * 3600,
@@ -311,6 +320,8 @@ impl Config {
             || self.max_in_flight == 0
             || self.max_concurrent_streams == 0
             || self.readiness_interval_ms == 0
+            || self.max_connections == 0
+            || self.connection_preface_timeout_secs == 0
         {
             return Err("limits must be positive".into());
         }

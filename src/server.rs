@@ -2,6 +2,7 @@
 //! on an already-bound listener until `shutdown` completes, then lets
 //! in-flight requests finish. Tests start it on `127.0.0.1:0`.
 
+mod conn;
 mod edge;
 pub mod ops;
 
@@ -10,7 +11,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 use crate::api::auth::{Authenticator, PresharedKey};
@@ -365,7 +365,14 @@ pub async fn serve(
         .add_service(WatchServiceServer::new(WatchApi(api.clone())).max_decoding_message_size(max))
         .add_service(AdminServiceServer::new(AdminApi(api.clone())).max_decoding_message_size(max))
         .add_service(AuditServiceServer::new(AuditApi(api)).max_decoding_message_size(max))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(
+            conn::incoming(
+                listener,
+                config.max_connections,
+                Duration::from_secs(config.connection_preface_timeout_secs),
+            ),
+            shutdown,
+        )
         .await?;
     tracing::info!("kinbar stopped");
     Ok(())

@@ -1676,3 +1676,85 @@ async fn deep_expand_trees_stay_decodable() {
     assert!(rounds >= 2, "the chain was cut at least once");
     server.stop().await;
 }
+
+/// Whether the server closes `tcp` within `within` (EOF or reset on read).
+async fn closed_within(tcp: &mut tokio::net::TcpStream, within: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 256];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, tcp.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            // The server's own HTTP/2 SETTINGS: keep reading.
+            Ok(Ok(_)) => continue,
+        }
+    }
+}
+
+/// `max_connections`: a connection over the limit is closed on accept
+/// while the open ones keep working, and a slot frees when one closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_the_limit_are_closed_on_accept() {
+    let config = Config {
+        max_connections: 3,
+        ..Default::default()
+    };
+    let (server, ch) = Server::with_schema(config, SCHEMA).await;
+    let mut perms = PermissionsServiceClient::new(ch);
+    let check = || common::check("doc:1", "view", "user:anna", full());
+    perms.check_permission(check()).await.unwrap();
+    let mut idle = Vec::new();
+    for _ in 0..2 {
+        idle.push(tokio::net::TcpStream::connect(server.addr).await.unwrap());
+    }
+    let mut over = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    assert!(
+        closed_within(&mut over, Duration::from_secs(5)).await,
+        "the fourth connection was not closed"
+    );
+    // The established client is unaffected.
+    perms.check_permission(check()).await.unwrap();
+    // Closing an idle one frees its slot.
+    drop(idle.pop());
+    let mut fits = None;
+    for _ in 0..50 {
+        let mut tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        if !closed_within(&mut tcp, Duration::from_millis(300)).await {
+            fits = Some(tcp);
+            break;
+        }
+    }
+    assert!(fits.is_some(), "a slot freed when a connection closed");
+    // Raw connections would hold graceful shutdown until keep-alive ends.
+    drop((idle, fits, over));
+    server.stop().await;
+}
+
+/// `connection_preface_timeout_secs`: a connection that sends nothing is
+/// closed; one that sends the HTTP/2 preface in time is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_without_a_preface_are_closed() {
+    use tokio::io::AsyncWriteExt;
+    let config = Config {
+        connection_preface_timeout_secs: 1,
+        ..Default::default()
+    };
+    let (server, _ch) = Server::with_schema(config, SCHEMA).await;
+    let mut silent = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let mut polite = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    polite
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(
+        closed_within(&mut silent, Duration::from_secs(10)).await,
+        "a silent connection stayed open"
+    );
+    assert!(
+        !closed_within(&mut polite, Duration::from_millis(1500)).await,
+        "a connection that sent its preface was closed"
+    );
+    drop((silent, polite));
+    server.stop().await;
+}
