@@ -59,6 +59,14 @@ pub struct Config {
     /// TLS ClientHello: 24 bytes) within this many seconds, else it is
     /// closed: idle and slow-preface connections cannot hold slots.
     pub connection_preface_timeout_secs: u64,
+    /// Requests per second each key (or `anonymous`) may make; 0: no
+    /// per-key limit. Over it: RESOURCE_EXHAUSTED with `RetryInfo`.
+    pub rate_limit_per_key: u32,
+    /// Requests a key may make at once before the rate applies (0: the
+    /// rate).
+    pub rate_limit_burst: u32,
+    /// Tokens a lookup, bulk call, Expand, export or import costs.
+    pub rate_limit_expensive_cost: u32,
     /// Unary request timeout, in seconds.
     pub request_timeout_secs: u64,
     /// `text` or `json`.
@@ -114,6 +122,9 @@ impl Default for Config {
             max_connection_age_secs: 0,
             max_connections: 4_096,
             connection_preface_timeout_secs: 10,
+            rate_limit_per_key: 0,
+            rate_limit_burst: 0,
+            rate_limit_expensive_cost: 10,
             request_timeout_secs: 10,
             log_format: "text".into(),
             gc_window_secs: 24 * 3600,

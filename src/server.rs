@@ -201,7 +201,11 @@ pub fn build_api(config: &Config, store: Arc<dyn Datastore>) -> Result<Api, Serv
     );
     Ok(Api::new(
         Arc::new(engine),
-        Authenticator::new(keys),
+        Authenticator::new(keys).with_rate_limits(crate::api::auth::RateLimits {
+            per_second: config.rate_limit_per_key,
+            burst: config.rate_limit_burst,
+            expensive_cost: config.rate_limit_expensive_cost,
+        }),
         ApiLimits {
             max_checks_per_bulk: config.max_checks_per_bulk,
             max_preconditions: config.max_preconditions,

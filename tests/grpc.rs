@@ -1758,3 +1758,83 @@ async fn connections_without_a_preface_are_closed() {
     drop((silent, polite));
     server.stop().await;
 }
+
+/// Per-key rate limits: a key over its burst gets RESOURCE_EXHAUSTED with
+/// `RetryInfo` (and a message naming the key), another key is untouched,
+/// a lookup costs more than a check, health is never limited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_key_has_its_own_rate_limit() {
+    let server = Server::start(Config {
+        preshared_keys: vec![
+            "a:secret-a:admin".into(),
+            "b:secret-b:check".into(),
+            "c:secret-c:check".into(),
+            "d:secret-d:check".into(),
+        ],
+        rate_limit_per_key: 1,
+        rate_limit_burst: 5,
+        rate_limit_expensive_cost: 5,
+        ..Config::default()
+    })
+    .await;
+    let ch = server.channel().await;
+    SchemaServiceClient::new(ch.clone())
+        .write_schema(with_token(
+            pb::WriteSchemaRequest {
+                schema: SCHEMA.into(),
+            },
+            Some("secret-a"),
+        ))
+        .await
+        .unwrap();
+    let mut perms = PermissionsServiceClient::new(ch.clone());
+    let check = |token| {
+        with_token(
+            common::check("doc:1", "view", "user:anna", full()),
+            Some(token),
+        )
+    };
+    for _ in 0..5 {
+        perms.check_permission(check("secret-b")).await.unwrap();
+    }
+    let refused = perms.check_permission(check("secret-b")).await.unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(
+        refused.message().contains("key `b`"),
+        "{}",
+        refused.message()
+    );
+    let retry = kinbar::api::status::retry_after_of(&refused).expect("RetryInfo");
+    assert!(
+        retry > Duration::ZERO && retry <= Duration::from_secs(1),
+        "{retry:?}"
+    );
+    // Another key still has its whole burst.
+    for _ in 0..5 {
+        perms.check_permission(check("secret-c")).await.unwrap();
+    }
+    // Health is never limited.
+    assert!(common::health_status(ch.clone()).await.is_ok());
+    // A lookup costs the whole burst: after one check, a fresh key's
+    // lookup does not fit (until a second has refilled a token).
+    perms.check_permission(check("secret-d")).await.unwrap();
+    let lookup = perms
+        .lookup_resources(with_token(
+            pb::LookupResourcesRequest {
+                consistency: full(),
+                resource_object_type: "doc".into(),
+                permission: "view".into(),
+                subject: common::subj("user", "anna", ""),
+                ..Default::default()
+            },
+            Some("secret-d"),
+        ))
+        .await;
+    let err = match lookup {
+        Err(e) => e,
+        Ok(r) => r.into_inner().message().await.unwrap_err(),
+    };
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(err.message().contains("costs 5"), "{}", err.message());
+    server.stop().await;
+}

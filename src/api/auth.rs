@@ -84,15 +84,111 @@ impl PresharedKey {
     }
 }
 
+/// Per-key request rates (token buckets, GCRA): `per_second` sustained,
+/// `burst` at once; expensive methods (lookups, bulk calls, Expand,
+/// export) cost `expensive_cost` tokens. `per_second` 0: no limit.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RateLimits {
+    pub per_second: u32,
+    pub burst: u32,
+    pub expensive_cost: u32,
+}
+
+type KeyedLimiter = governor::RateLimiter<
+    String,
+    governor::state::keyed::DefaultKeyedStateStore<String>,
+    governor::clock::DefaultClock,
+>;
+
 /// The configured keys; empty means unauthenticated (loopback or explicit opt-in).
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct Authenticator {
     keys: Vec<PresharedKey>,
+    /// One bucket per key name (`anonymous` without keys): bounded by the
+    /// configured keys, never by what callers send.
+    limiter: Option<std::sync::Arc<KeyedLimiter>>,
+    limits: RateLimits,
 }
+
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authenticator")
+            .field("keys", &self.keys)
+            .field("limits", &self.limits)
+            .finish()
+    }
+}
+
+/// Methods that cost [`RateLimits::expensive_cost`] tokens.
+const EXPENSIVE: &[&str] = &[
+    "LookupResources",
+    "LookupSubjects",
+    "CheckBulkPermissions",
+    "ExpandPermissionTree",
+    "ExportBulkRelationships",
+    "ImportBulkRelationships",
+];
 
 impl Authenticator {
     pub fn new(keys: Vec<PresharedKey>) -> Self {
-        Authenticator { keys }
+        Authenticator {
+            keys,
+            ..Default::default()
+        }
+    }
+
+    /// Adds per-key rate limits (none when `per_second` is 0).
+    pub fn with_rate_limits(mut self, limits: RateLimits) -> Self {
+        self.limiter = std::num::NonZeroU32::new(limits.per_second).map(|rate| {
+            let burst = std::num::NonZeroU32::new(limits.burst).unwrap_or(rate);
+            std::sync::Arc::new(governor::RateLimiter::keyed(
+                governor::Quota::per_second(rate).allow_burst(burst),
+            ))
+        });
+        self.limits = limits;
+        self
+    }
+
+    /// Takes the call's tokens from `actor`'s bucket, or says when to retry.
+    fn take_tokens<T>(&self, request: &Request<T>, actor: &str) -> Result<(), Status> {
+        let Some(limiter) = &self.limiter else {
+            return Ok(());
+        };
+        let method = request
+            .extensions()
+            .get::<CallPath>()
+            .map(|p| p.0.rsplit('/').next().unwrap_or("").to_string())
+            .unwrap_or_default();
+        let burst = match self.limits.burst {
+            0 => self.limits.per_second,
+            b => b,
+        };
+        let cost = if EXPENSIVE.contains(&method.as_str()) {
+            self.limits.expensive_cost.max(1)
+        } else {
+            1
+        }
+        .min(burst);
+        let cost = std::num::NonZeroU32::new(cost).unwrap_or(std::num::NonZeroU32::MIN);
+        let key = actor.to_string();
+        match limiter.check_key_n(&key, cost) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(not_until)) => {
+                use governor::clock::Clock as _;
+                let wait = not_until.wait_time_from(limiter.clock().now());
+                metrics::counter!("kinbar_rate_limited_total", "key" => key).increment(1);
+                Err(crate::api::status::overloaded(
+                    format!(
+                        "key `{actor}` is over its rate limit ({} requests/s, burst {burst}; this call costs {cost}); retry in {} ms",
+                        self.limits.per_second,
+                        wait.as_millis().max(1)
+                    ),
+                    wait.max(std::time::Duration::from_millis(1)),
+                ))
+            }
+            // The cost is clamped to the burst, so it always fits.
+            Err(_) => Ok(()),
+        }
     }
 
     pub fn is_open(&self) -> bool {
@@ -102,8 +198,12 @@ impl Authenticator {
     /// The actor name for a request needing `scope`, or the status to
     /// return. Every refusal is also a security event (see [`refused`]).
     pub fn authorize<T>(&self, request: &Request<T>, scope: Scope) -> Result<String, Status> {
-        self.check(request, scope)
-            .map_err(|(key, status)| refused(request, key.as_deref(), status))
+        let actor = self
+            .check(request, scope)
+            .map_err(|(key, status)| refused(request, key.as_deref(), status))?;
+        self.take_tokens(request, &actor)
+            .map_err(|status| refused(request, Some(&actor), status))?;
+        Ok(actor)
     }
 
     fn check<T>(
