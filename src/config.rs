@@ -18,6 +18,9 @@ pub struct Config {
     pub datastore: String,
     /// `NAME:KEY:SCOPES` entries.
     pub preshared_keys: Vec<String>,
+    /// More keys, one `NAME:KEY:SCOPES` per line, re-read while serving
+    /// (every second and on SIGHUP): rotation without a restart.
+    pub preshared_keys_file: Option<PathBuf>,
     /// Serve without keys on a non-loopback address.
     pub insecure_allow_unauthenticated: bool,
     pub tls_cert: Option<PathBuf>,
@@ -99,6 +102,7 @@ impl Default for Config {
             grpc_addr: SocketAddr::from(([127, 0, 0, 1], 50051)),
             datastore: "memory".into(),
             preshared_keys: Vec::new(),
+            preshared_keys_file: None,
             insecure_allow_unauthenticated: false,
             tls_cert: None,
             tls_key: None,
@@ -254,13 +258,9 @@ impl Config {
             c.preshared_keys = args.preshared_keys.clone();
         }
         if let Some(path) = &args.preshared_keys_file {
-            let text = read_secret_file(path)?;
-            c.preshared_keys.extend(
-                text.lines()
-                    .map(str::trim)
-                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
-                    .map(str::to_string),
-            );
+            // Read now so a missing or empty file fails at start.
+            read_keys_file(path)?;
+            c.preshared_keys_file = Some(path.clone());
         }
         c.insecure_allow_unauthenticated |= args.insecure_allow_unauthenticated;
         c.allow_privileged_datastore_role |= args.allow_privileged_datastore_role;
@@ -372,6 +372,28 @@ impl Config {
 
 /// The trimmed contents of a file holding a secret (a datastore URL, keys).
 /// Errors name the file, never its contents.
+/// The `NAME:KEY:SCOPES` lines of a keys file (blank lines and `#`
+/// comments skipped).
+pub fn read_keys_file(path: &std::path::Path) -> Result<Vec<String>, String> {
+    Ok(read_secret_file(path)?
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_string)
+        .collect())
+}
+
+impl Config {
+    /// Every key: the configured ones and the keys file's current content.
+    pub fn all_preshared_keys(&self) -> Result<Vec<String>, String> {
+        let mut keys = self.preshared_keys.clone();
+        if let Some(path) = &self.preshared_keys_file {
+            keys.extend(read_keys_file(path)?);
+        }
+        Ok(keys)
+    }
+}
+
 pub fn read_secret_file(path: &std::path::Path) -> Result<String, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read secret file {}: {e}", path.display()))?;
@@ -405,7 +427,7 @@ mod tests {
         };
         let c = Config::load(&args).unwrap();
         assert_eq!(c.datastore, "postgres://kinbar:s3cret@db/kinbar");
-        assert_eq!(c.preshared_keys.len(), 2);
+        assert_eq!(c.all_preshared_keys().unwrap().len(), 2);
         // A missing or empty file is an error naming the file, not its contents.
         let empty = dir.path().join("empty");
         std::fs::write(&empty, "\n").unwrap();

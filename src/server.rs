@@ -171,13 +171,72 @@ pub fn is_postgres_url(url: &str) -> bool {
     url.starts_with("postgres://") || url.starts_with("postgresql://")
 }
 
+fn parse_keys(texts: &[String]) -> Result<Vec<PresharedKey>, String> {
+    texts.iter().map(|k| PresharedKey::parse(k)).collect()
+}
+
+/// Re-reads the keys file every second and on SIGHUP; a changed, valid,
+/// non-empty set replaces the keys atomically (new calls see it at once).
+/// A broken or empty file keeps the current set, logs and is counted.
+async fn reload_keys(config: Config, auth: crate::api::auth::Authenticator) {
+    let Some(path) = config.preshared_keys_file.clone() else {
+        return;
+    };
+    #[cfg(unix)]
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let mut last = config.all_preshared_keys().unwrap_or_default();
+    loop {
+        #[cfg(unix)]
+        {
+            let signal = async {
+                match hangup.as_mut() {
+                    Some(h) => {
+                        h.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                _ = signal => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+        #[cfg(not(unix))]
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let texts = match config.all_preshared_keys() {
+            Ok(t) => t,
+            Err(e) => {
+                metrics::counter!("kinbar_key_reload_failures_total").increment(1);
+                tracing::warn!(error = %e, "keys file unreadable; keeping the current keys");
+                continue;
+            }
+        };
+        if texts == last {
+            continue;
+        }
+        match parse_keys(&texts) {
+            Ok(keys) if !keys.is_empty() => {
+                let names: Vec<String> = keys.iter().map(|k| k.name.clone()).collect();
+                auth.replace_keys(keys);
+                last = texts;
+                metrics::counter!("kinbar_key_reloads_total").increment(1);
+                tracing::info!(file = %path.display(), ?names, "preshared keys reloaded");
+            }
+            Ok(_) => {
+                metrics::counter!("kinbar_key_reload_failures_total").increment(1);
+                tracing::warn!(file = %path.display(), "keys file has no keys; keeping the current keys");
+            }
+            Err(e) => {
+                metrics::counter!("kinbar_key_reload_failures_total").increment(1);
+                tracing::warn!(file = %path.display(), error = %e, "keys file invalid; keeping the current keys");
+            }
+        }
+    }
+}
+
 /// The engine and API state a configuration describes.
 pub fn build_api(config: &Config, store: Arc<dyn Datastore>) -> Result<Api, ServerError> {
-    let keys = config
-        .preshared_keys
-        .iter()
-        .map(|k| PresharedKey::parse(k))
-        .collect::<Result<Vec<_>, _>>()
+    let keys = parse_keys(&config.all_preshared_keys().map_err(ServerError::Config)?)
         .map_err(ServerError::Config)?;
     let engine = Engine::new(
         store,
@@ -224,7 +283,10 @@ pub async fn run(
 ) -> Result<(), ServerError> {
     config.validate().map_err(ServerError::Config)?;
     let local = listener.local_addr()?;
-    if config.preshared_keys.is_empty()
+    if config
+        .all_preshared_keys()
+        .map_err(ServerError::Config)?
+        .is_empty()
         && !config.insecure_allow_unauthenticated
         && !local.ip().is_loopback()
     {
@@ -292,6 +354,7 @@ pub async fn serve(
         },
     ));
     let _stop_probe = AbortOnDrop(probe);
+    let _reload_keys = AbortOnDrop(tokio::spawn(reload_keys(config.clone(), api.auth.clone())));
     let _metrics = match config.metrics_addr {
         Some(addr) => Some(AbortOnDrop(
             ops::serve_http(addr, readiness.clone()).await?.1,

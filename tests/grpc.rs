@@ -1838,3 +1838,98 @@ async fn each_key_has_its_own_rate_limit() {
     assert!(err.message().contains("costs 5"), "{}", err.message());
     server.stop().await;
 }
+
+/// Key rotation without a restart: the keys file is re-read while serving.
+/// A client keeps working through the rotation (its new key is added
+/// before the old one goes), the removed key is refused soon after the
+/// file changes, and a broken or empty file changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotating_the_keys_file_needs_no_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("keys");
+    std::fs::write(&file, "crm:old-secret-123:admin\n").unwrap();
+    let server = Server::start(Config {
+        preshared_keys_file: Some(file.clone()),
+        ..Config::default()
+    })
+    .await;
+    let ch = server.channel().await;
+    SchemaServiceClient::new(ch.clone())
+        .write_schema(with_token(
+            pb::WriteSchemaRequest {
+                schema: SCHEMA.into(),
+            },
+            Some("old-secret-123"),
+        ))
+        .await
+        .unwrap();
+    let mut perms = PermissionsServiceClient::new(ch);
+    let check = |token| {
+        with_token(
+            common::check("doc:1", "view", "user:anna", full()),
+            Some(token),
+        )
+    };
+    // Poll (bounded) until `token` gets `code`.
+    async fn until(
+        perms: &mut PermissionsServiceClient<Channel>,
+        check: &dyn Fn(&'static str) -> Request<pb::CheckPermissionRequest>,
+        token: &'static str,
+        code: Code,
+    ) {
+        for _ in 0..100 {
+            let got = match perms.check_permission(check(token)).await {
+                Ok(_) => Code::Ok,
+                Err(e) => e.code(),
+            };
+            if got == code {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("{token} never got {code:?}");
+    }
+    // Step 1: both keys. The old one keeps working meanwhile.
+    std::fs::write(
+        &file,
+        "crm:old-secret-123:admin\ncrm:new-secret-456:admin\n",
+    )
+    .unwrap();
+    until(&mut perms, &check, "new-secret-456", Code::Ok).await;
+    perms
+        .check_permission(check("old-secret-123"))
+        .await
+        .unwrap();
+    // Step 2: only the new key; the client on it never fails.
+    std::fs::write(&file, "crm:new-secret-456:admin\n").unwrap();
+    for _ in 0..100 {
+        perms
+            .check_permission(check("new-secret-456"))
+            .await
+            .unwrap();
+        if perms
+            .check_permission(check("old-secret-123"))
+            .await
+            .is_err()
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    until(&mut perms, &check, "old-secret-123", Code::Unauthenticated).await;
+    // A broken file, then an empty one: nothing changes.
+    for broken in ["crm:short:nonsense-scope\n", "\n"] {
+        std::fs::write(&file, broken).unwrap();
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        perms
+            .check_permission(check("new-secret-456"))
+            .await
+            .unwrap();
+        let e = perms
+            .check_permission(check("old-secret-123"))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::Unauthenticated);
+    }
+    server.stop().await;
+}

@@ -103,7 +103,11 @@ type KeyedLimiter = governor::RateLimiter<
 /// The configured keys; empty means unauthenticated (loopback or explicit opt-in).
 #[derive(Clone, Default)]
 pub struct Authenticator {
-    keys: Vec<PresharedKey>,
+    /// Shared by every clone: a reload is seen by every request at once.
+    keys: std::sync::Arc<std::sync::RwLock<Vec<PresharedKey>>>,
+    /// Fixed at start: a server started with keys never becomes open, even
+    /// if a reload found none.
+    open: bool,
     /// One bucket per key name (`anonymous` without keys): bounded by the
     /// configured keys, never by what callers send.
     limiter: Option<std::sync::Arc<KeyedLimiter>>,
@@ -132,8 +136,20 @@ const EXPENSIVE: &[&str] = &[
 impl Authenticator {
     pub fn new(keys: Vec<PresharedKey>) -> Self {
         Authenticator {
-            keys,
+            open: keys.is_empty(),
+            keys: std::sync::Arc::new(std::sync::RwLock::new(keys)),
             ..Default::default()
+        }
+    }
+
+    /// Replaces the keys (a reloaded keys file). An empty set is ignored:
+    /// it would lock every client out, and a keyed server never opens.
+    pub fn replace_keys(&self, keys: Vec<PresharedKey>) {
+        if keys.is_empty() {
+            return;
+        }
+        if let Ok(mut k) = self.keys.write() {
+            *k = keys;
         }
     }
 
@@ -192,7 +208,7 @@ impl Authenticator {
     }
 
     pub fn is_open(&self) -> bool {
-        self.keys.is_empty()
+        self.open
     }
 
     /// The actor name for a request needing `scope`, or the status to
@@ -211,7 +227,7 @@ impl Authenticator {
         request: &Request<T>,
         scope: Scope,
     ) -> Result<String, (Option<String>, Status)> {
-        if self.keys.is_empty() {
+        if self.open {
             return Ok("anonymous".to_string());
         }
         let anonymous = |s: Status| (None, s);
@@ -233,8 +249,12 @@ impl Authenticator {
             })?
             .trim();
         let presented = digest(token);
+        let keys = self
+            .keys
+            .read()
+            .map_err(|_| anonymous(Status::internal("key set lock poisoned")))?;
         let mut found: Option<&PresharedKey> = None;
-        for k in &self.keys {
+        for k in keys.iter() {
             if bool::from(k.digest.ct_eq(&presented)) && found.is_none() {
                 found = Some(k);
             }
