@@ -62,6 +62,10 @@ pub struct Config {
     /// TLS ClientHello: 24 bytes) within this many seconds, else it is
     /// closed: idle and slow-preface connections cannot hold slots.
     pub connection_preface_timeout_secs: u64,
+    /// New calls are shed (RESOURCE_EXHAUSTED) while resident memory is
+    /// above this many bytes; 0: 90% of the container's memory limit when
+    /// there is one, else no watermark.
+    pub memory_watermark_bytes: u64,
     /// Requests per second each key (or `anonymous`) may make; 0: no
     /// per-key limit. Over it: RESOURCE_EXHAUSTED with `RetryInfo`.
     pub rate_limit_per_key: u32,
@@ -126,6 +130,7 @@ impl Default for Config {
             max_connection_age_secs: 0,
             max_connections: 4_096,
             connection_preface_timeout_secs: 10,
+            memory_watermark_bytes: 0,
             rate_limit_per_key: 0,
             rate_limit_burst: 0,
             rate_limit_expensive_cost: 10,

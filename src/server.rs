@@ -373,7 +373,14 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
 
-    let edge = edge::EdgeLayer::new(config.max_in_flight, Arc::new(edge::EdgeStats::default()));
+    let edge_stats = Arc::new(edge::EdgeStats::default());
+    edge_stats.memory_watermark.store(
+        edge::memory_watermark(config.memory_watermark_bytes),
+        std::sync::atomic::Ordering::Relaxed,
+    );
+    edge::sample_memory(&edge_stats);
+    let _watch_memory = AbortOnDrop(tokio::spawn(edge::watch_memory(edge_stats.clone())));
+    let edge = edge::EdgeLayer::new(config.max_in_flight, edge_stats);
     let mut builder = Server::builder()
         .layer(edge)
         .layer(tower::util::MapResponseLayer::new(

@@ -1933,3 +1933,28 @@ async fn rotating_the_keys_file_needs_no_restart() {
     }
     server.stop().await;
 }
+
+/// Above the memory watermark new calls are shed with RetryInfo naming the
+/// setting; health still answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_are_shed_above_the_memory_watermark() {
+    let server = Server::start(Config {
+        memory_watermark_bytes: 1,
+        ..Config::default()
+    })
+    .await;
+    let ch = server.channel().await;
+    let e = SchemaServiceClient::new(ch.clone())
+        .read_schema(pb::ReadSchemaRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    assert!(
+        e.message().contains("memory_watermark_bytes"),
+        "{}",
+        e.message()
+    );
+    assert!(kinbar::api::status::retry_after_of(&e).is_some());
+    assert!(common::health_status(ch).await.is_ok());
+    server.stop().await;
+}

@@ -5,7 +5,8 @@
 //! Shedding happens before any work: over the limit, a call is answered at
 //! once with RESOURCE_EXHAUSTED and a `google.rpc.RetryInfo`, and counted.
 //! Health checks and reflection are never shed, so an overloaded server
-//! still reports its state. The permit is held until the handler returns
+//! still reports its state. Calls are also shed while resident memory is
+//! above the memory watermark (sampled every 250 ms). The permit is held until the handler returns
 //! its response (for streams: until the stream is set up), so the limit
 //! bounds concurrent evaluation, not open Watch streams.
 
@@ -25,10 +26,72 @@ fn exempt(path: &str) -> bool {
         || path.starts_with("/grpc.reflection.v1alpha.ServerReflection/")
 }
 
-/// Counts of what the edge refused.
+/// Counts of what the edge refused, and whether resident memory is above
+/// the watermark (kept current by [`watch_memory`]).
 #[derive(Debug, Default)]
 pub struct EdgeStats {
     pub shed: AtomicU64,
+    pub over_memory: std::sync::atomic::AtomicBool,
+    /// The watermark in bytes (0: none).
+    pub memory_watermark: AtomicU64,
+}
+
+/// Resident memory of this process (VmRSS), if the platform tells.
+pub fn resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
+}
+
+/// The memory watermark: `configured` bytes, or with 0, 90% of the
+/// container's memory limit (cgroup v2 `memory.max`) when there is one.
+pub fn memory_watermark(configured: u64) -> u64 {
+    if configured > 0 {
+        return configured;
+    }
+    std::fs::read_to_string("/sys/fs/cgroup/memory.max")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map_or(0, |limit| limit / 10 * 9)
+}
+
+/// Samples resident memory every 250 ms and flags the edge to shed new
+/// calls while it is above the watermark (as SpiceDB's memory protection).
+pub async fn watch_memory(stats: Arc<EdgeStats>) {
+    loop {
+        sample_memory(&stats);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// One sample (also taken at start, so the first call is covered).
+pub fn sample_memory(stats: &EdgeStats) {
+    let watermark = stats.memory_watermark.load(Ordering::Relaxed);
+    if watermark == 0 {
+        return;
+    }
+    if let Some(rss) = resident_bytes() {
+        metrics::gauge!("kinbar_memory_resident_bytes").set(rss as f64);
+        let over = rss > watermark;
+        if stats.over_memory.swap(over, Ordering::Relaxed) != over {
+            if over {
+                tracing::warn!(
+                    rss,
+                    watermark,
+                    "above the memory watermark: shedding new calls"
+                );
+            } else {
+                tracing::info!(rss, watermark, "below the memory watermark again");
+            }
+        }
+    }
 }
 
 /// The layer; cheap to clone (shared semaphore and counters).
@@ -105,6 +168,18 @@ where
                 id
             }
         };
+        if !exempt(&path) && self.layer.stats.over_memory.load(Ordering::Relaxed) {
+            self.layer.stats.shed.fetch_add(1, Ordering::Relaxed);
+            super::ops::record_shed(&path);
+            let status = crate::api::status::overloaded(
+                format!(
+                    "the server is above its memory watermark of {} bytes (memory_watermark_bytes); retry shortly",
+                    self.layer.stats.memory_watermark.load(Ordering::Relaxed)
+                ),
+                Duration::from_millis(500),
+            );
+            return Box::pin(std::future::ready(Ok(status.into_http())));
+        }
         let permit = if exempt(&path) {
             None
         } else {
