@@ -56,6 +56,8 @@ pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod engine;
+#[cfg(feature = "test-util")]
+pub mod fuzzing;
 pub mod model;
 pub mod schema;
 pub mod server;
