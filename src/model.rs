@@ -18,6 +18,8 @@ pub use txn::{
 
 /// Maximum length of a type, relation or permission name (per segment).
 pub const MAX_NAME_LEN: usize = 64;
+/// Maximum length of a whole type name, prefixes included (SpiceDB's).
+pub const MAX_TYPE_LEN: usize = 128;
 /// Maximum length of an object id.
 pub const MAX_OBJECT_ID_LEN: usize = 1024;
 /// The subject relation SpiceDB writes for "no relation" (`user:tom#...`).
@@ -325,6 +327,12 @@ pub fn validate_type_name(name: &str) -> Result<(), String> {
     if name.is_empty() {
         return Err("empty type name".into());
     }
+    if name.len() > MAX_TYPE_LEN {
+        return Err(format!(
+            "type name of {} characters is longer than the limit of {MAX_TYPE_LEN}",
+            name.len()
+        ));
+    }
     for segment in name.split('/') {
         validate_name(segment).map_err(|e| format!("in type `{name}`: {e}"))?;
     }
@@ -360,6 +368,17 @@ fn is_id_char(c: char) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn type_names_are_bounded_as_a_whole() {
+        // Two 63-character segments: 127 characters, accepted.
+        let ok = format!("{}/{}", "a".repeat(63), "b".repeat(63));
+        assert!(validate_type_name(&ok).is_ok());
+        // Three segments within the per-segment limit, 191 characters.
+        let long = format!("{ok}/{}", "c".repeat(63));
+        let e = validate_type_name(&long).unwrap_err();
+        assert!(e.contains("limit of 128"), "{e}");
+    }
 
     #[test]
     fn round_trips_text_form() {
