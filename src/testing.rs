@@ -215,6 +215,7 @@ impl TempPostgres {
         for _ in 0..50 {
             match sqlx::PgConnection::connect(&self.url("postgres")).await {
                 Ok(mut c) => {
+                    // SQL-SAFE: `name` is `t_` and 16 random hex digits.
                     sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
                         .execute(&mut c)
                         .await

@@ -93,6 +93,14 @@ fn baseline(method: &str) -> String {
     }
 }
 
+/// The baseline request of `method`, as a message of its input type.
+fn baseline_message(method: &MethodDescriptor) -> DynamicMessage {
+    let json = baseline(method.name());
+    let mut de = serde_json::Deserializer::from_str(&json);
+    DynamicMessage::deserialize(method.input(), &mut de)
+        .unwrap_or_else(|e| panic!("baseline of {}: {e}", method.name()))
+}
+
 /// Methods whose success changes stored state.
 fn writes(method: &str) -> bool {
     matches!(
@@ -462,10 +470,7 @@ async fn battery(ch: &tonic::transport::Channel, only: Option<&str>) -> Outcome 
             continue;
         }
         let input = method.input();
-        let json = baseline(method.name());
-        let mut de = serde_json::Deserializer::from_str(&json);
-        let base = DynamicMessage::deserialize(input.clone(), &mut de)
-            .unwrap_or_else(|e| panic!("baseline of {}: {e}", method.name()));
+        let base = baseline_message(&method);
         let status = call(ch, &method, base.encode_to_vec()).await;
         assert!(
             matches!(status.code(), Code::Ok | Code::Unimplemented),
@@ -580,11 +585,7 @@ async fn battery(ch: &tonic::transport::Channel, only: Option<&str>) -> Outcome 
             .methods()
             .find(|m| m.name() == "CheckPermission")
             .unwrap();
-        let json = baseline("CheckPermission");
-        let mut de = serde_json::Deserializer::from_str(&json);
-        let body = DynamicMessage::deserialize(check.input(), &mut de)
-            .unwrap()
-            .encode_to_vec();
+        let body = baseline_message(&check).encode_to_vec();
         let status = call(ch, &check, body).await;
         assert_eq!(
             status.code(),

@@ -422,69 +422,25 @@ customer:c51#owner@user:sam
     assert!(err.contains("rels.txt:2:"), "{err}");
 
     // watch prints changes as they commit.
-    let mut watcher = Command::new(env!("CARGO_BIN_EXE_kinbar"))
-        .args(["--endpoint", endpoint.as_str(), "watch"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = watcher.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
-            if tx.send(line.unwrap_or_default()).is_err() {
-                return;
-            }
-        }
-    });
-    // The watch starts at the head when the server gets it: write until it
-    // reports one (bounded).
-    let mut seen = None;
-    for i in 0..50 {
+    let line = first_watched_change(&endpoint, &[], |i| {
         assert_eq!(
             run(&["rel", "touch", &format!("customer:w{i}#owner@user:wes")]).0,
             0
-        );
-        if let Ok(line) = rx.recv_timeout(std::time::Duration::from_millis(200)) {
-            seen = Some(line);
-            break;
-        }
-    }
-    let line = seen.expect("watch printed a change");
+        )
+    });
     assert!(
         line.starts_with("+ customer:w") && line.contains("#owner@user:wes "),
         "{line}"
     );
     assert!(line.contains("\"actor\":\"anonymous\""), "{line}");
-    watcher.kill().unwrap();
-    watcher.wait().unwrap();
 
     // watch --json: one object per transaction.
-    let mut watcher = Command::new(env!("CARGO_BIN_EXE_kinbar"))
-        .args(["--endpoint", endpoint.as_str(), "watch", "--json"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = watcher.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
-            if tx.send(line.unwrap_or_default()).is_err() {
-                return;
-            }
-        }
-    });
-    let mut seen = None;
-    for i in 0..50 {
+    let line = first_watched_change(&endpoint, &["--json"], |i| {
         assert_eq!(
             run(&["rel", "touch", &format!("customer:j{i}#owner@user:jo")]).0,
             0
-        );
-        if let Ok(line) = rx.recv_timeout(std::time::Duration::from_millis(200)) {
-            seen = Some(line);
-            break;
-        }
-    }
-    let line = seen.expect("watch --json printed a change");
+        )
+    });
     let v: serde_json::Value = serde_json::from_str(&line).unwrap();
     assert_eq!(v["changes"][0]["operation"], "write", "{line}");
     assert!(
@@ -496,8 +452,6 @@ customer:c51#owner@user:sam
     );
     assert!(!v["revision"].as_str().unwrap().is_empty(), "{line}");
     assert_eq!(v["metadata"]["actor"], "anonymous", "{line}");
-    watcher.kill().unwrap();
-    watcher.wait().unwrap();
     drop(server);
 }
 
@@ -753,4 +707,36 @@ fn crm_walkthrough_runs_as_written() {
         ran += 1;
     }
     assert!(ran >= 25, "only {ran} walkthrough commands found");
+}
+
+/// Starts `kinbar watch EXTRA...`, makes writes with `write(i)` until it
+/// prints a line (the watch starts at the head when the server gets it;
+/// bounded), stops it and returns that line.
+fn first_watched_change(endpoint: &str, extra: &[&str], write: impl Fn(usize)) -> String {
+    let mut watcher = Command::new(env!("CARGO_BIN_EXE_kinbar"))
+        .args(["--endpoint", endpoint, "watch"])
+        .args(extra)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = watcher.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
+            if tx.send(line.unwrap_or_default()).is_err() {
+                return;
+            }
+        }
+    });
+    let mut seen = None;
+    for i in 0..50 {
+        write(i);
+        if let Ok(line) = rx.recv_timeout(std::time::Duration::from_millis(200)) {
+            seen = Some(line);
+            break;
+        }
+    }
+    watcher.kill().unwrap();
+    watcher.wait().unwrap();
+    seen.expect("watch printed a change")
 }

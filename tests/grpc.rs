@@ -1778,15 +1778,7 @@ async fn each_key_has_its_own_rate_limit() {
     })
     .await;
     let ch = server.channel().await;
-    SchemaServiceClient::new(ch.clone())
-        .write_schema(with_token(
-            pb::WriteSchemaRequest {
-                schema: SCHEMA.into(),
-            },
-            Some("secret-a"),
-        ))
-        .await
-        .unwrap();
+    write_schema_as(&ch, "secret-a").await;
     let mut perms = PermissionsServiceClient::new(ch.clone());
     let check = |token| {
         with_token(
@@ -1854,15 +1846,7 @@ async fn rotating_the_keys_file_needs_no_restart() {
     })
     .await;
     let ch = server.channel().await;
-    SchemaServiceClient::new(ch.clone())
-        .write_schema(with_token(
-            pb::WriteSchemaRequest {
-                schema: SCHEMA.into(),
-            },
-            Some("old-secret-123"),
-        ))
-        .await
-        .unwrap();
+    write_schema_as(&ch, "old-secret-123").await;
     let mut perms = PermissionsServiceClient::new(ch);
     let check = |token| {
         with_token(
@@ -1957,4 +1941,17 @@ async fn calls_are_shed_above_the_memory_watermark() {
     assert!(kinbar::api::status::retry_after_of(&e).is_some());
     assert!(common::health_status(ch).await.is_ok());
     server.stop().await;
+}
+
+/// Writes [`SCHEMA`] with the preshared key `token`.
+async fn write_schema_as(ch: &Channel, token: &str) {
+    SchemaServiceClient::new(ch.clone())
+        .write_schema(with_token(
+            pb::WriteSchemaRequest {
+                schema: SCHEMA.into(),
+            },
+            Some(token),
+        ))
+        .await
+        .unwrap();
 }

@@ -56,15 +56,14 @@ async fn postgres_restart_gives_unavailable_then_recovers() {
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
 
     // Readiness tells the truth: NOT_SERVING and 503 while Postgres is down.
-    let mut down = false;
-    for _ in 0..300 {
-        if health_status(channel.clone()).await.unwrap() == not_serving {
-            down = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(down, "gRPC health went NOT_SERVING while Postgres was down");
+    let health = || {
+        let ch = channel.clone();
+        async move { health_status(ch).await.unwrap() }
+    };
+    assert!(
+        eventually(300, || async move { health().await == not_serving }).await,
+        "gRPC health went NOT_SERVING while Postgres was down"
+    );
     let (code, body) = http_get(metrics, "/readyz").await;
     assert_eq!(code, 503, "{body}");
     assert!(body.contains("datastore unavailable"), "{body}");
@@ -75,15 +74,10 @@ async fn postgres_restart_gives_unavailable_then_recovers() {
     );
 
     cluster().start_again().unwrap();
-    let mut up = false;
-    for _ in 0..300 {
-        if health_status(channel.clone()).await.unwrap() == serving {
-            up = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(up, "gRPC health back to SERVING after Postgres came back");
+    assert!(
+        eventually(300, || async move { health().await == serving }).await,
+        "gRPC health back to SERVING after Postgres came back"
+    );
     assert_eq!(http_get(metrics, "/readyz").await.0, 200);
     let mut recovered = None;
     for _ in 0..100 {
@@ -115,28 +109,26 @@ async fn postgres_restart_gives_unavailable_then_recovers() {
     assert!(has(&r));
 
     // The sealer's and the pool's figures on /metrics.
-    let mut sealed = 0.0;
-    for _ in 0..100 {
+    let sealed = move || async move {
         let body = http_get(metrics, "/metrics").await.1;
-        sealed = metric_value(&body, "kinbar_audit_sealed_transactions_total").unwrap_or(0.0);
-        if sealed >= 3.0 {
-            assert!(
-                metric_value(&body, "kinbar_datastore_pool_max").unwrap_or(0.0) >= 1.0,
-                "{body}"
-            );
-            assert!(
-                metric_value(&body, "kinbar_datastore_pool_connections").is_some(),
-                "{body}"
-            );
-            assert!(
-                metric_value(&body, "kinbar_audit_unsealed_transactions").is_some(),
-                "{body}"
-            );
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        metric_value(&body, "kinbar_audit_sealed_transactions_total").unwrap_or(0.0)
+    };
+    assert!(
+        eventually(100, || async move { sealed().await >= 3.0 }).await,
+        "schema + 2 writes sealed, saw {}",
+        sealed().await
+    );
+    let body = http_get(metrics, "/metrics").await.1;
+    assert!(
+        metric_value(&body, "kinbar_datastore_pool_max").unwrap_or(0.0) >= 1.0,
+        "{body}"
+    );
+    for name in [
+        "kinbar_datastore_pool_connections",
+        "kinbar_audit_unsealed_transactions",
+    ] {
+        assert!(metric_value(&body, name).is_some(), "{name}: {body}");
     }
-    assert!(sealed >= 3.0, "schema + 2 writes sealed, saw {sealed}");
 
     // Migrations no longer current (a newer kinbar migrated the database):
     // not ready, naming why; ready again once they match.
@@ -148,41 +140,22 @@ async fn postgres_restart_gives_unavailable_then_recovers() {
     .execute(&sql)
     .await
     .unwrap();
-    let mut body = String::new();
-    for _ in 0..100 {
-        let (code, b) = http_get(metrics, "/readyz").await;
-        body = b;
-        if code == 503 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let ready = move || async move { http_get(metrics, "/readyz").await };
+    assert!(eventually(100, || async move { ready().await.0 == 503 }).await);
+    let body = ready().await.1;
     assert!(body.contains("newer version"), "{body}");
-    let mut down = false;
-    for _ in 0..100 {
-        if health_status(channel.clone()).await.unwrap() == not_serving {
-            down = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
     assert!(
-        down,
+        eventually(100, || async move { health().await == not_serving }).await,
         "gRPC health NOT_SERVING while migrations are not current"
     );
     sqlx::query("DELETE FROM _sqlx_migrations WHERE version = 99999999")
         .execute(&sql)
         .await
         .unwrap();
-    let mut ready = false;
-    for _ in 0..100 {
-        if http_get(metrics, "/readyz").await.0 == 200 {
-            ready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(ready, "ready again once the migrations match");
+    assert!(
+        eventually(100, || async move { ready().await.0 == 200 }).await,
+        "ready again once the migrations match"
+    );
     server.stop().await;
 }
 
@@ -190,4 +163,19 @@ async fn postgres_restart_gives_unavailable_then_recovers() {
 fn metric_value(body: &str, name: &str) -> Option<f64> {
     body.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// Polls `check` every 100 ms, at most `tries` times, until it holds.
+async fn eventually<F, Fut>(tries: usize, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..tries {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
 }

@@ -183,3 +183,69 @@ fn every_design_reference_resolves() {
         broken.join("\n")
     );
 }
+
+/// SQL is never built from values: every string handed to sqlx as raw SQL
+/// (`AssertSqlSafe(…)`) or pushed into a `QueryBuilder` with `format!`
+/// interpolates only `UPPER_CASE` constants, or carries a `// SQL-SAFE:`
+/// comment (on the line or within the three above) saying why what it
+/// interpolates cannot come from a request. Values go in as bind
+/// parameters.
+#[test]
+fn sql_is_built_from_constants_or_justified() {
+    let files: Vec<PathBuf> = rust_files(&root().join("src"))
+        .into_iter()
+        .filter(|p| std::fs::read_to_string(p).unwrap().contains("sqlx"))
+        .collect();
+    let mut bad = Vec::new();
+    for f in &files {
+        let text = std::fs::read_to_string(f).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            let code = line.split("//").next().unwrap_or("");
+            let raw = code.contains("AssertSqlSafe(") && !code.trim_start().starts_with("use ");
+            let pushed = code.contains(".push(format!(");
+            if !(raw || pushed) {
+                continue;
+            }
+            let justified = lines[i.saturating_sub(3)..=i]
+                .iter()
+                .any(|l| l.contains("// SQL-SAFE:"));
+            if justified {
+                continue;
+            }
+            // The statement: this line and the next few, up to `;`.
+            let statement: String = lines[i..lines.len().min(i + 6)].join("\n");
+            let statement = statement.split(';').next().unwrap_or("");
+            let only_constants = statement.contains("format!(")
+                && placeholders(statement)
+                    .iter()
+                    .all(|p| p.chars().all(|c| c.is_ascii_uppercase() || c == '_'));
+            if !only_constants {
+                bad.push(format!("{}:{}: {}", rel(f), i + 1, line.trim()));
+            }
+        }
+    }
+    assert!(
+        bad.is_empty(),
+        "raw SQL built from something other than constants, without a `// SQL-SAFE:` reason:\n{}",
+        bad.join("\n")
+    );
+}
+
+/// The `{name}` placeholders of the format strings in `text`.
+fn placeholders(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find('{') {
+        rest = &rest[start + 1..];
+        if rest.starts_with('{') {
+            rest = &rest[1..];
+            continue;
+        }
+        let end = rest.find('}').unwrap_or(rest.len());
+        let name = rest[..end].split(':').next().unwrap_or("").trim();
+        out.push(name.to_string());
+        rest = &rest[end..];
+    }
+    out
+}

@@ -4,6 +4,14 @@
 //! Layout (before URL-safe base64): `version(1) | checksum(8) | revision length(4, BE) |
 //! revision text | datastore id`, where checksum = SHA-256(version | length | revision | id)[..8].
 //! The revision text is the datastore's own (opaque here).
+//!
+//! A decoder of untrusted bytes: no indexing, no unchecked arithmetic, no
+//! truncating casts (denied below, so a change cannot reintroduce them).
+#![deny(
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects,
+    clippy::cast_possible_truncation
+)]
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -31,14 +39,20 @@ fn checksum(revision: &[u8], datastore_id: &[u8]) -> [u8; 8] {
     h.update(datastore_id);
     let digest = h.finalize();
     let mut out = [0u8; 8];
-    out.copy_from_slice(&digest[..8]);
+    for (o, d) in out.iter_mut().zip(digest.iter()) {
+        *o = *d;
+    }
     out
 }
 
 /// Encodes a token for `revision` of the datastore `datastore_id`.
 pub fn encode(revision: &Revision, datastore_id: &str) -> String {
     let rev = revision.as_str().as_bytes();
-    let mut bytes = Vec::with_capacity(HEADER + rev.len() + datastore_id.len());
+    let mut bytes = Vec::with_capacity(
+        HEADER
+            .saturating_add(rev.len())
+            .saturating_add(datastore_id.len()),
+    );
     bytes.push(VERSION);
     bytes.extend_from_slice(&checksum(rev, datastore_id.as_bytes()));
     bytes.extend_from_slice(&rev_len(rev));
@@ -63,21 +77,24 @@ pub fn decode(token: &str, datastore_id: &str) -> Result<Revision, String> {
     let bytes = URL_SAFE_NO_PAD
         .decode(token.trim())
         .map_err(|_| "malformed ZedToken: not a token issued by Kinbar".to_string())?;
-    if bytes.is_empty() {
+    let Some((&version, rest)) = bytes.split_first() else {
         return Err("malformed ZedToken: empty".into());
+    };
+    if version != VERSION {
+        return Err(format!("unsupported ZedToken version {version}"));
     }
-    if bytes[0] != VERSION {
-        return Err(format!("unsupported ZedToken version {}", bytes[0]));
-    }
-    if bytes.len() < HEADER {
+    let Some((sum, rest)) = rest.split_first_chunk::<8>() else {
         return Err("malformed ZedToken: too short".into());
-    }
-    let len = u32::from_be_bytes([bytes[9], bytes[10], bytes[11], bytes[12]]) as usize;
-    let Some(rev) = bytes.get(HEADER..HEADER.saturating_add(len)) else {
+    };
+    let Some((len, rest)) = rest.split_first_chunk::<4>() else {
+        return Err("malformed ZedToken: too short".into());
+    };
+    let len = usize::try_from(u32::from_be_bytes(*len))
+        .map_err(|_| "malformed ZedToken: truncated".to_string())?;
+    let Some((rev, id)) = rest.split_at_checked(len) else {
         return Err("malformed ZedToken: truncated".into());
     };
-    let id = &bytes[HEADER + len..];
-    if bytes[1..9] != checksum(rev, id) {
+    if *sum != checksum(rev, id) {
         return Err("malformed ZedToken: checksum mismatch".into());
     }
     let rev = std::str::from_utf8(rev).map_err(|_| "malformed ZedToken".to_string())?;
@@ -91,6 +108,7 @@ pub fn decode(token: &str, datastore_id: &str) -> Result<Revision, String> {
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing, clippy::arithmetic_side_effects)] // test code
 mod tests {
     use super::*;
 

@@ -149,6 +149,7 @@ impl PostgresStore {
                 ("schema_versions", &mut stats.schemas_deleted),
             ] {
                 loop {
+                    // SQL-SAFE: `table` comes from the constant list above.
                     let done = sqlx::query(AssertSqlSafe(format!(
                         "DELETE FROM {table} WHERE ctid IN (SELECT ctid FROM {table} \
                          WHERE deleted_xid IS NOT NULL AND deleted_xid < $1::text::xid8 \

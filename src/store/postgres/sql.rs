@@ -117,6 +117,7 @@ pub(super) fn push_any(qb: &mut QueryBuilder<Postgres>, column: &str, values: &[
     match values {
         [] => {}
         [one] => {
+            // SQL-SAFE: `column` is a column-name constant of the callers.
             qb.push(format!(" AND {column} = ")).push_bind(one.clone());
         }
         few if few.len() <= 8 => {
@@ -125,11 +126,13 @@ pub(super) fn push_any(qb: &mut QueryBuilder<Postgres>, column: &str, values: &[
                 if i > 0 {
                     qb.push(" OR ");
                 }
+                // SQL-SAFE: `column` is a column-name constant of the callers.
                 qb.push(format!("{column} = ")).push_bind(v.clone());
             }
             qb.push(")");
         }
         many => {
+            // SQL-SAFE: `column` is a column-name constant of the callers.
             qb.push(format!(" AND {column} = ANY("))
                 .push_bind(many.to_vec())
                 .push(")");
@@ -243,6 +246,7 @@ pub(super) async fn with_keys(
         return Ok(HashSet::new());
     }
     let [a, b, c, d, e, f] = key_arrays(rels);
+    // SQL-SAFE: callers build `sql` from LIVE_VERSIONS and constant text only.
     let rows = sqlx::query(AssertSqlSafe(sql))
         .bind(a)
         .bind(b)
