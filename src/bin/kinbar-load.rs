@@ -14,7 +14,12 @@
 //! Postgres, the cost of a garbage-collection pass.
 //!
 //! `cargo run --release --bin kinbar-load -- [--requests N] [--concurrency 1,8,32,64]
-//!   [--datastore memory|postgres] [--customers N] [--cache-capacity N] [--writes]`
+//!   [--datastore memory|postgres] [--customers N] [--cache-capacity N] [--writes] [--lookups]`
+//!
+//! `--lookups` adds LookupResources and LookupSubjects over gRPC: time to
+//! the first streamed result and to the last, for a user who sees one
+//! customer, for one who sees every customer (the sales team), and for the
+//! subjects of one customer.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a benchmark tool: failing loudly is right
 
 use std::time::{Duration, Instant};
@@ -32,6 +37,7 @@ struct Args {
     customers: usize,
     cache_capacity: Option<u64>,
     writes: bool,
+    lookups: bool,
 }
 
 fn args() -> Args {
@@ -43,6 +49,7 @@ fn args() -> Args {
         customers: 1000,
         cache_capacity: None,
         writes: false,
+        lookups: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -77,9 +84,10 @@ fn args() -> Args {
                 )
             }
             "--writes" => a.writes = true,
+            "--lookups" => a.lookups = true,
             other => panic!(
                 "unknown flag {other}; flags: --requests N --concurrency 1,8,32 --endpoint URL \
-                 --datastore memory|postgres --customers N --cache-capacity N --writes"
+                 --datastore memory|postgres --customers N --cache-capacity N --writes --lookups"
             ),
         }
     }
@@ -148,6 +156,100 @@ fn touches(texts: &[String]) -> pb::WriteRelationshipsRequest {
 }
 
 /// Write throughput: relationships per second, one per write and batched.
+/// Time to the first streamed result and to the end of the stream.
+async fn timed_stream<T>(
+    stream: Result<tonic::Response<tonic::Streaming<T>>, tonic::Status>,
+    started: Instant,
+) -> (usize, Duration, Duration) {
+    let mut stream = stream.expect("lookup").into_inner();
+    let mut first = None;
+    let mut n = 0;
+    while let Some(_item) = stream.message().await.expect("lookup stream") {
+        first.get_or_insert_with(|| started.elapsed());
+        n += 1;
+    }
+    let all = started.elapsed();
+    (n, first.unwrap_or(all), all)
+}
+
+async fn lookup_latency(channel: Channel, consistency: Option<pb::Consistency>, customers: usize) {
+    let mut p = PermissionsServiceClient::new(channel);
+    let user = |id: String| pb::SubjectReference {
+        object: Some(pb::ObjectReference {
+            object_type: "user".into(),
+            object_id: id,
+        }),
+        optional_relation: String::new(),
+    };
+    let resources = |subject| pb::LookupResourcesRequest {
+        consistency: consistency.clone(),
+        resource_object_type: "customer".into(),
+        permission: "view".into(),
+        subject: Some(subject),
+        ..Default::default()
+    };
+    println!();
+    println!(
+        "| lookup over gRPC | queries | results / query | first result (mean) | all results (mean) | all results (max) |"
+    );
+    println!("|---|---|---|---|---|---|");
+    let mut rows: Vec<(String, Vec<(usize, Duration, Duration)>)> = Vec::new();
+    let mut one = Vec::new();
+    for k in 0..20 {
+        let t = Instant::now();
+        let req = resources(user(format!("o{}", (k * 7919) % customers)));
+        one.push(timed_stream(p.lookup_resources(req).await.map(|r| r), t).await);
+    }
+    rows.push((
+        "LookupResources customer#view, owner of one customer".into(),
+        one,
+    ));
+    let mut all = Vec::new();
+    for _ in 0..3 {
+        let t = Instant::now();
+        all.push(timed_stream(p.lookup_resources(resources(user("jules".into()))).await, t).await);
+    }
+    rows.push((
+        format!("LookupResources customer#view, sales team (all {customers})"),
+        all,
+    ));
+    let mut subjects = Vec::new();
+    for k in 0..20 {
+        let t = Instant::now();
+        let req = pb::LookupSubjectsRequest {
+            consistency: consistency.clone(),
+            resource: Some(pb::ObjectReference {
+                object_type: "customer".into(),
+                object_id: format!("c{}", (k * 7919) % customers),
+            }),
+            permission: "view".into(),
+            subject_object_type: "user".into(),
+            ..Default::default()
+        };
+        subjects.push(timed_stream(p.lookup_subjects(req).await, t).await);
+    }
+    rows.push(("LookupSubjects customer#view of type user".into(), subjects));
+    for (name, runs) in rows {
+        let n = runs.len().max(1) as f64;
+        let mean = |f: fn(&(usize, Duration, Duration)) -> Duration| {
+            runs.iter().map(|r| f(r).as_secs_f64()).sum::<f64>() / n * 1e3
+        };
+        println!(
+            "| {name} | {} | {:.0} | {:.2} ms | {:.2} ms | {:.2} ms |",
+            runs.len(),
+            runs.iter().map(|r| r.0).sum::<usize>() as f64 / n,
+            mean(|r| r.1),
+            mean(|r| r.2),
+            runs.iter()
+                .map(|r| r.2)
+                .max()
+                .unwrap_or_default()
+                .as_secs_f64()
+                * 1e3,
+        );
+    }
+}
+
 async fn write_throughput(channel: Channel) {
     println!();
     println!("| writes | concurrency | writes/s | relationships/s | p50 | p99 |");
@@ -398,6 +500,9 @@ async fn main() {
                 s.p50.as_secs_f64() / base.p50.as_secs_f64()
             );
         }
+    }
+    if a.lookups {
+        lookup_latency(channel.clone(), consistency.clone(), customers).await;
     }
     if a.writes {
         write_throughput(channel.clone()).await;
