@@ -156,11 +156,13 @@ fn touches(texts: &[String]) -> pb::WriteRelationshipsRequest {
 }
 
 /// Write throughput: relationships per second, one per write and batched.
-/// Time to the first streamed result and to the end of the stream.
+/// Results, time to the first streamed result and to the end of the stream.
+type Timed = (usize, Duration, Duration);
+
 async fn timed_stream<T>(
     stream: Result<tonic::Response<tonic::Streaming<T>>, tonic::Status>,
     started: Instant,
-) -> (usize, Duration, Duration) {
+) -> Timed {
     let mut stream = stream.expect("lookup").into_inner();
     let mut first = None;
     let mut n = 0;
@@ -193,12 +195,12 @@ async fn lookup_latency(channel: Channel, consistency: Option<pb::Consistency>, 
         "| lookup over gRPC | queries | results / query | first result (mean) | all results (mean) | all results (max) |"
     );
     println!("|---|---|---|---|---|---|");
-    let mut rows: Vec<(String, Vec<(usize, Duration, Duration)>)> = Vec::new();
+    let mut rows: Vec<(String, Vec<Timed>)> = Vec::new();
     let mut one = Vec::new();
     for k in 0..20 {
         let t = Instant::now();
         let req = resources(user(format!("o{}", (k * 7919) % customers)));
-        one.push(timed_stream(p.lookup_resources(req).await.map(|r| r), t).await);
+        one.push(timed_stream(p.lookup_resources(req).await, t).await);
     }
     rows.push((
         "LookupResources customer#view, owner of one customer".into(),
@@ -231,7 +233,7 @@ async fn lookup_latency(channel: Channel, consistency: Option<pb::Consistency>, 
     rows.push(("LookupSubjects customer#view of type user".into(), subjects));
     for (name, runs) in rows {
         let n = runs.len().max(1) as f64;
-        let mean = |f: fn(&(usize, Duration, Duration)) -> Duration| {
+        let mean = |f: fn(&Timed) -> Duration| {
             runs.iter().map(|r| f(r).as_secs_f64()).sum::<f64>() / n * 1e3
         };
         println!(
