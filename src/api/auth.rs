@@ -297,6 +297,12 @@ fn refused<T>(request: &Request<T>, key: Option<&str>, status: Status) -> Status
         .get::<CallPath>()
         .map(|p| p.0.clone())
         .unwrap_or_default();
+    metrics::counter!(
+        "kinbar_security_events_total",
+        "code" => format!("{:?}", status.code()),
+        "key" => key.unwrap_or("anonymous").to_string()
+    )
+    .increment(1);
     tracing::warn!(
         target: "kinbar::security",
         key = key.unwrap_or("anonymous"),

@@ -206,9 +206,27 @@ where
         let span = tracing::info_span!("rpc", method = %path, request_id = %request_id);
         Box::pin(tracing::Instrument::instrument(
             async move {
-                let mut response = match deadline {
-                    Some(d) => crate::engine::REQUEST_DEADLINE.scope(d, fut).await?,
-                    None => fut.await?,
+                // Defence in depth: a panic while handling one call (a bug)
+                // answers INTERNAL for that call, counted and logged, instead
+                // of resetting the stream with no status.
+                let guarded =
+                    futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(async move {
+                        match deadline {
+                            Some(d) => crate::engine::REQUEST_DEADLINE.scope(d, fut).await,
+                            None => fut.await,
+                        }
+                    }));
+                let mut response = match guarded.await {
+                    Ok(response) => response?,
+                    Err(_) => {
+                        metrics::counter!("kinbar_panics_total", "method" => path.clone())
+                            .increment(1);
+                        tracing::error!(method = %path, "a call panicked; answered INTERNAL");
+                        tonic::Status::internal(
+                            "internal error while handling this call (the server recovered; it is logged)",
+                        )
+                        .into_http()
+                    }
                 };
                 drop(permit);
                 name_unknown_method(&mut response, &path);
@@ -318,6 +336,49 @@ mod tests {
 
     use super::*;
     use tower::{Layer, Service, ServiceExt};
+
+    /// An inner service whose calls panic.
+    #[derive(Clone)]
+    struct Panics;
+
+    impl tower::Service<http::Request<()>> for Panics {
+        type Response = http::Response<tonic::body::Body>;
+        type Error = std::convert::Infallible;
+        type Future = BoxFuture<Self::Response, Self::Error>;
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+        fn call(&mut self, _: http::Request<()>) -> Self::Future {
+            Box::pin(async move {
+                #[allow(clippy::panic)] // the point of this test
+                {
+                    panic!("a bug in a handler")
+                }
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_panicking_call_answers_internal_and_the_next_one_is_served() {
+        let stats = Arc::new(EdgeStats::default());
+        let mut svc = EdgeLayer::new(1, stats).layer(Panics);
+        for _ in 0..2 {
+            let response = svc
+                .ready()
+                .await
+                .unwrap()
+                .call(req("/x.Y/Z"))
+                .await
+                .unwrap();
+            let status = tonic::Status::from_header_map(response.headers()).unwrap();
+            assert_eq!(status.code(), tonic::Code::Internal);
+            assert!(
+                status.message().contains("recovered"),
+                "{}",
+                status.message()
+            );
+        }
+    }
 
     /// An inner service that answers only when told to.
     #[derive(Clone)]
