@@ -236,6 +236,18 @@ fn field_paths(
     }
 }
 
+/// Every field path of the request message `input`.
+fn request_paths(input: &MessageDescriptor) -> Vec<FieldPath> {
+    let mut paths = Vec::new();
+    field_paths(
+        input,
+        &Vec::new(),
+        &[input.full_name().to_string()],
+        &mut paths,
+    );
+    paths
+}
+
 /// The message holding the last field of `path`, created along the way
 /// (a repeated message gets its first element).
 fn parent_mut<'m>(msg: &'m mut DynamicMessage, path: &[FieldDescriptor]) -> &'m mut DynamicMessage {
@@ -485,13 +497,7 @@ async fn battery(ch: &tonic::transport::Channel, only: Option<&str>) -> Outcome 
             );
         }
         let mut bodies: Vec<(String, Vec<u8>)> = Vec::new();
-        let mut paths = Vec::new();
-        field_paths(
-            &input,
-            &Vec::new(),
-            &[input.full_name().to_string()],
-            &mut paths,
-        );
+        let paths = request_paths(&input);
         for path in &paths {
             let (leaf, parents) = path.split_last().unwrap();
             let current = {
@@ -614,14 +620,7 @@ async fn every_field_of_every_request_gets_a_clean_answer() {
     let mut all = BTreeSet::new();
     for m in methods(&pool) {
         let input = m.input();
-        let mut paths = Vec::new();
-        field_paths(
-            &input,
-            &Vec::new(),
-            &[input.full_name().to_string()],
-            &mut paths,
-        );
-        for p in paths {
+        for p in request_paths(&input) {
             all.insert(format!("{}.{}", input.full_name(), path_name(&p)));
         }
     }

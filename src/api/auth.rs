@@ -154,7 +154,11 @@ impl Authenticator {
     }
 
     /// Adds per-key rate limits (none when `per_second` is 0).
-    pub fn with_rate_limits(mut self, limits: RateLimits) -> Self {
+    pub fn with_rate_limits(mut self, mut limits: RateLimits) -> Self {
+        // A burst of 0 means "the rate": resolved once, here.
+        if limits.burst == 0 {
+            limits.burst = limits.per_second;
+        }
         self.limiter = std::num::NonZeroU32::new(limits.per_second).map(|rate| {
             let burst = std::num::NonZeroU32::new(limits.burst).unwrap_or(rate);
             std::sync::Arc::new(governor::RateLimiter::keyed(
@@ -175,10 +179,7 @@ impl Authenticator {
             .get::<CallPath>()
             .map(|p| p.0.rsplit('/').next().unwrap_or("").to_string())
             .unwrap_or_default();
-        let burst = match self.limits.burst {
-            0 => self.limits.per_second,
-            b => b,
-        };
+        let burst = self.limits.burst;
         let cost = if EXPENSIVE.contains(&method.as_str()) {
             self.limits.expensive_cost.max(1)
         } else {

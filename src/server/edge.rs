@@ -168,34 +168,37 @@ where
                 id
             }
         };
-        if !exempt(&path) && self.layer.stats.over_memory.load(Ordering::Relaxed) {
-            self.layer.stats.shed.fetch_add(1, Ordering::Relaxed);
-            super::ops::record_shed(&path);
-            let status = crate::api::status::overloaded(
-                format!(
-                    "the server is above its memory watermark of {} bytes (memory_watermark_bytes); retry shortly",
-                    self.layer.stats.memory_watermark.load(Ordering::Relaxed)
-                ),
-                Duration::from_millis(500),
-            );
-            return Box::pin(std::future::ready(Ok(status.into_http())));
-        }
+        // Shed before any work: above the memory watermark, or with every
+        // in-flight permit taken.
         let permit = if exempt(&path) {
             None
         } else {
-            match self.layer.permits.clone().try_acquire_owned() {
-                Ok(p) => Some(p),
-                Err(_) => {
-                    self.layer.stats.shed.fetch_add(1, Ordering::Relaxed);
-                    super::ops::record_shed(&path);
-                    tracing::warn!(method = %path, limit = self.layer.limit, "load shed");
-                    let status = crate::api::status::overloaded(
+            let admitted = if self.layer.stats.over_memory.load(Ordering::Relaxed) {
+                Err((
+                    format!(
+                        "the server is above its memory watermark of {} bytes (memory_watermark_bytes); retry shortly",
+                        self.layer.stats.memory_watermark.load(Ordering::Relaxed)
+                    ),
+                    Duration::from_millis(500),
+                ))
+            } else {
+                self.layer.permits.clone().try_acquire_owned().map_err(|_| {
+                    (
                         format!(
                             "the server is at its limit of {} requests in flight (max_in_flight); retry shortly",
                             self.layer.limit
                         ),
                         self.layer.retry_after,
-                    );
+                    )
+                })
+            };
+            match admitted {
+                Ok(p) => Some(p),
+                Err((message, retry_after)) => {
+                    self.layer.stats.shed.fetch_add(1, Ordering::Relaxed);
+                    super::ops::record_shed(&path);
+                    tracing::warn!(method = %path, reason = %message, "load shed");
+                    let status = crate::api::status::overloaded(message, retry_after);
                     return Box::pin(std::future::ready(Ok(status.into_http())));
                 }
             }
@@ -348,13 +351,9 @@ mod tests {
         fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
             Poll::Ready(Ok(()))
         }
+        #[allow(clippy::panic)] // the point of this test
         fn call(&mut self, _: http::Request<()>) -> Self::Future {
-            Box::pin(async move {
-                #[allow(clippy::panic)] // the point of this test
-                {
-                    panic!("a bug in a handler")
-                }
-            })
+            Box::pin(async move { panic!("a bug in a handler") })
         }
     }
 

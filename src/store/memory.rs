@@ -400,32 +400,11 @@ impl State {
         found
     }
 
-    /// Marks the live version of `key` deleted at `number` in both indexes.
-    fn delete(&mut self, key: &Key, number: u64, undo: &mut Vec<Undo>) -> bool {
-        let Some(live) = self.forward.live(&self.names, key) else {
-            return false;
-        };
-        if live.created == number {
-            // Created by this same transaction: no revision ever saw it, so
-            // it goes (a version `number..number` would share its key and
-            // revision with a re-creation in this transaction).
-            self.forward.remove(&self.names, key, number);
-            self.reverse.remove(&self.names, &reverse_key(key), number);
-            undo.push(Undo::Removed(*key, number));
-            return true;
-        }
-        self.forward
-            .set_deleted(&self.names, key, live.created, number);
-        self.reverse
-            .set_deleted(&self.names, &reverse_key(key), live.created, number);
-        undo.push(Undo::Deleted(*key, live.created));
-        true
-    }
-
-    fn insert(&mut self, key: Key, number: u64, undo: &mut Vec<Undo>) {
+    /// Adds version `(key, created)`, live, to both indexes.
+    fn put_version(&mut self, key: Key, created: u64) {
         let entry = Entry {
             key,
-            created: number,
+            created,
             deleted: LIVE,
         };
         self.forward.insert(&self.names, entry);
@@ -436,36 +415,50 @@ impl State {
                 ..entry
             },
         );
+    }
+
+    /// Removes version `(key, created)` from both indexes.
+    fn drop_version(&mut self, key: &Key, created: u64) {
+        self.forward.remove(&self.names, key, created);
+        self.reverse.remove(&self.names, &reverse_key(key), created);
+    }
+
+    /// Sets the deletion revision of version `(key, created)` in both indexes.
+    fn mark_deleted(&mut self, key: &Key, created: u64, deleted: u64) {
+        self.forward.set_deleted(&self.names, key, created, deleted);
+        self.reverse
+            .set_deleted(&self.names, &reverse_key(key), created, deleted);
+    }
+
+    /// Marks the live version of `key` deleted at `number` in both indexes.
+    fn delete(&mut self, key: &Key, number: u64, undo: &mut Vec<Undo>) -> bool {
+        let Some(live) = self.forward.live(&self.names, key) else {
+            return false;
+        };
+        if live.created == number {
+            // Created by this same transaction: no revision ever saw it, so
+            // it goes (a version `number..number` would share its key and
+            // revision with a re-creation in this transaction).
+            self.drop_version(key, number);
+            undo.push(Undo::Removed(*key, number));
+            return true;
+        }
+        self.mark_deleted(key, live.created, number);
+        undo.push(Undo::Deleted(*key, live.created));
+        true
+    }
+
+    fn insert(&mut self, key: Key, number: u64, undo: &mut Vec<Undo>) {
+        self.put_version(key, number);
         undo.push(Undo::Inserted(key, number));
     }
 
     fn rollback(&mut self, undo: Vec<Undo>) {
         for u in undo.into_iter().rev() {
             match u {
-                Undo::Deleted(k, created) => {
-                    self.forward.set_deleted(&self.names, &k, created, LIVE);
-                    self.reverse
-                        .set_deleted(&self.names, &reverse_key(&k), created, LIVE);
-                }
-                Undo::Inserted(k, created) => {
-                    self.forward.remove(&self.names, &k, created);
-                    self.reverse.remove(&self.names, &reverse_key(&k), created);
-                }
-                Undo::Removed(k, created) => {
-                    let entry = Entry {
-                        key: k,
-                        created,
-                        deleted: LIVE,
-                    };
-                    self.forward.insert(&self.names, entry);
-                    self.reverse.insert(
-                        &self.names,
-                        Entry {
-                            key: reverse_key(&k),
-                            ..entry
-                        },
-                    );
-                }
+                Undo::Deleted(k, created) => self.mark_deleted(&k, created, LIVE),
+                Undo::Inserted(k, created) => self.drop_version(&k, created),
+                Undo::Removed(k, created) => self.put_version(k, created),
             }
         }
     }
@@ -599,9 +592,7 @@ impl State {
                 break;
             }
             self.dead.pop_front();
-            self.forward.remove(&self.names, &key, created);
-            self.reverse
-                .remove(&self.names, &reverse_key(&key), created);
+            self.drop_version(&key, created);
             removed += 1;
         }
         removed
@@ -629,20 +620,6 @@ impl MemoryStore {
     /// Number of retained revisions (for metrics and tests).
     pub fn retained_revisions(&self) -> usize {
         self.state.read().map(|s| s.revisions.len()).unwrap_or(0)
-    }
-
-    /// Relationship versions held (live and not yet collected), and the
-    /// bytes their two indexes take.
-    pub fn versions(&self) -> (usize, usize) {
-        self.state
-            .read()
-            .map(|s| {
-                (
-                    s.forward.len(),
-                    s.forward.heap_bytes() + s.reverse.heap_bytes(),
-                )
-            })
-            .unwrap_or_default()
     }
 
     /// Garbage-collects now with `window` instead of the configured one.

@@ -112,6 +112,7 @@ pub(super) struct Index {
 const CHUNK: usize = 256;
 
 impl Index {
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.len
     }
@@ -267,14 +268,6 @@ impl Index {
             rest = tail;
         }
         self.chunks = chunks;
-    }
-
-    /// Bytes held by the entries (capacity, not length).
-    pub fn heap_bytes(&self) -> usize {
-        self.chunks
-            .iter()
-            .map(|c| c.capacity() * std::mem::size_of::<Entry>())
-            .sum()
     }
 }
 
