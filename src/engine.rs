@@ -11,6 +11,7 @@
 
 mod check;
 mod expand;
+mod fast;
 mod lookup;
 mod reach;
 
@@ -159,6 +160,9 @@ pub struct EngineConfig {
     pub schema_limits: schema::Limits,
     /// Per-request work limits.
     pub budget: Budget,
+    /// Answer checks on the fast path where the datastore allows it
+    /// (`fast.rs`). Off only to compare it with the general evaluator.
+    pub fast_path: bool,
 }
 
 impl Default for EngineConfig {
@@ -170,6 +174,7 @@ impl Default for EngineConfig {
             cache_ttl: Duration::from_secs(60),
             schema_limits: schema::Limits::default(),
             budget: Budget::default(),
+            fast_path: true,
         }
     }
 }
@@ -198,12 +203,16 @@ pub struct Engine {
     config: EngineConfig,
     cache: Cache<CacheKey, Decision>,
     /// The last compiled schema, by the revision that wrote it.
-    compiled: Mutex<Option<(Revision, Arc<Schema>)>>,
+    /// With its fast-path plan (`fast.rs`), compiled once per schema.
+    compiled: Mutex<Option<CompiledAt>>,
     /// The latest revision this engine committed (wakes Watch streams).
     /// Counts this engine's commits; streams wait on it for news.
     commits: tokio::sync::watch::Sender<u64>,
     pub metrics: EngineMetrics,
 }
+
+/// A compiled schema and its fast-path plan, by the revision that wrote it.
+type CompiledAt = (Revision, Arc<Schema>, Arc<fast::Plan>);
 
 /// The most relationships one offboarding moves in one transaction.
 pub const MAX_OFFBOARD: usize = 100_000;
@@ -479,12 +488,17 @@ impl Engine {
 
     /// The compiled schema in force at `at`.
     pub async fn schema_at(&self, at: Revision) -> Result<Arc<Schema>, Error> {
-        let stored = self.store.read_schema(&at).await?.ok_or(Error::NoSchema)?;
+        Ok(self.compiled_at(&at).await?.0)
+    }
+
+    /// The compiled schema in force at `at` and its fast-path plan.
+    async fn compiled_at(&self, at: &Revision) -> Result<(Arc<Schema>, Arc<fast::Plan>), Error> {
+        let stored = self.store.read_schema(at).await?.ok_or(Error::NoSchema)?;
         if let Ok(guard) = self.compiled.lock()
-            && let Some((rev, schema)) = guard.as_ref()
+            && let Some((rev, schema, plan)) = guard.as_ref()
             && *rev == stored.written_at
         {
-            return Ok(schema.clone());
+            return Ok((schema.clone(), plan.clone()));
         }
         // Stored schemas were validated on write, so this only fails if the
         // limits were lowered since; report it rather than guessing.
@@ -497,11 +511,63 @@ impl Engine {
             },
         )
         .map_err(|e| Error::Schema(Box::new(e)))?;
+        let plan = Arc::new(fast::Plan::compile(&compiled.schema));
         let schema = Arc::new(compiled.schema);
         if let Ok(mut guard) = self.compiled.lock() {
-            *guard = Some((stored.written_at, schema.clone()));
+            *guard = Some((stored.written_at, schema.clone(), plan.clone()));
         }
-        Ok(schema)
+        Ok((schema, plan))
+    }
+
+    /// The fast path's answer (`fast.rs`), where the datastore has symbol
+    /// reads and the fast path decides the question; `Ok(None)`: ask the
+    /// general evaluator.
+    fn fast_check(
+        &self,
+        plan: &fast::Plan,
+        at: &Revision,
+        resource: &ObjectRef,
+        permission: &str,
+        subject: &SubjectRef,
+    ) -> Result<Option<Decision>, Error> {
+        // Trace-level `dispatch` spans (one per sub-problem) come from the
+        // general evaluator: with them enabled, every check takes it.
+        if !self.config.fast_path
+            || tracing::enabled!(target: "kinbar::engine::check", tracing::Level::TRACE)
+        {
+            return Ok(None);
+        }
+        let Some(reads) = self.store.symbol_reads() else {
+            return Ok(None);
+        };
+        // The fast path is bounded (`fast::MAX_STEPS`), so the caller's
+        // deadline is read once, before it starts.
+        if REQUEST_DEADLINE
+            .try_with(|d| std::time::Instant::now() >= *d)
+            .unwrap_or(false)
+        {
+            return Err(Error::DeadlineExceeded);
+        }
+        let mut answer = None;
+        reads.with_view(at, &mut |view| {
+            answer = fast::check(
+                view,
+                plan,
+                resource,
+                permission,
+                subject,
+                self.config.max_depth,
+            );
+        })?;
+        Ok(answer.map(|(allowed, work)| {
+            metrics::histogram!("kinbar_dispatch_subproblems").record(f64::from(work.steps));
+            metrics::histogram!("kinbar_dispatch_depth").record(f64::from(work.depth));
+            if allowed {
+                Decision::Allowed
+            } else {
+                Decision::Denied
+            }
+        }))
     }
 
     /// The schema text in force at `at`, and the revision that wrote it.
@@ -902,8 +968,11 @@ impl Engine {
         permission: &str,
         subject: &SubjectRef,
     ) -> Result<Decision, Error> {
-        let schema = self.schema_at(at.clone()).await?;
+        let (schema, plan) = self.compiled_at(&at).await?;
         validate_check(&schema, resource, permission, subject)?;
+        if let Some(decision) = self.fast_check(&plan, &at, resource, permission, subject)? {
+            return Ok(decision);
+        }
         // Whole answers are not cached: measured on the 1M CRM set, one
         // lookup and one insert per check cost 25–45% of the throughput at a
         // near-zero hit rate (BENCHMARKS.md); the shared sub-problems below
@@ -929,7 +998,7 @@ impl Engine {
         at: Revision,
         items: &[(ObjectRef, String, SubjectRef)],
     ) -> Vec<Result<Decision, Error>> {
-        let schema = match self.schema_at(at.clone()).await {
+        let (schema, plan) = match self.compiled_at(&at).await {
             Ok(s) => s,
             Err(e) => return items.iter().map(|_| Err(e.clone())).collect(),
         };
@@ -945,9 +1014,12 @@ impl Engine {
                 continue;
             }
             let (resource, permission, subject) = item;
-            let result = match validate_check(&schema, resource, permission, subject) {
+            let result = match validate_check(&schema, resource, permission, subject)
+                .and_then(|()| self.fast_check(&plan, &at, resource, permission, subject))
+            {
                 Err(e) => Err(e),
-                Ok(()) => {
+                Ok(Some(decision)) => Ok(decision),
+                Ok(None) => {
                     let eval = evaluators
                         .entry(subject)
                         .or_insert_with(|| self.evaluator_with(schema.clone(), at.clone()));

@@ -137,12 +137,58 @@ pub(crate) fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// An interned string of a datastore with symbol-level reads
+/// ([`SymbolReads`]). 0 stands for "no subject relation"; a symbol, once
+/// given to a string, never changes.
+pub type Sym = u32;
+
+/// The [`Sym`] of "no subject relation".
+pub const NO_RELATION: Sym = 0;
+
+/// Synchronous reads by interned symbols: the engine's fast check path
+/// (memory store). A check runs entirely inside one [`SymbolReads::with_view`]
+/// call, so it sees one revision under one lock, with no allocation, no
+/// strings and no `await` per step.
+pub trait SymbolReads: Send + Sync {
+    /// Runs `f` on a view at `at`, which is checked to be readable under
+    /// the same lock (garbage collection cannot remove what it sees).
+    fn with_view(
+        &self,
+        at: &Revision,
+        f: &mut dyn FnMut(&dyn SymbolView),
+    ) -> Result<(), StoreError>;
+}
+
+/// Relationships at one revision, by symbols. Keys are forward keys
+/// `[resource type, resource id, relation, subject type, subject id,
+/// subject relation]`. A symbol the store never gave out (e.g. a sentinel
+/// for an id it does not hold) matches nothing.
+pub trait SymbolView {
+    /// The symbol of `name`, if the store holds it anywhere.
+    fn sym(&self, name: &str) -> Option<Sym>;
+    /// Whether the relationship `key` is visible.
+    fn contains(&self, key: &[Sym; 6]) -> bool;
+    /// Visits the subjects `(type, id, relation)` of the visible
+    /// relationships whose key starts with `prefix` (three or four
+    /// symbols), in key order, until `visit` returns false. Returns how
+    /// many versions it looked at.
+    fn subjects(&self, prefix: &[Sym], visit: &mut dyn FnMut(Sym, Sym, Sym) -> bool) -> u64;
+}
+
 /// The storage boundary. Implementations must give snapshot isolation: a
 /// read at revision R sees exactly the transactions committed at or before R.
 #[async_trait]
 pub trait Datastore: Send + Sync + 'static {
     /// A unique id for this datastore (carried in consistency tokens).
     fn id(&self) -> &str;
+
+    /// Symbol-level synchronous reads, where the backend has them (the
+    /// memory store); the engine then answers most checks without the
+    /// general evaluator. `None` (Postgres): every read goes through
+    /// [`Datastore::query`].
+    fn symbol_reads(&self) -> Option<&dyn SymbolReads> {
+        None
+    }
 
     /// The newest committed revision.
     async fn head_revision(&self) -> Result<Revision, StoreError>;

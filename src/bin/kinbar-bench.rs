@@ -3,7 +3,7 @@
 //! `relationships.txt` (one relationship per line) and `checks.txt`
 //! (`resource permission subject true|false`).
 //!
-//! `kinbar-bench run DIR [--checks N] [--lookups N] [--cache-capacity N] [--by-writes N]`
+//! `kinbar-bench run DIR [--checks N] [--lookups N] [--cache-capacity N] [--by-writes N] [--passes N]`
 //! (`--by-writes 1000`: load by WriteRelationships of 1,000, not one import)
 //! loads the relationships into the memory store by one bulk import,
 //! reports the load time and resident bytes per relationship, runs the
@@ -28,7 +28,7 @@ const CRM_SCHEMA: &str = include_str!("../../benches/data/crm-small/schema.zed")
 
 fn usage() -> ! {
     eprintln!(
-        "usage: kinbar-bench run DIR [--checks N] [--lookups N] [--cache-capacity N] [--by-writes N]\n       kinbar-bench generate DIR --customers N\n       kinbar-bench scale - [--customers N]   (lookup time as the answer grows)"
+        "usage: kinbar-bench run DIR [--checks N] [--lookups N] [--cache-capacity N] [--by-writes N] [--passes N]\n       kinbar-bench generate DIR --customers N\n       kinbar-bench scale - [--customers N]   (lookup time as the answer grows)"
     );
     std::process::exit(2)
 }
@@ -50,6 +50,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[i.min(sorted.len() - 1)]
 }
 
+#[derive(Clone)]
 struct Check {
     resource: ObjectRef,
     permission: String,
@@ -83,6 +84,7 @@ fn main() {
     let mut customers = 0usize;
     let mut cache: Option<u64> = None;
     let mut by_writes = 0usize;
+    let mut passes = 1usize;
     while let Some(flag) = it.next() {
         let mut value = || {
             it.next()
@@ -95,6 +97,7 @@ fn main() {
             "--customers" => customers = value() as usize,
             "--cache-capacity" => cache = Some(value()),
             "--by-writes" => by_writes = value() as usize,
+            "--passes" => passes = value().max(1) as usize,
             _ => usage(),
         }
     }
@@ -103,7 +106,7 @@ fn main() {
         .build()
         .unwrap();
     match command.as_str() {
-        "run" => rt.block_on(run(&dir, checks, lookups, cache, by_writes)),
+        "run" => rt.block_on(run(&dir, checks * passes, lookups, cache, by_writes)),
         "generate" if customers > 0 => rt.block_on(generate(&dir, customers)),
         "scale" => rt.block_on(scale(if customers > 0 { customers } else { 100_000 })),
         _ => usage(),
@@ -180,7 +183,12 @@ async fn run(dir: &Path, max_checks: usize, lookups: usize, cache: Option<u64>, 
         grown / n.max(1) as u64
     );
     let at = engine.head_revision().await.unwrap();
-    let checks = read_checks(dir);
+    let mut checks = read_checks(dir);
+    // `--passes N`: the file's checks N times over (a longer measurement).
+    let once = checks.len();
+    while checks.len() < max_checks && once > 0 {
+        checks.extend_from_within(..once.min(max_checks - checks.len()));
+    }
     let checks = &checks[..checks.len().min(max_checks)];
     // Warm-up pass, then the measured pass.
     for c in checks.iter().take(1_000) {

@@ -534,6 +534,13 @@ impl State {
                 }
             }
         }
+        // New names get ranks before a bulk sort (which then compares
+        // integers) or when enough have gathered (see `rerank_if_stale`).
+        if bulk {
+            self.names.rerank();
+        } else {
+            self.names.rerank_if_stale();
+        }
         if bulk {
             let entries = |reverse: bool| -> Vec<Entry> {
                 batch
@@ -634,10 +641,118 @@ impl MemoryStore {
     }
 }
 
+/// A [`SymbolView`] of the state at one revision.
+struct View<'s> {
+    s: &'s State,
+    at: u64,
+    /// Where the rows of recently visited objects `(type, id)` start: a
+    /// check asks several questions of one object (its owner, its teams,
+    /// its org…), and an object's rows are adjacent, so after one seek the
+    /// others search only near that start.
+    regions: std::cell::Cell<[Option<(Sym, Sym, index::Pos)>; REGIONS]>,
+    next_region: std::cell::Cell<usize>,
+}
+
+/// Objects whose row positions a [`View`] remembers.
+const REGIONS: usize = 8;
+
+impl<'s> View<'s> {
+    fn new(s: &'s State, at: u64) -> Self {
+        View {
+            s,
+            at,
+            regions: std::cell::Cell::new([None; REGIONS]),
+            next_region: std::cell::Cell::new(0),
+        }
+    }
+
+    /// The first forward position at or after `prefix` (at least the
+    /// resource type and id).
+    fn seek(&self, prefix: &[Sym]) -> index::Pos {
+        let (f, names) = (&self.s.forward, &self.s.names);
+        let &[t, id, ..] = prefix else {
+            return f.seek_prefix(names, prefix);
+        };
+        let mut regions = self.regions.get();
+        let start = match regions.iter().flatten().find(|r| r.0 == t && r.1 == id) {
+            Some(r) => r.2,
+            None => {
+                let pos = f.seek_prefix(names, &prefix[..2]);
+                let i = self.next_region.get();
+                regions[i] = Some((t, id, pos));
+                self.regions.set(regions);
+                self.next_region.set((i + 1) % REGIONS);
+                pos
+            }
+        };
+        if prefix.len() == 2 {
+            return start;
+        }
+        f.seek_prefix_from(names, start, prefix)
+    }
+
+    /// Whether every symbol of `key` was given out by this store.
+    fn known(&self, key: &[Sym]) -> bool {
+        let n = self.s.names.len();
+        key.iter().all(|&k| k as usize <= n)
+    }
+}
+
+impl SymbolView for View<'_> {
+    fn sym(&self, name: &str) -> Option<Sym> {
+        self.s.names.get(name)
+    }
+
+    fn contains(&self, key: &[Sym; 6]) -> bool {
+        if !self.known(key) {
+            return false;
+        }
+        let f = &self.s.forward;
+        f.iter_from(self.seek(key))
+            .take_while(|e| e.key == *key)
+            .any(|e| e.visible_at(self.at))
+    }
+
+    fn subjects(&self, prefix: &[Sym], visit: &mut dyn FnMut(Sym, Sym, Sym) -> bool) -> u64 {
+        if !self.known(prefix) {
+            return 0;
+        }
+        let f = &self.s.forward;
+        let mut seen = 0;
+        for e in f
+            .iter_from(self.seek(prefix))
+            .take_while(|e| e.key.starts_with(prefix))
+        {
+            seen += 1;
+            if e.visible_at(self.at) && !visit(e.key[3], e.key[4], e.key[5]) {
+                break;
+            }
+        }
+        seen
+    }
+}
+
+impl SymbolReads for MemoryStore {
+    fn with_view(
+        &self,
+        at: &Revision,
+        f: &mut dyn FnMut(&dyn SymbolView),
+    ) -> Result<(), StoreError> {
+        let s = self.state.read().map_err(|_| poisoned())?;
+        let at = s.readable(at)?;
+        f(&View::new(&s, at));
+        Ok(())
+    }
+}
+
 #[async_trait]
 impl Datastore for MemoryStore {
     fn id(&self) -> &str {
         &self.id
+    }
+
+    fn symbol_reads(&self) -> Option<&dyn SymbolReads> {
+        Some(self)
     }
 
     async fn head_revision(&self) -> Result<Revision, StoreError> {

@@ -45,16 +45,28 @@ impl Entry {
     }
 }
 
-/// Every string the store holds, once.
+/// Every string the store holds, once, and the string order of (nearly)
+/// all of them as small integers.
 #[derive(Default)]
 pub(super) struct Interner {
     set: IndexSet<Box<str>>,
+    /// `rank[i]`: the position of symbol `i + 1`'s string in string order
+    /// among the first `rank.len()` symbols. Comparing two ranked symbols
+    /// is comparing two integers instead of chasing two strings (a seek is
+    /// ~20 comparisons); symbols interned since the last [`Interner::rerank`]
+    /// compare by string.
+    rank: Vec<u32>,
 }
 
 impl Interner {
     /// The symbol of `s`, if it was ever interned.
     pub fn get(&self, s: &str) -> Option<Sym> {
         self.set.get_index_of(s).map(|i| i as Sym + 1)
+    }
+
+    /// How many strings are interned: every symbol is at most this.
+    pub fn len(&self) -> usize {
+        self.set.len()
     }
 
     pub fn intern(&mut self, s: &str) -> Sym {
@@ -77,10 +89,65 @@ impl Interner {
         self.resolve(sym).unwrap_or_default()
     }
 
+    /// The string order of two symbols ([`NONE`] first).
+    pub fn cmp_syms(&self, a: Sym, b: Sym) -> Ordering {
+        if a == b {
+            return Ordering::Equal;
+        }
+        let rank = |s: Sym| self.rank.get((s as usize).checked_sub(1)?);
+        match (rank(a), rank(b)) {
+            (Some(x), Some(y)) => x.cmp(y),
+            _ => self.resolve(a).cmp(&self.resolve(b)),
+        }
+    }
+
+    /// Ranks the symbols interned since the last call, when they are more
+    /// than an eighth of all (so most comparisons stay integer ones and
+    /// the work, a merge of the new strings into the ranked order, is
+    /// amortized over the interning).
+    pub fn rerank_if_stale(&mut self) {
+        let (ranked, len) = (self.rank.len(), self.set.len());
+        if len - ranked > (ranked / 8).max(1_024) {
+            self.rerank();
+        }
+    }
+
+    /// Ranks every symbol: the ranked order (recovered from the ranks)
+    /// merged with the new symbols sorted by string.
+    pub fn rerank(&mut self) {
+        let (ranked, len) = (self.rank.len(), self.set.len());
+        if ranked == len {
+            return;
+        }
+        let mut order = vec![NONE; ranked];
+        for (i, &r) in self.rank.iter().enumerate() {
+            // Ranks are a permutation of 0..ranked, and i < len <= u32::MAX.
+            order[r as usize] = i as Sym + 1;
+        }
+        let mut new: Vec<Sym> = (ranked as Sym + 1..=len as Sym).collect();
+        new.sort_unstable_by(|a, b| self.resolve(*a).cmp(&self.resolve(*b)));
+        let mut merged = Vec::with_capacity(len);
+        let (mut old, mut new) = (order.into_iter().peekable(), new.into_iter().peekable());
+        loop {
+            let take_old = match (old.peek(), new.peek()) {
+                (Some(a), Some(b)) => self.resolve(*a) <= self.resolve(*b),
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (None, None) => break,
+            };
+            merged.extend(if take_old { old.next() } else { new.next() });
+        }
+        let mut rank = vec![0u32; len];
+        for (pos, sym) in merged.into_iter().enumerate() {
+            rank[sym as usize - 1] = pos as u32;
+        }
+        self.rank = rank;
+    }
+
     pub fn cmp_keys(&self, a: &Key, b: &Key) -> Ordering {
         for (x, y) in a.iter().zip(b) {
             if x != y {
-                return self.resolve(*x).cmp(&self.resolve(*y));
+                return self.cmp_syms(*x, *y);
             }
         }
         Ordering::Equal
@@ -105,6 +172,10 @@ pub(super) struct Pos(usize, usize);
 #[derive(Default)]
 pub(super) struct Index {
     chunks: Vec<Vec<Entry>>,
+    /// Each chunk's last entry, contiguous: the chunk-level half of a seek
+    /// reads this small array instead of one cache line per chunk
+    /// (`lasts[i] == *chunks[i].last()`; chunks are never empty).
+    lasts: Vec<Entry>,
     len: usize,
 }
 
@@ -131,13 +202,57 @@ impl Index {
             Ordering::Equal => strict,
             Ordering::Greater => false,
         };
-        let ci = self
-            .chunks
-            .partition_point(|c| c.last().is_some_and(&before));
+        let ci = self.lasts.partition_point(&before);
         match self.chunks.get(ci) {
             Some(c) => Pos(ci, c.partition_point(before)),
             None => Pos(ci, 0),
         }
+    }
+
+    /// Whether `key` sorts before every key starting with `prefix`
+    /// (symbols of the leading fields; strings compared only where the
+    /// symbols differ).
+    pub fn before_prefix(names: &Interner, key: &Key, prefix: &[Sym]) -> bool {
+        for (x, y) in key.iter().zip(prefix) {
+            if x != y {
+                return names.cmp_syms(*x, *y) == Ordering::Less;
+            }
+        }
+        false
+    }
+
+    /// The first position whose key starts at or after `prefix`: the fast
+    /// check path's seek.
+    pub fn seek_prefix(&self, names: &Interner, prefix: &[Sym]) -> Pos {
+        let before = |e: &Entry| Self::before_prefix(names, &e.key, prefix);
+        let ci = self.lasts.partition_point(&before);
+        match self.chunks.get(ci) {
+            Some(c) => Pos(ci, c.partition_point(before)),
+            None => Pos(ci, 0),
+        }
+    }
+
+    /// [`Index::seek_prefix`] from `start`, a position known to be at or
+    /// before the answer (e.g. where the prefix's object starts): an
+    /// exponential then binary search within `start`'s chunk, touching only
+    /// entries near `start`; a full seek when the answer lies beyond it.
+    pub fn seek_prefix_from(&self, names: &Interner, start: Pos, prefix: &[Sym]) -> Pos {
+        let before = |e: &Entry| Self::before_prefix(names, &e.key, prefix);
+        let Pos(ci, off) = start;
+        if let (Some(c), Some(last)) = (self.chunks.get(ci), self.lasts.get(ci))
+            && !before(last)
+            && off <= c.len()
+        {
+            let rest = &c[off..];
+            let mut hi = 1;
+            while hi < rest.len() && before(&rest[hi]) {
+                hi *= 2;
+            }
+            let lo = hi / 2;
+            let hi = hi.min(rest.len());
+            return Pos(ci, off + lo + rest[lo..hi].partition_point(before));
+        }
+        self.seek_prefix(names, prefix)
     }
 
     /// Entries from `pos` on, in order.
@@ -155,10 +270,9 @@ impl Index {
 
     /// The exact version `(key, created)`, if present.
     fn find(&self, names: &Interner, key: &Key, created: u64) -> Option<Pos> {
-        let ci = self.chunks.partition_point(|c| {
-            c.last()
-                .is_some_and(|e| Self::entry_cmp(names, e, key, created) == Ordering::Less)
-        });
+        let ci = self
+            .lasts
+            .partition_point(|e| Self::entry_cmp(names, e, key, created) == Ordering::Less);
         let c = self.chunks.get(ci)?;
         let off = c.partition_point(|e| Self::entry_cmp(names, e, key, created) == Ordering::Less);
         let e = c.get(off)?;
@@ -167,10 +281,9 @@ impl Index {
 
     /// The live version of `key`, if any.
     pub fn live(&self, names: &Interner, key: &Key) -> Option<Entry> {
-        let ci = self.chunks.partition_point(|c| {
-            c.last()
-                .is_some_and(|e| names.cmp_keys(&e.key, key) == Ordering::Less)
-        });
+        let ci = self
+            .lasts
+            .partition_point(|e| names.cmp_keys(&e.key, key) == Ordering::Less);
         let off = self
             .chunks
             .get(ci)
@@ -186,20 +299,30 @@ impl Index {
     pub fn set_deleted(&mut self, names: &Interner, key: &Key, created: u64, deleted: u64) {
         if let Some(Pos(ci, off)) = self.find(names, key, created) {
             self.chunks[ci][off].deleted = deleted;
+            self.fix_last(ci);
+        }
+    }
+
+    /// Restores `lasts[ci]` after chunk `ci` changed in place.
+    fn fix_last(&mut self, ci: usize) {
+        if let (Some(last), Some(slot)) = (
+            self.chunks.get(ci).and_then(|c| c.last()),
+            self.lasts.get_mut(ci),
+        ) {
+            *slot = *last;
         }
     }
 
     pub fn insert(&mut self, names: &Interner, entry: Entry) {
         let ci = self
-            .chunks
-            .partition_point(|c| {
-                c.last().is_some_and(|e| {
-                    Self::entry_cmp(names, e, &entry.key, entry.created) == Ordering::Less
-                })
+            .lasts
+            .partition_point(|e| {
+                Self::entry_cmp(names, e, &entry.key, entry.created) == Ordering::Less
             })
             .min(self.chunks.len().saturating_sub(1));
         if self.chunks.is_empty() {
             self.chunks.push(Vec::with_capacity(CHUNK));
+            self.lasts.push(entry);
         }
         let chunk = &mut self.chunks[ci];
         let off = chunk.partition_point(|e| {
@@ -209,8 +332,14 @@ impl Index {
         self.len += 1;
         if chunk.len() > 2 * CHUNK {
             let tail = chunk.split_off(CHUNK);
-            self.chunks.insert(ci + 1, tail);
+            // The tail holds the upper half of a chunk of more than
+            // 2 * CHUNK entries: never empty.
+            if let Some(&last) = tail.last() {
+                self.chunks.insert(ci + 1, tail);
+                self.lasts.insert(ci + 1, last);
+            }
         }
+        self.fix_last(ci);
     }
 
     /// Removes version `(key, created)`; true if it was there.
@@ -223,17 +352,26 @@ impl Index {
         self.len -= 1;
         if chunk.is_empty() {
             self.chunks.remove(ci);
+            self.lasts.remove(ci);
         } else if chunk.len() < CHUNK / 4 && ci + 1 < self.chunks.len() {
-            // Merge a small chunk into its successor to keep chunks full.
+            // Merge a small chunk into its successor to keep chunks full
+            // (the merged chunk ends where the successor did).
             let small = self.chunks.remove(ci);
+            self.lasts.remove(ci);
             let next = &mut self.chunks[ci];
             let mut merged = small;
             merged.append(next);
             *next = merged;
             if next.len() > 2 * CHUNK {
                 let tail = next.split_off(next.len() / 2);
-                self.chunks.insert(ci + 1, tail);
+                if let Some(&last) = tail.last() {
+                    self.chunks.insert(ci + 1, tail);
+                    self.lasts.insert(ci + 1, last);
+                }
+                self.fix_last(ci);
             }
+        } else {
+            self.fix_last(ci);
         }
         true
     }
@@ -267,7 +405,19 @@ impl Index {
             chunks.push(head.to_vec());
             rest = tail;
         }
+        self.lasts = chunks.iter().filter_map(|c| c.last().copied()).collect();
         self.chunks = chunks;
+    }
+
+    /// Checks `lasts` against the chunks (tests).
+    #[cfg(test)]
+    fn lasts_agree(&self) -> bool {
+        self.lasts.len() == self.chunks.len()
+            && self
+                .chunks
+                .iter()
+                .zip(&self.lasts)
+                .all(|(c, l)| c.last() == Some(l))
     }
 }
 
@@ -298,6 +448,7 @@ mod tests {
             );
         }
         assert_eq!(index.len(), 2_000);
+        assert!(index.lasts_agree());
         let seen: Vec<String> = index
             .iter_from(Pos(0, 0))
             .map(|e| names.name(e.key[1]).to_string())
@@ -337,6 +488,7 @@ mod tests {
             assert!(!index.remove(&names, &k, 1));
         }
         assert_eq!(index.len(), 1_000);
+        assert!(index.lasts_agree());
         let left: Vec<String> = index
             .iter_from(Pos(0, 0))
             .map(|e| names.name(e.key[1]).to_string())
@@ -353,11 +505,65 @@ mod tests {
             })
             .collect();
         index.insert_many(&names, more);
+        assert!(index.lasts_agree());
         let all: Vec<String> = index
             .iter_from(Pos(0, 0))
             .map(|e| names.name(e.key[1]).to_string())
             .collect();
         assert_eq!(all, sorted);
+    }
+
+    #[test]
+    fn ranks_order_symbols_as_their_strings() {
+        let mut names = Interner::default();
+        let mut index = Index::default();
+        let mut ids: Vec<String> = (0..5_000)
+            .map(|i| format!("{:x}", i * 7919 % 5_003))
+            .collect();
+        // Interned and inserted in three batches, ranked after each of the
+        // first two, so ranked and unranked symbols meet in comparisons.
+        for (round, batch) in ids.chunks(1_700).enumerate() {
+            for id in batch {
+                let k = key(&mut names, ["doc", id, "viewer", "user", "u", "x"]);
+                index.insert(
+                    &names,
+                    Entry {
+                        key: k,
+                        created: 1,
+                        deleted: LIVE,
+                    },
+                );
+            }
+            if round < 2 {
+                names.rerank();
+            }
+            assert!(index.lasts_agree());
+        }
+        let syms: Vec<Sym> = (1..=names.len() as Sym).collect();
+        for a in syms.iter().step_by(7) {
+            for b in syms.iter().step_by(11) {
+                assert_eq!(
+                    names.cmp_syms(*a, *b),
+                    names.resolve(*a).cmp(&names.resolve(*b))
+                );
+            }
+        }
+        ids.sort();
+        ids.dedup();
+        let seen: Vec<String> = index
+            .iter_from(Pos(0, 0))
+            .map(|e| names.name(e.key[1]).to_string())
+            .collect();
+        assert_eq!(seen, ids);
+        // Seeks by symbol prefix, from scratch and from an earlier start.
+        let doc = names.get("doc").unwrap();
+        for id in ids.iter().step_by(97) {
+            let sym = names.get(id).unwrap();
+            let at = index.seek_prefix(&names, &[doc, sym]);
+            assert_eq!(names.name(index.iter_from(at).next().unwrap().key[1]), id);
+            let from = index.seek_prefix_from(&names, Pos(0, 0), &[doc, sym]);
+            assert_eq!(from, at);
+        }
     }
 
     #[test]
