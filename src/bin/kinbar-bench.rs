@@ -198,29 +198,46 @@ async fn run(dir: &Path, max_checks: usize, lookups: usize, cache: Option<u64>, 
     }
     let mut times = Vec::with_capacity(checks.len());
     let mut wrong = 0usize;
+    // Each pass over the file timed on its own: on a shared (virtualised)
+    // machine the best pass shows the code, the overall rate the machine.
+    let mut pass_rates = Vec::new();
     let started = Instant::now();
-    for c in checks {
-        let t = Instant::now();
-        let d = engine
-            .check_at(at.clone(), &c.resource, &c.permission, &c.subject)
-            .await
-            .expect("check");
-        times.push(t.elapsed());
-        wrong += usize::from(d.is_allowed() != c.expected);
+    for pass in checks.chunks(once.max(1)) {
+        let pass_started = Instant::now();
+        for c in pass {
+            let t = Instant::now();
+            let d = engine
+                .check_at(at.clone(), &c.resource, &c.permission, &c.subject)
+                .await
+                .expect("check");
+            times.push(t.elapsed());
+            wrong += usize::from(d.is_allowed() != c.expected);
+        }
+        pass_rates.push(pass.len() as f64 / pass_started.elapsed().as_secs_f64().max(1e-9));
     }
     let total = started.elapsed();
     times.sort();
+    pass_rates.sort_by(f64::total_cmp);
     println!();
-    println!("| checks (one thread) | checks/s | p50 | p99 | wrong |");
-    println!("|---|---|---|---|---|");
     println!(
-        "| {} | {:.0} | {:.1} µs | {:.1} µs | {wrong} |",
+        "| checks (one thread) | passes | checks/s | best pass | median pass | p50 | p99 | wrong |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    println!(
+        "| {} | {} | {:.0} | {:.0} | {:.0} | {:.1} µs | {:.1} µs | {wrong} |",
         checks.len(),
+        pass_rates.len(),
         checks.len() as f64 / total.as_secs_f64().max(1e-9),
+        pass_rates.last().copied().unwrap_or_default(),
+        pass_rates
+            .get(pass_rates.len() / 2)
+            .copied()
+            .unwrap_or_default(),
         percentile(&times, 0.5).as_secs_f64() * 1e6,
         percentile(&times, 0.99).as_secs_f64() * 1e6,
     );
-    // Lookups: the subjects and resources of the checks file.
+    // Lookups: the subjects and resources of the checks file (one pass).
+    let checks = &checks[..once.min(checks.len())];
     let mut users: Vec<SubjectRef> = checks
         .iter()
         .filter(|c| c.subject.object.object_type == "user")

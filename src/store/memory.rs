@@ -402,19 +402,10 @@ impl State {
 
     /// Adds version `(key, created)`, live, to both indexes.
     fn put_version(&mut self, key: Key, created: u64) {
-        let entry = Entry {
-            key,
-            created,
-            deleted: LIVE,
-        };
-        self.forward.insert(&self.names, entry);
-        self.reverse.insert(
-            &self.names,
-            Entry {
-                key: reverse_key(&key),
-                ..entry
-            },
-        );
+        self.forward
+            .insert(&self.names, Entry::new(key, created, LIVE));
+        self.reverse
+            .insert(&self.names, Entry::new(reverse_key(&key), created, LIVE));
     }
 
     /// Removes version `(key, created)` from both indexes.
@@ -536,20 +527,22 @@ impl State {
         }
         // New names get ranks before a bulk sort (which then compares
         // integers) or when enough have gathered (see `rerank_if_stale`).
+        let generation = self.names.generation();
         if bulk {
             self.names.rerank();
         } else {
             self.names.rerank_if_stale();
         }
+        if self.names.generation() != generation && !bulk {
+            // New ranks: the indexes' cached ones are stale until taken.
+            self.forward.take_ranks(&self.names);
+            self.reverse.take_ranks(&self.names);
+        }
         if bulk {
             let entries = |reverse: bool| -> Vec<Entry> {
                 batch
                     .iter()
-                    .map(|k| Entry {
-                        key: if reverse { reverse_key(k) } else { *k },
-                        created: number,
-                        deleted: LIVE,
-                    })
+                    .map(|k| Entry::new(if reverse { reverse_key(k) } else { *k }, number, LIVE))
                     .collect()
             };
             let (fwd, rev) = (entries(false), entries(true));
