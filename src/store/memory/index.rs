@@ -243,20 +243,10 @@ impl Index {
         }
     }
 
-    /// Whether `key` sorts before every key starting with `prefix`
-    /// (symbols of the leading fields; strings compared only where the
-    /// symbols differ).
-    pub fn before_prefix(names: &Interner, key: &Key, prefix: &[Sym]) -> bool {
-        for (x, y) in key.iter().zip(prefix) {
-            if x != y {
-                return names.cmp_syms(*x, *y) == Ordering::Less;
-            }
-        }
-        false
-    }
-
-    /// [`Index::before_prefix`] using the entry's cached id rank where both
-    /// it and the prefix's (`rank1`) are current.
+    /// Whether `e` sorts before every key starting with `prefix` (symbols
+    /// of the leading fields): symbols equal, or compared by the entry's
+    /// cached id rank where both it and the prefix's (`rank1`) are current,
+    /// else by rank or string ([`Interner::cmp_syms`]).
     fn before_prefix_ranked(names: &Interner, e: &Entry, prefix: &[Sym], rank1: u32) -> bool {
         for (i, (x, y)) in e.key.iter().zip(prefix).enumerate() {
             if x != y {
