@@ -3,7 +3,7 @@
 //! `relationships.txt` (one relationship per line) and `checks.txt`
 //! (`resource permission subject true|false`).
 //!
-//! `kinbar-bench run DIR [--checks N] [--lookups N] [--cache-capacity N] [--by-writes N] [--passes N]`
+//! `kinbar-bench run DIR [--checks N] [--lookups N] [--cache-capacity N] [--by-writes N] [--passes N] [--compare]`
 //! (`--by-writes 1000`: load by WriteRelationships of 1,000, not one import)
 //! loads the relationships into the memory store by one bulk import,
 //! reports the load time and resident bytes per relationship, runs the
@@ -28,7 +28,7 @@ const CRM_SCHEMA: &str = include_str!("../../benches/data/crm-small/schema.zed")
 
 fn usage() -> ! {
     eprintln!(
-        "usage: kinbar-bench run DIR [--checks N] [--lookups N] [--cache-capacity N] [--by-writes N] [--passes N]\n       kinbar-bench generate DIR --customers N\n       kinbar-bench scale - [--customers N]   (lookup time as the answer grows)"
+        "usage: kinbar-bench run DIR [--checks N] [--lookups N] [--cache-capacity N] [--by-writes N] [--passes N] [--compare]\n       kinbar-bench generate DIR --customers N\n       kinbar-bench scale - [--customers N]   (lookup time as the answer grows)"
     );
     std::process::exit(2)
 }
@@ -85,12 +85,17 @@ fn main() {
     let mut cache: Option<u64> = None;
     let mut by_writes = 0usize;
     let mut passes = 1usize;
+    let mut compare = false;
     while let Some(flag) = it.next() {
         let mut value = || {
             it.next()
                 .and_then(|v| v.parse::<u64>().ok())
                 .unwrap_or_else(|| usage())
         };
+        if flag == "--compare" {
+            compare = true;
+            continue;
+        }
         match flag.as_str() {
             "--checks" => checks = value() as usize,
             "--lookups" => lookups = value() as usize,
@@ -106,7 +111,14 @@ fn main() {
         .build()
         .unwrap();
     match command.as_str() {
-        "run" => rt.block_on(run(&dir, checks * passes, lookups, cache, by_writes)),
+        "run" => rt.block_on(run(
+            &dir,
+            checks * passes,
+            lookups,
+            cache,
+            by_writes,
+            compare,
+        )),
         "generate" if customers > 0 => rt.block_on(generate(&dir, customers)),
         "scale" => rt.block_on(scale(if customers > 0 { customers } else { 100_000 })),
         _ => usage(),
@@ -167,29 +179,15 @@ async fn load(dir: &Path, cache: Option<u64>, by_writes: usize) -> (Engine, usiz
     (engine, n, took, grown)
 }
 
-async fn run(dir: &Path, max_checks: usize, lookups: usize, cache: Option<u64>, by_writes: usize) {
-    let (engine, n, took, grown) = load(dir, cache, by_writes).await;
-    let how = if by_writes > 0 {
-        format!("writes of {by_writes}")
-    } else {
-        "import".to_string()
-    };
-    println!("| dataset | relationships | load ({how}) | resident bytes / relationship |");
-    println!("|---|---|---|---|");
-    println!(
-        "| {} | {n} | {:.2} s | {} |",
-        dir.display(),
-        took.as_secs_f64(),
-        grown / n.max(1) as u64
-    );
-    let at = engine.head_revision().await.unwrap();
-    let mut checks = read_checks(dir);
-    // `--passes N`: the file's checks N times over (a longer measurement).
-    let once = checks.len();
-    while checks.len() < max_checks && once > 0 {
-        checks.extend_from_within(..once.min(max_checks - checks.len()));
-    }
-    let checks = &checks[..checks.len().min(max_checks)];
+/// One row of the checks table: `checks` on `engine` at `at`, timed per
+/// pass of `once` checks, after a warm-up of 1,000.
+async fn measure(
+    engine: &Engine,
+    label: &str,
+    at: &kinbar::Revision,
+    checks: &[Check],
+    once: usize,
+) -> usize {
     // Warm-up pass, then the measured pass.
     for c in checks.iter().take(1_000) {
         let _ = engine
@@ -218,13 +216,8 @@ async fn run(dir: &Path, max_checks: usize, lookups: usize, cache: Option<u64>, 
     let total = started.elapsed();
     times.sort();
     pass_rates.sort_by(f64::total_cmp);
-    println!();
     println!(
-        "| checks (one thread) | passes | checks/s | best pass | median pass | p50 | p99 | wrong |"
-    );
-    println!("|---|---|---|---|---|---|---|---|");
-    println!(
-        "| {} | {} | {:.0} | {:.0} | {:.0} | {:.1} µs | {:.1} µs | {wrong} |",
+        "| {} | {label} | {} | {:.0} | {:.0} | {:.0} | {:.1} µs | {:.1} µs | {wrong} |",
         checks.len(),
         pass_rates.len(),
         checks.len() as f64 / total.as_secs_f64().max(1e-9),
@@ -236,6 +229,58 @@ async fn run(dir: &Path, max_checks: usize, lookups: usize, cache: Option<u64>, 
         percentile(&times, 0.5).as_secs_f64() * 1e6,
         percentile(&times, 0.99).as_secs_f64() * 1e6,
     );
+    wrong
+}
+
+async fn run(
+    dir: &Path,
+    max_checks: usize,
+    lookups: usize,
+    cache: Option<u64>,
+    by_writes: usize,
+    compare: bool,
+) {
+    let (engine, n, took, grown) = load(dir, cache, by_writes).await;
+    let how = if by_writes > 0 {
+        format!("writes of {by_writes}")
+    } else {
+        "import".to_string()
+    };
+    println!("| dataset | relationships | load ({how}) | resident bytes / relationship |");
+    println!("|---|---|---|---|");
+    println!(
+        "| {} | {n} | {:.2} s | {} |",
+        dir.display(),
+        took.as_secs_f64(),
+        grown / n.max(1) as u64
+    );
+    let at = engine.head_revision().await.unwrap();
+    let mut checks = read_checks(dir);
+    // `--passes N`: the file's checks N times over (a longer measurement).
+    let once = checks.len();
+    while checks.len() < max_checks && once > 0 {
+        checks.extend_from_within(..once.min(max_checks - checks.len()));
+    }
+    let checks = &checks[..checks.len().min(max_checks)];
+    println!();
+    println!(
+        "| checks (one thread) | configuration | passes | checks/s | best pass | median pass | p50 | p99 | wrong |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    let mut wrong = measure(&engine, "default", &at, checks, once).await;
+    if compare {
+        // The same store, the same run: the cache off, and the general
+        // evaluator alone (no fast path), then the default again.
+        let mut off = engine.config().clone();
+        off.cache_capacity = 0;
+        let cache_off = engine.reconfigured(off);
+        let mut general = engine.config().clone();
+        general.fast_path = false;
+        let general = engine.reconfigured(general);
+        wrong += measure(&cache_off, "cache off", &at, checks, once).await;
+        wrong += measure(&general, "general evaluator only", &at, checks, once).await;
+        wrong += measure(&engine, "default (again)", &at, checks, once).await;
+    }
     // Lookups: the subjects and resources of the checks file (one pass).
     let checks = &checks[..once.min(checks.len())];
     let mut users: Vec<SubjectRef> = checks
