@@ -711,7 +711,11 @@ impl Engine {
         relationships: Vec<Relationship>,
         metadata: TxnMetadata,
     ) -> Result<CommittedTxn, Error> {
-        let mut seen = std::collections::HashSet::new();
+        let mut seen: std::collections::HashSet<&Relationship, foldhash::quality::RandomState> =
+            std::collections::HashSet::with_capacity_and_hasher(
+                relationships.len(),
+                foldhash::quality::RandomState::default(),
+            );
         for r in &relationships {
             validate_relationship(r)?;
             if !seen.insert(r) {

@@ -152,6 +152,10 @@ async fn load(dir: &Path, cache: Option<u64>, by_writes: usize) -> (Engine, usiz
         .map(|l| l.parse().expect("relationship"))
         .collect();
     let n = rels.len();
+    eprintln!(
+        "kinbar-bench: parsed {n} relationships in {:.2} s (part of the load time)",
+        started.elapsed().as_secs_f64()
+    );
     if by_writes > 0 {
         let mut rels = rels.into_iter().peekable();
         while rels.peek().is_some() {

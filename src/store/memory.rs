@@ -497,10 +497,15 @@ impl State {
         let bulk = txn.updates.len() > 10_000
             && txn.deletes.is_empty()
             && txn.updates.iter().all(|u| u.operation != Operation::Delete);
-        let mut batch: std::collections::HashSet<Key> = std::collections::HashSet::new();
+        let mut batch: std::collections::HashSet<Key, foldhash::fast::RandomState> =
+            std::collections::HashSet::default();
+        // A bulk batch into an empty store (a first import): nothing can
+        // exist yet but what the batch itself holds.
+        let empty = bulk && self.forward.is_empty();
         for u in &txn.updates {
             let key = self.intern(&u.relationship);
-            let exists = batch.contains(&key) || self.forward.live(&self.names, &key).is_some();
+            let exists =
+                batch.contains(&key) || (!empty && self.forward.live(&self.names, &key).is_some());
             match u.operation {
                 Operation::Create | Operation::Touch => {
                     if exists {

@@ -222,6 +222,10 @@ impl Index {
         self.len
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
     fn entry_cmp(names: &Interner, e: &Entry, key: &Key, created: u64) -> Ordering {
         names
             .cmp_keys(&e.key, key)
