@@ -4,6 +4,14 @@
 //! Everything here is data with validation and a text form; nothing here does
 //! I/O or knows about schemas, stores or protobuf. The text form is the one of
 //! DESIGN.md §3: `resource_type:resource_id#relation@subject_type:subject_id[#subject_relation]`.
+//!
+//! Reads untrusted input: no indexing, no unchecked arithmetic, no
+//! truncating casts (denied here, so a change cannot reintroduce them).
+#![deny(
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects,
+    clippy::cast_possible_truncation
+)]
 
 use std::fmt;
 
@@ -54,7 +62,7 @@ impl ObjectRef {
         })?;
         validate_type_name(object_type).map_err(|m| ParseError::new(text, 0, m, TYPE_HINT))?;
         validate_object_id(object_id)
-            .map_err(|m| ParseError::new(text, object_type.len() + 1, m, ID_HINT))?;
+            .map_err(|m| ParseError::new(text, object_type.len().saturating_add(1), m, ID_HINT))?;
         Ok(ObjectRef::new(object_type, object_id))
     }
 }
@@ -108,14 +116,16 @@ impl SubjectRef {
         })?;
         validate_type_name(object_type).map_err(|m| ParseError::new(text, 0, m, TYPE_HINT))?;
         if object_id != WILDCARD_ID {
-            validate_object_id(object_id)
-                .map_err(|m| ParseError::new(text, object_type.len() + 1, m, ID_HINT))?;
+            validate_object_id(object_id).map_err(|m| {
+                ParseError::new(text, object_type.len().saturating_add(1), m, ID_HINT)
+            })?;
         }
         let relation = match relation {
             None | Some(ELLIPSIS) => None,
             Some(r) => {
-                validate_name(r)
-                    .map_err(|m| ParseError::new(text, object_text.len() + 1, m, RELATION_HINT))?;
+                validate_name(r).map_err(|m| {
+                    ParseError::new(text, object_text.len().saturating_add(1), m, RELATION_HINT)
+                })?;
                 if object_id == WILDCARD_ID {
                     return Err(ParseError::new(
                         text,
@@ -197,7 +207,10 @@ impl Relationship {
                 "a relationship is `type:id#relation@subject_type:subject_id`",
             )
         })?;
-        let resource_part_len = object_text.len() + 1 + relation.len();
+        let resource_part_len = object_text
+            .len()
+            .saturating_add(1)
+            .saturating_add(relation.len());
         let resource = ObjectRef::parse(object_text)?;
         if resource.object_id == WILDCARD_ID {
             return Err(ParseError::new(
@@ -207,10 +220,16 @@ impl Relationship {
                 "only subjects may be `type:*`",
             ));
         }
-        validate_name(relation)
-            .map_err(|m| ParseError::new(trimmed, object_text.len() + 1, m, RELATION_HINT))?;
+        validate_name(relation).map_err(|m| {
+            ParseError::new(
+                trimmed,
+                object_text.len().saturating_add(1),
+                m,
+                RELATION_HINT,
+            )
+        })?;
         let subject = SubjectRef::parse(subject_part).map_err(|mut e| {
-            e.column += resource_part_len + 1;
+            e.column = e.column.saturating_add(resource_part_len).saturating_add(1);
             e.input = trimmed.to_string();
             e
         })?;
@@ -273,7 +292,7 @@ impl fmt::Display for Revision {
 
 /// An error parsing the text form of an object, subject or relationship.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{message} at column {} in `{input}` (hint: {hint})", column + 1)]
+#[error("{message} at column {} in `{input}` (hint: {hint})", column.saturating_add(1))]
 pub struct ParseError {
     pub input: String,
     /// 0-based byte offset in `input`.

@@ -1,6 +1,14 @@
 //! The protobuf codec of every service: prost's, except that a request that
 //! cannot be decoded is `INVALID_ARGUMENT` (the caller's fault), not
 //! `INTERNAL` as tonic-prost reports it.
+//!
+//! Reads untrusted input: no indexing, no unchecked arithmetic, no
+//! truncating casts (denied here, so a change cannot reintroduce them).
+#![deny(
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects,
+    clippy::cast_possible_truncation
+)]
 
 use tonic::Status;
 use tonic::codec::{BufferSettings, DecodeBuf, Decoder};

@@ -2,6 +2,14 @@
 //! syntax error and reports it with a span and a hint. Bounded: nesting depth
 //! and expression size are limited so hostile input cannot blow the stack or
 //! take long.
+//!
+//! Reads untrusted input: no indexing, no unchecked arithmetic, no
+//! truncating casts (denied here, so a change cannot reintroduce them).
+#![deny(
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects,
+    clippy::cast_possible_truncation
+)]
 
 use super::Limits;
 use super::ast::*;
@@ -42,20 +50,33 @@ struct Parser<'a> {
 
 type PResult<T> = Result<T, Diagnostic>;
 
+/// What reading past the last token gives (the lexer always ends the list
+/// with Eof, so this is only a fallback).
+static EOF: Token = Token {
+    tok: Tok::Eof,
+    span: Span { start: 0, end: 0 },
+};
+
 impl<'a> Parser<'a> {
     fn peek(&self) -> &Token {
-        // The token list always ends with Eof and `pos` never passes it.
-        &self.toks[self.pos.min(self.toks.len() - 1)]
+        // The token list always ends with Eof and `pos` never passes it;
+        // past the end reads as Eof anyway.
+        self.toks.get(self.pos).or(self.toks.last()).unwrap_or(&EOF)
     }
 
     fn peek_at(&self, n: usize) -> &Tok {
-        &self.toks[(self.pos + n).min(self.toks.len() - 1)].tok
+        &self
+            .toks
+            .get(self.pos.saturating_add(n))
+            .or(self.toks.last())
+            .unwrap_or(&EOF)
+            .tok
     }
 
     fn bump(&mut self) -> Token {
         let t = self.peek().clone();
         if t.tok != Tok::Eof {
-            self.pos += 1;
+            self.pos = self.pos.saturating_add(1);
         }
         t
     }
@@ -192,7 +213,10 @@ impl<'a> Parser<'a> {
         )?;
         let params = self.balanced(Tok::LParen, Tok::RParen, "`(` after the caveat name")?;
         let body = self.balanced(Tok::LBrace, Tok::RBrace, "`{` with the caveat expression")?;
-        let end = self.toks[self.pos.saturating_sub(1)].span;
+        let end = self
+            .toks
+            .get(self.pos.saturating_sub(1))
+            .map_or(start, |t| t.span);
         Ok(CaveatAst {
             doc,
             name,
@@ -213,9 +237,9 @@ impl<'a> Parser<'a> {
         loop {
             let t = self.bump();
             if t.tok == open {
-                depth += 1;
+                depth = depth.saturating_add(1);
             } else if t.tok == close {
-                depth -= 1;
+                depth = depth.saturating_sub(1);
                 if depth == 0 {
                     return Ok(self.src[open_span.end..t.span.start].trim().to_string());
                 }
@@ -370,7 +394,7 @@ impl<'a> Parser<'a> {
     }
 
     fn primary(&mut self) -> PResult<Expr> {
-        self.terms += 1;
+        self.terms = self.terms.saturating_add(1);
         if self.terms > self.limits.max_expression_terms {
             return Err(Diagnostic::error(
                 self.peek().span,
@@ -385,7 +409,7 @@ impl<'a> Parser<'a> {
         }
         if self.at(&Tok::LParen) {
             let open = self.bump().span;
-            self.depth += 1;
+            self.depth = self.depth.saturating_add(1);
             if self.depth > self.limits.max_nesting {
                 return Err(Diagnostic::error(
                     open,
@@ -394,7 +418,7 @@ impl<'a> Parser<'a> {
                 .with_hint("flatten the expression"));
             }
             let inner = self.expr()?;
-            self.depth -= 1;
+            self.depth = self.depth.saturating_sub(1);
             if !self.at(&Tok::RParen) {
                 return Err(self.unexpected("`)` or an operator", "every `(` needs a matching `)`"));
             }
