@@ -675,7 +675,7 @@ impl<'s> View<'s> {
         let start = match regions.iter().flatten().find(|r| r.0 == t && r.1 == id) {
             Some(r) => r.2,
             None => {
-                let pos = f.seek_prefix(names, &prefix[..2]);
+                let pos = f.seek_object(names, t, id);
                 let i = self.next_region.get();
                 regions[i] = Some((t, id, pos));
                 self.regions.set(regions);

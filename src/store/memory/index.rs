@@ -211,6 +211,45 @@ pub(super) struct Index {
     len: usize,
     /// The [`Interner::generation`] the entries' cached ranks belong to.
     generation: u64,
+    /// Where objects' rows were last found (see [`Index::seek_object`]).
+    hints: Hints,
+}
+
+/// A lossy, lock-free table of positions: `(type, id)` → where that
+/// object's first row was last found. Readers (under the store's shared
+/// lock) refresh it with relaxed atomic stores; a hint is only ever used
+/// after checking that it is exactly the answer, so a stale, torn or
+/// colliding one costs a full seek, never a wrong position. Sized to about
+/// one slot per four entries (8 bytes each), grown on insert.
+#[derive(Default)]
+struct Hints {
+    slots: Vec<std::sync::atomic::AtomicU64>,
+}
+
+/// Chunk index and offset bits of a hint (offsets stay below 2 * CHUNK + 1).
+const HINT_OFFSET_BITS: u32 = 10;
+const HINT_CHUNK_BITS: u32 = 22;
+
+impl Hints {
+    /// The slot and the 32-bit fingerprint of object `(t, id)`
+    /// (never 0, so an empty slot matches nothing).
+    fn slot(&self, t: Sym, id: Sym) -> Option<(&std::sync::atomic::AtomicU64, u64)> {
+        let h = ((u64::from(t) << 32) | u64::from(id)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let bits = self.slots.len().trailing_zeros();
+        let i = usize::try_from(h >> (64 - bits.max(1))).ok()?;
+        Some((self.slots.get(i)?, (h & 0xFFFF_FFFF) | 1))
+    }
+
+    /// Grows the table to about a quarter of `len` slots (a power of two,
+    /// at least 1,024, at most 4M); its contents are dropped.
+    fn fit(&mut self, len: usize) {
+        let want = (len / 4).next_power_of_two().clamp(1 << 10, 1 << 22);
+        if self.slots.len() < want {
+            self.slots = (0..want)
+                .map(|_| std::sync::atomic::AtomicU64::new(0))
+                .collect();
+        }
+    }
 }
 
 /// Chunks split when they pass twice this many entries.
@@ -278,6 +317,60 @@ impl Index {
         self.chunks.iter_mut().flatten().for_each(rank);
         self.lasts.iter_mut().for_each(rank);
         self.generation = names.generation;
+    }
+
+    /// Whether `pos` is exactly where the keys starting with `prefix`
+    /// start: an entry not before it, and the entry before `pos` (if any)
+    /// before it.
+    fn starts_at(&self, names: &Interner, pos: Pos, prefix: &[Sym]) -> bool {
+        let rank1 = self.prefix_rank1(names, prefix);
+        let before = |e: &Entry| Self::before_prefix_ranked(names, e, prefix, rank1);
+        let Pos(ci, off) = pos;
+        let Some(e) = self.chunks.get(ci).and_then(|c| c.get(off)) else {
+            return false;
+        };
+        if before(e) {
+            return false;
+        }
+        let previous = match off.checked_sub(1) {
+            Some(o) => self.chunks.get(ci).and_then(|c| c.get(o)),
+            None => ci.checked_sub(1).and_then(|c| self.lasts.get(c)),
+        };
+        previous.is_none_or(before)
+    }
+
+    /// Where the rows of object `(t, id)` start (or would): the position
+    /// hinted for it when the hint checks out, else a full seek that
+    /// refreshes the hint. An object's rows are looked up several times
+    /// per check and across checks; a verified hint costs two entry reads
+    /// instead of a binary search.
+    pub fn seek_object(&self, names: &Interner, t: Sym, id: Sym) -> Pos {
+        use std::sync::atomic::Ordering::Relaxed;
+        let prefix = [t, id];
+        let Some((slot, fingerprint)) = self.hints.slot(t, id) else {
+            return self.seek_prefix(names, &prefix);
+        };
+        let hint = slot.load(Relaxed);
+        if hint >> 32 == fingerprint {
+            let ci = (hint >> HINT_OFFSET_BITS) & ((1 << HINT_CHUNK_BITS) - 1);
+            let off = hint & ((1 << HINT_OFFSET_BITS) - 1);
+            if let (Ok(ci), Ok(off)) = (usize::try_from(ci), usize::try_from(off)) {
+                let pos = Pos(ci, off);
+                if self.starts_at(names, pos, &prefix) {
+                    return pos;
+                }
+            }
+        }
+        let pos = self.seek_prefix(names, &prefix);
+        let Pos(ci, off) = pos;
+        if let (Ok(c), Ok(o)) = (u64::try_from(ci), u64::try_from(off))
+            && c < 1 << HINT_CHUNK_BITS
+            && o < 1 << HINT_OFFSET_BITS
+            && self.chunks.get(ci).is_some_and(|chunk| off < chunk.len())
+        {
+            slot.store((fingerprint << 32) | (c << HINT_OFFSET_BITS) | o, Relaxed);
+        }
+        pos
     }
 
     /// The first position whose key starts at or after `prefix`: the fast
@@ -375,6 +468,7 @@ impl Index {
     }
 
     pub fn insert(&mut self, names: &Interner, mut entry: Entry) {
+        self.hints.fit(self.len + 1);
         entry.rank1 = match self.generation == names.generation {
             true => names.rank_of(entry.key[1]).unwrap_or(UNRANKED),
             false => UNRANKED,
@@ -445,6 +539,7 @@ impl Index {
     /// cut into chunks (a bulk import, where one insert at a time would
     /// move chunks a million times).
     pub fn insert_many(&mut self, names: &Interner, mut new: Vec<Entry>) {
+        self.hints.fit(self.len + new.len());
         new.sort_unstable_by(|a, b| Self::entry_cmp(names, a, &b.key, b.created));
         let old = std::mem::take(&mut self.chunks);
         let mut merged = Vec::with_capacity(self.len + new.len());
@@ -622,7 +717,33 @@ mod tests {
             assert_eq!(names.name(index.iter_from(at).next().unwrap().key[1]), id);
             let from = index.seek_prefix_from(&names, Pos(0, 0), &[doc, sym]);
             assert_eq!(from, at);
+            // Hinted: the first call stores the hint, the second uses it.
+            assert_eq!(index.seek_object(&names, doc, sym), at);
+            assert_eq!(index.seek_object(&names, doc, sym), at);
         }
+        // Every hint goes stale when entries move (inserts before them,
+        // chunk splits): the hinted seek still lands exactly.
+        let aaa = names.intern("aaa");
+        for i in 0..700 {
+            let k = key(
+                &mut names,
+                ["doc", &format!("{i:x}"), "editor", "user", "u", "x"],
+            );
+            index.insert(&names, Entry::new(k, 2, LIVE));
+        }
+        for id in ids.iter().step_by(97) {
+            let sym = names.get(id).unwrap();
+            assert_eq!(
+                index.seek_object(&names, doc, sym),
+                index.seek_prefix(&names, &[doc, sym]),
+                "{id}"
+            );
+        }
+        // An object with no rows: where it would start, never a stale hint.
+        assert_eq!(
+            index.seek_object(&names, doc, aaa),
+            index.seek_prefix(&names, &[doc, aaa])
+        );
     }
 
     #[test]
