@@ -389,10 +389,33 @@ fn run_case(c: &Case) -> Result<(), TestCaseError> {
                     .map(|d| format!("d{d}"))
                     .collect();
                 prop_assert_eq!(&got, &want, "lookup_resources doc#{} user:u{}", member, u);
-                // Pages of any size concatenate to the whole answer.
+                // Pages of any size concatenate to the whole answer, also
+                // while writes commit later revisions between the pages
+                // (one stored relationship removed and restored in turn).
                 let size = 1 + (u + member.len()) % 3;
                 let mut paged: Vec<String> = Vec::new();
+                let toggled: Option<Relationship> = c.rels.first().map(|r| r.parse().unwrap());
+                let mut pages = 0usize;
                 loop {
+                    if let Some(rel) = &toggled {
+                        pages += 1;
+                        let operation = if pages % 2 == 1 {
+                            Operation::Delete
+                        } else {
+                            Operation::Touch
+                        };
+                        engine
+                            .write_relationships(
+                                vec![Update {
+                                    operation,
+                                    relationship: rel.clone(),
+                                }],
+                                vec![],
+                                TxnMetadata::default(),
+                            )
+                            .await
+                            .unwrap();
+                    }
                     let page = engine
                         .lookup_resources_at(
                             at.clone(),
@@ -410,10 +433,23 @@ fn run_case(c: &Case) -> Result<(), TestCaseError> {
                         break;
                     }
                 }
+                if let Some(rel) = toggled {
+                    engine
+                        .write_relationships(
+                            vec![Update {
+                                operation: Operation::Touch,
+                                relationship: rel,
+                            }],
+                            vec![],
+                            TxnMetadata::default(),
+                        )
+                        .await
+                        .unwrap();
+                }
                 prop_assert_eq!(
                     &paged,
                     &want,
-                    "paged by {}: doc#{} user:u{}",
+                    "paged by {} (writes in between): doc#{} user:u{}",
                     size,
                     member,
                     u
