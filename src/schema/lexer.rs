@@ -1,5 +1,13 @@
 //! Turns schema text into tokens with spans. Never fails: characters it does
 //! not know become `Tok::Unknown` and the parser reports them in context.
+//!
+//! Reads untrusted input: no indexing, no unchecked arithmetic, no
+//! truncating casts (denied here, so a change cannot reintroduce them).
+#![deny(
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects,
+    clippy::cast_possible_truncation
+)]
 
 use super::diagnostic::Span;
 
@@ -58,27 +66,36 @@ pub fn plain_comments(src: &str) -> Vec<Span> {
 
 fn lex_keeping(src: &str, comments: &mut Vec<Span>) -> Vec<Token> {
     let bytes = src.as_bytes();
+    // The byte at `i`, if any: every read is checked, so no input can make
+    // the lexer index out of bounds.
+    let at = |i: usize| bytes.get(i).copied();
+    // `src[a..b]`, or empty if that is not a slice of it (it always is:
+    // bounds come from ASCII positions found above).
+    let text = |a: usize, b: usize| src.get(a..b).unwrap_or_default();
     let mut out = Vec::new();
-    let mut i = 0;
-    while i < bytes.len() {
-        let c = bytes[i];
+    let mut i: usize = 0;
+    while let Some(c) = at(i) {
         if c.is_ascii_whitespace() {
-            i += 1;
+            i = i.saturating_add(1);
             continue;
         }
         let start = i;
-        let tok = if c == b'/' && bytes.get(i + 1) == Some(&b'/') {
-            while i < bytes.len() && bytes[i] != b'\n' {
-                i += 1;
+        let next = at(i.saturating_add(1));
+        let tok = if c == b'/' && next == Some(b'/') {
+            while at(i).is_some_and(|b| b != b'\n') {
+                i = i.saturating_add(1);
             }
             comments.push(Span::new(start, i));
             continue;
-        } else if c == b'/' && bytes.get(i + 1) == Some(&b'*') {
-            let is_doc = bytes.get(i + 2) == Some(&b'*') && bytes.get(i + 3) != Some(&b'/');
-            match src[i + 2..].find("*/") {
+        } else if c == b'/' && next == Some(b'*') {
+            let is_doc =
+                at(i.saturating_add(2)) == Some(b'*') && at(i.saturating_add(3)) != Some(b'/');
+            let body_start = i.saturating_add(2);
+            match src.get(body_start..).and_then(|rest| rest.find("*/")) {
                 Some(end) => {
-                    let body = &src[i + 2..i + 2 + end];
-                    i = i + 2 + end + 2;
+                    let body_end = body_start.saturating_add(end);
+                    let body = text(body_start, body_end);
+                    i = body_end.saturating_add(2);
                     if is_doc {
                         Tok::DocComment(clean_doc(body))
                     } else {
@@ -92,50 +109,48 @@ fn lex_keeping(src: &str, comments: &mut Vec<Span>) -> Vec<Token> {
                 }
             }
         } else if c.is_ascii_alphabetic() || c == b'_' {
-            while i < bytes.len() {
-                let b = bytes[i];
+            while let Some(b) = at(i) {
                 let prefix_slash = b == b'/'
-                    && bytes
-                        .get(i + 1)
-                        .is_some_and(|n| n.is_ascii_alphabetic() || *n == b'_');
+                    && at(i.saturating_add(1))
+                        .is_some_and(|n| n.is_ascii_alphabetic() || n == b'_');
                 if b.is_ascii_alphanumeric() || b == b'_' || prefix_slash {
-                    i += 1;
+                    i = i.saturating_add(1);
                 } else {
                     break;
                 }
             }
-            Tok::Ident(src[start..i].to_string())
+            Tok::Ident(text(start, i).to_string())
         } else if c.is_ascii_digit() {
-            while i < bytes.len() && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'.') {
-                i += 1;
+            while at(i).is_some_and(|b| b.is_ascii_alphanumeric() || b == b'.') {
+                i = i.saturating_add(1);
             }
-            Tok::Number(src[start..i].to_string())
+            Tok::Number(text(start, i).to_string())
         } else if c == b'"' || c == b'\'' {
-            i += 1;
+            i = i.saturating_add(1);
             let mut closed = false;
-            while i < bytes.len() {
-                if bytes[i] == b'\\' {
-                    i += 2;
+            while let Some(b) = at(i) {
+                if b == b'\\' {
+                    i = i.saturating_add(2);
                     continue;
                 }
-                if bytes[i] == c {
+                i = i.saturating_add(1);
+                if b == c {
                     closed = true;
-                    i += 1;
                     break;
                 }
-                i += 1;
             }
             i = i.min(bytes.len());
             if closed {
-                Tok::Str(src[start + 1..i - 1].to_string())
+                // Between the opening quote and the closing one (at i - 1).
+                Tok::Str(text(start.saturating_add(1), i.saturating_sub(1)).to_string())
             } else {
                 Tok::UnterminatedString
             }
-        } else if c == b'-' && bytes.get(i + 1) == Some(&b'>') {
-            i += 2;
+        } else if c == b'-' && next == Some(b'>') {
+            i = i.saturating_add(2);
             Tok::Arrow
         } else if c.is_ascii() {
-            i += 1;
+            i = i.saturating_add(1);
             match c {
                 b'{' => Tok::LBrace,
                 b'}' => Tok::RBrace,
@@ -158,8 +173,11 @@ fn lex_keeping(src: &str, comments: &mut Vec<Span>) -> Vec<Token> {
             }
         } else {
             // A multi-byte character: consume it whole.
-            let ch = src[i..].chars().next().unwrap_or('\u{fffd}');
-            i += ch.len_utf8();
+            let ch = src
+                .get(i..)
+                .and_then(|rest| rest.chars().next())
+                .unwrap_or('\u{fffd}');
+            i = i.saturating_add(ch.len_utf8());
             Tok::Unknown(ch)
         };
         out.push(Token {
