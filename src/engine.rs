@@ -183,6 +183,9 @@ impl Default for EngineConfig {
 pub struct EngineMetrics {
     pub cache_hits: AtomicU64,
     pub cache_misses: AtomicU64,
+    /// LookupResources requests that resumed from a kept walk instead of
+    /// walking again (see `Engine::walks`).
+    pub walk_reuses: AtomicU64,
 }
 
 impl EngineMetrics {
@@ -195,6 +198,11 @@ impl EngineMetrics {
 }
 
 type CacheKey = (Revision, ObjectRef, String, SubjectRef);
+/// `(revision, resource type, permission, subject)` of a LookupResources walk.
+type WalkKey = (Revision, String, String, SubjectRef);
+
+/// Walks smaller than this are cheaper to redo than to keep.
+pub(crate) const KEEP_WALKS_FROM: usize = 1_000;
 type MemoKey = (ObjectRef, String, SubjectRef);
 
 /// The authorization engine over one datastore. Cheap to share (`Arc`).
@@ -202,6 +210,12 @@ pub struct Engine {
     store: Arc<dyn Datastore>,
     config: EngineConfig,
     cache: Cache<CacheKey, Decision>,
+    /// Recent large LookupResources walks by revision and query, so a
+    /// request resuming from a cursor confirms from where it left off
+    /// instead of walking the neighbourhood again (a walk at a revision
+    /// never changes). Bounded by bytes; only walks of at least
+    /// [`KEEP_WALKS_FROM`] candidates are kept.
+    walks: Cache<WalkKey, Arc<std::collections::BTreeSet<String>>>,
     /// The last compiled schema, by the revision that wrote it.
     /// With its fast-path plan (`fast.rs`), compiled once per schema.
     compiled: Mutex<Option<CompiledAt>>,
@@ -391,10 +405,22 @@ impl Engine {
             .max_capacity(config.cache_capacity)
             .time_to_live(config.cache_ttl)
             .build();
+        let walks = Cache::builder()
+            .weigher(
+                |_: &WalkKey, ids: &Arc<std::collections::BTreeSet<String>>| {
+                    // Roughly the set's bytes: each id plus a node's share.
+                    let bytes = ids.iter().map(|id| id.len() + 48).sum::<usize>();
+                    u32::try_from(bytes).unwrap_or(u32::MAX)
+                },
+            )
+            .max_capacity(64 << 20)
+            .time_to_live(Duration::from_secs(60))
+            .build();
         Engine {
             store,
             config,
             cache,
+            walks,
             compiled: Mutex::new(None),
             commits: tokio::sync::watch::Sender::new(0),
             metrics: EngineMetrics::default(),

@@ -438,7 +438,7 @@ async fn scale(n: usize) {
             .expect("lookup");
         let mut total = 0usize;
         let mut first_page = None;
-        for id in &candidates {
+        for id in candidates.iter() {
             if engine
                 .resource_granted(&at, "doc", id, "view", &subject)
                 .await

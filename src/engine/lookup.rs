@@ -11,7 +11,9 @@
 //! wildcard met on the way is confirmed by probing an id that appears
 //! nowhere below the resource, and reported with the candidates it
 //! excludes. Results are sorted by id and never repeat; a page recomputes
-//! the walk (cheap: it reads only the neighbourhood) and checks candidates
+//! the walk (cheap: it reads only the neighbourhood) — or, for a walk of
+//! 1,000 candidates or more, takes it from the engine's byte-bounded keep
+//! of recent walks (same revision and query) — and checks candidates
 //! after the cursor until the page is full.
 
 use std::ops::Bound;
@@ -78,7 +80,19 @@ impl Engine {
         resource_type: &str,
         permission: &str,
         subject: &SubjectRef,
-    ) -> Result<std::collections::BTreeSet<String>, Error> {
+    ) -> Result<std::sync::Arc<std::collections::BTreeSet<String>>, Error> {
+        let key = (
+            at.clone(),
+            resource_type.to_string(),
+            permission.to_string(),
+            subject.clone(),
+        );
+        if let Some(kept) = self.walks.get(&key).await {
+            self.metrics
+                .walk_reuses
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return Ok(kept);
+        }
         let schema = self.schema_at(at.clone()).await?;
         if schema.definition(resource_type).is_none() {
             return Err(Error::UnknownType(resource_type.to_string()));
@@ -94,9 +108,15 @@ impl Engine {
             super::validate_member(&schema, &subject.object.object_type, r)?;
         }
         let plan = ReversePlan::new(&schema, resource_type, permission);
-        self.evaluator_with(schema, at)
-            .resource_candidates(&plan, subject)
-            .await
+        let candidates = std::sync::Arc::new(
+            self.evaluator_with(schema, at)
+                .resource_candidates(&plan, subject)
+                .await?,
+        );
+        if candidates.len() >= super::KEEP_WALKS_FROM {
+            self.walks.insert(key, candidates.clone()).await;
+        }
+        Ok(candidates)
     }
 
     /// Whether candidate `id` really has `permission` for `subject`.
