@@ -186,6 +186,10 @@ pub struct EngineMetrics {
     /// LookupResources requests that resumed from a kept walk instead of
     /// walking again (see `Engine::walks`).
     pub walk_reuses: AtomicU64,
+    /// Checks answered by the fast path (`fast.rs`), and by the general
+    /// evaluator (no symbol reads, a data cycle, a limit, or turned off).
+    pub fast_answers: AtomicU64,
+    pub general_answers: AtomicU64,
 }
 
 impl EngineMetrics {
@@ -586,6 +590,7 @@ impl Engine {
             );
         })?;
         Ok(answer.map(|(allowed, work)| {
+            self.metrics.fast_answers.fetch_add(1, Ordering::Relaxed);
             metrics::histogram!("kinbar_dispatch_subproblems").record(f64::from(work.steps));
             metrics::histogram!("kinbar_dispatch_depth").record(f64::from(work.depth));
             if allowed {
@@ -1008,6 +1013,7 @@ impl Engine {
         // near-zero hit rate (BENCHMARKS.md); the shared sub-problems below
         // are cached. (`kinbar validate --exhaustive`, which repeats checks,
         // memoizes them itself.)
+        self.metrics.general_answers.fetch_add(1, Ordering::Relaxed);
         let eval = self.evaluator_with(schema, at);
         let decision = eval
             .check(resource, permission, subject, 0, None)
@@ -1050,6 +1056,7 @@ impl Engine {
                 Err(e) => Err(e),
                 Ok(Some(decision)) => Ok(decision),
                 Ok(None) => {
+                    self.metrics.general_answers.fetch_add(1, Ordering::Relaxed);
                     let eval = evaluators
                         .entry(subject)
                         .or_insert_with(|| self.evaluator_with(schema.clone(), at.clone()));

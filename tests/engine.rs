@@ -1055,6 +1055,19 @@ definition doc {
     }
     // Every owner may view: the answers are not all denials.
     assert!(allowed >= 500, "{allowed}");
+    // Each engine answered the way it was configured to.
+    let count = |e: &Engine| {
+        (
+            e.metrics
+                .fast_answers
+                .load(std::sync::atomic::Ordering::Relaxed),
+            e.metrics
+                .general_answers
+                .load(std::sync::atomic::Ordering::Relaxed),
+        )
+    };
+    assert_eq!(count(&e), (4_500, 0));
+    assert_eq!(count(&general), (0, 4_500));
     assert!(all.len() > 7_000);
 }
 

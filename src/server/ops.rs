@@ -151,6 +151,12 @@ pub async fn export_engine_stats(engine: &Engine) {
     let misses = m.cache_misses.load(Ordering::Relaxed);
     metrics::counter!("kinbar_cache_hits_total").absolute(hits);
     metrics::counter!("kinbar_cache_misses_total").absolute(misses);
+    metrics::counter!("kinbar_checks_fast_path_total")
+        .absolute(m.fast_answers.load(Ordering::Relaxed));
+    metrics::counter!("kinbar_checks_general_evaluator_total")
+        .absolute(m.general_answers.load(Ordering::Relaxed));
+    metrics::counter!("kinbar_lookup_walk_reuses_total")
+        .absolute(m.walk_reuses.load(Ordering::Relaxed));
     if hits + misses > 0 {
         metrics::gauge!("kinbar_cache_hit_ratio").set(hits as f64 / (hits + misses) as f64);
     }
