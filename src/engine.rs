@@ -232,6 +232,13 @@ pub struct Engine {
 /// A compiled schema and its fast-path plan, by the revision that wrote it.
 type CompiledAt = (Revision, Arc<Schema>, Arc<fast::Plan>);
 
+/// One check's work for the dispatch metrics, from either evaluator:
+/// sub-problems evaluated and the deepest hop.
+fn record_dispatch_work(subproblems: f64, depth: u32) {
+    metrics::histogram!("kinbar_dispatch_subproblems").record(subproblems);
+    metrics::histogram!("kinbar_dispatch_depth").record(f64::from(depth));
+}
+
 /// The most relationships one offboarding moves in one transaction.
 pub const MAX_OFFBOARD: usize = 100_000;
 
@@ -306,10 +313,10 @@ impl Evaluator<'_> {
 
     /// Exports how much work this evaluation did: sub-problems and depth.
     fn record_work(&self) {
-        metrics::histogram!("kinbar_dispatch_subproblems")
-            .record(self.frames.load(Ordering::Relaxed) as f64);
-        metrics::histogram!("kinbar_dispatch_depth")
-            .record(f64::from(self.deepest.load(Ordering::Relaxed)));
+        record_dispatch_work(
+            self.frames.load(Ordering::Relaxed) as f64,
+            self.deepest.load(Ordering::Relaxed),
+        );
     }
 
     /// A new sub-problem: a fresh frame id, refused past the request's
@@ -591,8 +598,7 @@ impl Engine {
         })?;
         Ok(answer.map(|(allowed, work)| {
             self.metrics.fast_answers.fetch_add(1, Ordering::Relaxed);
-            metrics::histogram!("kinbar_dispatch_subproblems").record(f64::from(work.steps));
-            metrics::histogram!("kinbar_dispatch_depth").record(f64::from(work.depth));
+            record_dispatch_work(f64::from(work.steps), work.depth);
             if allowed {
                 Decision::Allowed
             } else {

@@ -90,16 +90,20 @@ enum Expr {
     Unresolved,
 }
 
+/// What a relation may hold, by the schema.
+#[derive(Debug)]
+struct RelationPlan {
+    /// Subject `(type, relation)` pairs that may be stored directly.
+    exact: Vec<(TypeIx, Option<MemberIx>)>,
+    /// Types whose wildcard may be stored.
+    wildcard: Vec<TypeIx>,
+    /// Usersets `type#member` to expand.
+    usersets: Vec<(TypeIx, MemberIx)>,
+}
+
 #[derive(Debug)]
 enum Rule {
-    Relation {
-        /// Subject `(type, relation)` pairs that may be stored directly.
-        exact: Vec<(TypeIx, Option<MemberIx>)>,
-        /// Types whose wildcard may be stored.
-        wildcard: Vec<TypeIx>,
-        /// Usersets `type#member` to expand.
-        usersets: Vec<(TypeIx, MemberIx)>,
-    },
+    Relation(RelationPlan),
     Permission(Expr),
 }
 
@@ -185,11 +189,11 @@ impl Plan {
                         rule: if unresolved {
                             Rule::Permission(Expr::Unresolved)
                         } else {
-                            Rule::Relation {
+                            Rule::Relation(RelationPlan {
                                 exact,
                                 wildcard,
                                 usersets,
-                            }
+                            })
                         },
                     }
                 });
@@ -217,6 +221,12 @@ impl Plan {
 
     fn member(&self, t: TypeIx, m: MemberIx) -> Option<&MemberPlan> {
         self.types.get(usize::from(t))?.members.get(usize::from(m))
+    }
+
+    /// The store's symbol of type `t`'s name (`None`: no relationship
+    /// names it yet).
+    fn type_sym(&self, view: &dyn SymbolView, t: TypeIx) -> Option<Sym> {
+        self.types.get(usize::from(t))?.sym.get(view)
     }
 
     fn type_of_sym(&self, view: &dyn SymbolView, sym: Sym) -> Option<TypeIx> {
@@ -364,54 +374,45 @@ impl Eval<'_> {
         let member = plan.member(t, m).ok_or(Bail)?;
         self.path.push((t, id, m));
         let result = match &member.rule {
-            Rule::Relation {
-                exact,
-                wildcard,
-                usersets,
-            } => self.relation(t, id, member, exact, wildcard, usersets, depth),
+            Rule::Relation(r) => self.relation(t, id, &member.sym, r, depth),
             Rule::Permission(e) => self.expr(t, id, e, depth),
         };
         self.path.pop();
         result
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// Relation `name` (its rule `r`) of object `(t, id)`.
     fn relation(
         &mut self,
         t: TypeIx,
         id: Sym,
-        member: &MemberPlan,
-        exact: &[(TypeIx, Option<MemberIx>)],
-        wildcard: &[TypeIx],
-        usersets: &[(TypeIx, MemberIx)],
+        name: &SymCell,
+        r: &RelationPlan,
         depth: u32,
     ) -> Result<bool, Bail> {
         let view = self.view;
         let plan = self.plan;
-        let (Some(tsym), Some(rsym)) = (
-            plan.types[usize::from(t)].sym.get(view),
-            member.sym.get(view),
-        ) else {
+        let (Some(tsym), Some(rsym)) = (plan.type_sym(view, t), name.get(view)) else {
             // No relationship names this type or relation yet.
             return Ok(false);
         };
         let s = &self.subject;
         if let Some(st) = s.ty_sym {
-            if exact.contains(&(s.ty, s.rel))
+            if r.exact.contains(&(s.ty, s.rel))
                 && view.contains(&[tsym, id, rsym, st, s.id, s.rel_sym])
             {
                 return Ok(true);
             }
-            if wildcard.contains(&s.ty)
+            if r.wildcard.contains(&s.ty)
                 && let Some(star) = plan.wildcard.get(view)
                 && view.contains(&[tsym, id, rsym, st, star, NO_RELATION])
             {
                 return Ok(true);
             }
         }
-        for &(ut, um) in usersets {
+        for &(ut, um) in &r.usersets {
             let (Some(usym), Some(msym)) = (
-                plan.types[usize::from(ut)].sym.get(view),
+                plan.type_sym(view, ut),
                 plan.member(ut, um).ok_or(Bail)?.sym.get(view),
             ) else {
                 continue;
@@ -424,10 +425,7 @@ impl Eval<'_> {
                 found = self.check(ut, sid, um, depth + 1);
                 matches!(found, Ok(false))
             });
-            self.rows += seen;
-            if self.rows > MAX_ROWS {
-                return Err(Bail);
-            }
+            self.count_rows(seen)?;
             if found? {
                 return Ok(true);
             }
@@ -478,7 +476,7 @@ impl Eval<'_> {
     ) -> Result<bool, Bail> {
         let view = self.view;
         let plan = self.plan;
-        let tsym = plan.types[usize::from(t)].sym.get(view);
+        let tsym = plan.type_sym(view, t);
         let rsym = plan.member(t, relation).ok_or(Bail)?.sym.get(view);
         let (Some(tsym), Some(rsym)) = (tsym, rsym) else {
             return Ok(false);
@@ -510,10 +508,16 @@ impl Eval<'_> {
             result = Ok(Some(granted));
             granted == all
         });
+        self.count_rows(seen)?;
+        Ok(result?.unwrap_or(false))
+    }
+
+    /// Counts relationship versions looked at; past [`MAX_ROWS`], bail.
+    fn count_rows(&mut self, seen: u64) -> Result<(), Bail> {
         self.rows += seen;
         if self.rows > MAX_ROWS {
             return Err(Bail);
         }
-        Ok(result?.unwrap_or(false))
+        Ok(())
     }
 }

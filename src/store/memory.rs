@@ -531,15 +531,12 @@ impl State {
             }
         }
         // New names get ranks before a bulk sort (which then compares
-        // integers) or when enough have gathered (see `rerank_if_stale`).
-        let generation = self.names.generation();
+        // integers; `insert_many` takes the new ranks) or when enough have
+        // gathered (see `rerank_if_stale`); new ranks make the indexes'
+        // cached ones stale until taken.
         if bulk {
             self.names.rerank();
-        } else {
-            self.names.rerank_if_stale();
-        }
-        if self.names.generation() != generation && !bulk {
-            // New ranks: the indexes' cached ones are stale until taken.
+        } else if self.names.rerank_if_stale() {
             self.forward.take_ranks(&self.names);
             self.reverse.take_ranks(&self.names);
         }

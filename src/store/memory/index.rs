@@ -111,11 +111,6 @@ impl Interner {
         self.resolve(sym).unwrap_or_default()
     }
 
-    /// Counts reranks (see [`Index::take_ranks`]).
-    pub fn generation(&self) -> u64 {
-        self.generation
-    }
-
     /// The rank of `s`, if it has one.
     fn rank_of(&self, s: Sym) -> Option<u32> {
         self.rank.get((s as usize).checked_sub(1)?).copied()
@@ -135,12 +130,14 @@ impl Interner {
     /// Ranks the symbols interned since the last call, when they are more
     /// than an eighth of all (so most comparisons stay integer ones and
     /// the work, a merge of the new strings into the ranked order, is
-    /// amortized over the interning).
-    pub fn rerank_if_stale(&mut self) {
+    /// amortized over the interning). True if it reranked.
+    pub fn rerank_if_stale(&mut self) -> bool {
         let (ranked, len) = (self.rank.len(), self.set.len());
-        if len - ranked > (ranked / 8).max(1_024) {
+        let stale = len - ranked > (ranked / 8).max(1_024);
+        if stale {
             self.rerank();
         }
+        stale
     }
 
     /// Ranks every symbol: the ranked order (recovered from the ranks)
@@ -279,11 +276,7 @@ impl Index {
             Ordering::Equal => strict,
             Ordering::Greater => false,
         };
-        let ci = self.lasts.partition_point(&before);
-        match self.chunks.get(ci) {
-            Some(c) => Pos(ci, c.partition_point(before)),
-            None => Pos(ci, 0),
-        }
+        self.partition(before)
     }
 
     /// Whether `e` sorts before every key starting with `prefix` (symbols
@@ -302,29 +295,52 @@ impl Index {
         false
     }
 
-    /// The rank of `prefix[1]` usable against this index's cached ranks.
-    fn prefix_rank1(&self, names: &Interner, prefix: &[Sym]) -> u32 {
-        match prefix.get(1) {
-            Some(&s) if self.generation == names.generation => names.rank_of(s).unwrap_or(UNRANKED),
-            _ => UNRANKED,
+    /// The rank of `sym` comparable with the ranks cached in this index's
+    /// entries: [`UNRANKED`] when it has none or the cached ones are stale.
+    fn usable_rank(&self, names: &Interner, sym: Sym) -> u32 {
+        match self.generation == names.generation {
+            true => names.rank_of(sym).unwrap_or(UNRANKED),
+            false => UNRANKED,
+        }
+    }
+
+    /// "Sorts before every key starting with `prefix`", with the prefix's
+    /// id rank looked up once for the whole search.
+    fn before_prefix<'a>(
+        &self,
+        names: &'a Interner,
+        prefix: &'a [Sym],
+    ) -> impl Fn(&Entry) -> bool + 'a {
+        let rank1 = prefix
+            .get(1)
+            .map_or(UNRANKED, |&s| self.usable_rank(names, s));
+        move |e: &Entry| Self::before_prefix_ranked(names, e, prefix, rank1)
+    }
+
+    /// The first position whose entry is not `before` (a monotone
+    /// predicate over the index order): chunk by `lasts`, then within it.
+    fn partition(&self, before: impl Fn(&Entry) -> bool) -> Pos {
+        let ci = self.lasts.partition_point(&before);
+        match self.chunks.get(ci) {
+            Some(c) => Pos(ci, c.partition_point(before)),
+            None => Pos(ci, 0),
         }
     }
 
     /// Takes the interner's current ranks into every entry (after a
     /// rerank; until then the cached ranks are ignored).
     pub fn take_ranks(&mut self, names: &Interner) {
+        self.generation = names.generation;
         let rank = |e: &mut Entry| e.rank1 = names.rank_of(e.key[1]).unwrap_or(UNRANKED);
         self.chunks.iter_mut().flatten().for_each(rank);
         self.lasts.iter_mut().for_each(rank);
-        self.generation = names.generation;
     }
 
     /// Whether `pos` is exactly where the keys starting with `prefix`
     /// start: an entry not before it, and the entry before `pos` (if any)
     /// before it.
     fn starts_at(&self, names: &Interner, pos: Pos, prefix: &[Sym]) -> bool {
-        let rank1 = self.prefix_rank1(names, prefix);
-        let before = |e: &Entry| Self::before_prefix_ranked(names, e, prefix, rank1);
+        let before = self.before_prefix(names, prefix);
         let Pos(ci, off) = pos;
         let Some(e) = self.chunks.get(ci).and_then(|c| c.get(off)) else {
             return false;
@@ -376,13 +392,7 @@ impl Index {
     /// The first position whose key starts at or after `prefix`: the fast
     /// check path's seek.
     pub fn seek_prefix(&self, names: &Interner, prefix: &[Sym]) -> Pos {
-        let rank1 = self.prefix_rank1(names, prefix);
-        let before = |e: &Entry| Self::before_prefix_ranked(names, e, prefix, rank1);
-        let ci = self.lasts.partition_point(&before);
-        match self.chunks.get(ci) {
-            Some(c) => Pos(ci, c.partition_point(before)),
-            None => Pos(ci, 0),
-        }
+        self.partition(self.before_prefix(names, prefix))
     }
 
     /// [`Index::seek_prefix`] from `start`, a position known to be at or
@@ -390,8 +400,7 @@ impl Index {
     /// exponential then binary search within `start`'s chunk, touching only
     /// entries near `start`; a full seek when the answer lies beyond it.
     pub fn seek_prefix_from(&self, names: &Interner, start: Pos, prefix: &[Sym]) -> Pos {
-        let rank1 = self.prefix_rank1(names, prefix);
-        let before = |e: &Entry| Self::before_prefix_ranked(names, e, prefix, rank1);
+        let before = self.before_prefix(names, prefix);
         let Pos(ci, off) = start;
         if let (Some(c), Some(last)) = (self.chunks.get(ci), self.lasts.get(ci))
             && !before(last)
@@ -469,10 +478,7 @@ impl Index {
 
     pub fn insert(&mut self, names: &Interner, mut entry: Entry) {
         self.hints.fit(self.len + 1);
-        entry.rank1 = match self.generation == names.generation {
-            true => names.rank_of(entry.key[1]).unwrap_or(UNRANKED),
-            false => UNRANKED,
-        };
+        entry.rank1 = self.usable_rank(names, entry.key[1]);
         let ci = self
             .lasts
             .partition_point(|e| {
@@ -490,13 +496,22 @@ impl Index {
         chunk.insert(off, entry);
         self.len += 1;
         if chunk.len() > 2 * CHUNK {
-            let tail = chunk.split_off(CHUNK);
-            // The tail holds the upper half of a chunk of more than
-            // 2 * CHUNK entries: never empty.
-            if let Some(&last) = tail.last() {
-                self.chunks.insert(ci + 1, tail);
-                self.lasts.insert(ci + 1, last);
-            }
+            self.split(ci, CHUNK);
+        } else {
+            self.fix_last(ci);
+        }
+    }
+
+    /// Splits chunk `ci` at `at` (a chunk of more than 2 * CHUNK entries,
+    /// so both halves are non-empty), keeping `lasts` aligned.
+    fn split(&mut self, ci: usize, at: usize) {
+        let Some(chunk) = self.chunks.get_mut(ci) else {
+            return;
+        };
+        let tail = chunk.split_off(at.min(chunk.len()));
+        if let Some(&last) = tail.last() {
+            self.chunks.insert(ci + 1, tail);
+            self.lasts.insert(ci + 1, last);
         }
         self.fix_last(ci);
     }
@@ -522,12 +537,8 @@ impl Index {
             merged.append(next);
             *next = merged;
             if next.len() > 2 * CHUNK {
-                let tail = next.split_off(next.len() / 2);
-                if let Some(&last) = tail.last() {
-                    self.chunks.insert(ci + 1, tail);
-                    self.lasts.insert(ci + 1, last);
-                }
-                self.fix_last(ci);
+                let half = next.len() / 2;
+                self.split(ci, half);
             }
         } else {
             self.fix_last(ci);
