@@ -672,7 +672,7 @@ impl Engine {
                 metadata: metadata.clone(),
                 ..Default::default()
             };
-            match self.store.write(txn).await {
+            match self.store.write(&txn).await {
                 Ok(c) => {
                     self.committed();
                     return Ok(SchemaWriteResult {
@@ -924,7 +924,7 @@ impl Engine {
                 validate_filter(&schema, &d.filter)?;
             }
             txn.expected_schema = Some(Some(stored.written_at));
-            match self.store.write(txn.clone()).await {
+            match self.store.write(&txn).await {
                 Err(StoreError::SchemaChanged) if attempt < 5 => continue,
                 Ok(c) => {
                     self.committed();

@@ -237,7 +237,7 @@ pub trait Datastore: Send + Sync + 'static {
     ) -> Result<Vec<Relationship>, StoreError>;
 
     /// Commits a transaction; returns it as committed (its revision and changes).
-    async fn write(&self, txn: WriteTxn) -> Result<CommittedTxn, StoreError>;
+    async fn write(&self, txn: &WriteTxn) -> Result<CommittedTxn, StoreError>;
 
     /// Sealed audit records after sequence `after`, matching `filter`, in
     /// sequence order, at most `limit`. Never garbage-collected.

@@ -179,7 +179,7 @@ async fn gc_removes_dead_versions_and_refuses_old_revisions() {
         .await
         .unwrap();
     let r1 = store
-        .write(txn(
+        .write(&txn(
             &[
                 (Touch, "doc:1#viewer@user:a"),
                 (Touch, "doc:1#viewer@user:b"),
@@ -190,7 +190,7 @@ async fn gc_removes_dead_versions_and_refuses_old_revisions() {
         .unwrap()
         .revision;
     store
-        .write(txn(&[(Delete, "doc:1#viewer@user:a")], "two"))
+        .write(&txn(&[(Delete, "doc:1#viewer@user:a")], "two"))
         .await
         .unwrap();
     let dead = |s: &PostgresStore| {
@@ -217,7 +217,7 @@ async fn gc_removes_dead_versions_and_refuses_old_revisions() {
     tokio::time::sleep(Duration::from_millis(20)).await;
     // One more write so a transaction exists whose snapshot is past the delete.
     store
-        .write(txn(&[(Touch, "doc:2#viewer@user:c")], "three"))
+        .write(&txn(&[(Touch, "doc:2#viewer@user:c")], "three"))
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(20)).await;
@@ -274,7 +274,7 @@ async fn audit_chain_is_sealed_and_detects_sql_tampering() {
         .unwrap();
     for i in 0..5 {
         store
-            .write(txn(
+            .write(&txn(
                 &[
                     (Touch, &format!("doc:{i}#viewer@user:a")),
                     (Touch, "doc:x#viewer@user:b"),
@@ -288,11 +288,11 @@ async fn audit_chain_is_sealed_and_detects_sql_tampering() {
     // trip through jsonb and the hash.
     let odd_reason = "Übergabe an Jörg ✓ \"quoted\" \\ back\nslash 🚀";
     store
-        .write(txn(&[(Touch, "doc:u#viewer@user:z")], odd_reason))
+        .write(&txn(&[(Touch, "doc:u#viewer@user:z")], odd_reason))
         .await
         .unwrap();
     let failed = store
-        .write(txn(&[(Create, "doc:0#viewer@user:a")], "dup"))
+        .write(&txn(&[(Create, "doc:0#viewer@user:a")], "dup"))
         .await;
     assert!(failed.is_err());
     let records = store.read_audit(0, &Default::default(), 100).await.unwrap();
@@ -326,7 +326,7 @@ async fn audit_chain_is_sealed_and_detects_sql_tampering() {
     let store = PostgresStore::open(&url, quiet()).await.unwrap();
     for i in 0..3 {
         store
-            .write(txn(&[(Touch, &format!("doc:{i}#viewer@user:a"))], "x"))
+            .write(&txn(&[(Touch, &format!("doc:{i}#viewer@user:a"))], "x"))
             .await
             .unwrap();
     }
@@ -376,7 +376,7 @@ async fn conflict_storm_applies_each_write_once_or_refuses_it() {
                 let target = format!("doc:hot#viewer@user:u{}", i % 4);
                 let other = format!("doc:hot#editor@user:w{w}");
                 let result = store
-                    .write(txn(&[(op, &target), (Operation::Touch, &other)], "storm"))
+                    .write(&txn(&[(op, &target), (Operation::Touch, &other)], "storm"))
                     .await;
                 match result {
                     Ok(_) | Err(StoreError::AlreadyExists(_)) => {}
@@ -444,7 +444,7 @@ async fn disjoint_writers_do_not_fail() {
         tasks.push(tokio::spawn(async move {
             for i in 0..150 {
                 store
-                    .write(txn(
+                    .write(&txn(
                         &[(Touch, &format!("doc:t{w}i{i}#viewer@user:u{}", i % 7))],
                         "d",
                     ))

@@ -51,7 +51,7 @@ async fn replica_reads_are_never_stale() {
     // Each read at a write's revision sees that write, wherever it is served.
     for i in 0..50 {
         let rev = store
-            .write(touch_txn(&format!("doc:{i}#viewer@user:a")))
+            .write(&touch_txn(&format!("doc:{i}#viewer@user:a")))
             .await
             .unwrap()
             .revision;
@@ -79,7 +79,7 @@ async fn replica_reads_are_never_stale() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     let (_, behind_before) = store.replica_stats().unwrap();
     let rev = store
-        .write(touch_txn("doc:late#viewer@user:b"))
+        .write(&touch_txn("doc:late#viewer@user:b"))
         .await
         .unwrap()
         .revision;

@@ -31,7 +31,7 @@ async fn revisions_outside_retention_are_reported_too_old() {
             }],
             ..Default::default()
         };
-        revs.push(store.write(txn).await.unwrap().revision);
+        revs.push(store.write(&txn).await.unwrap().revision);
     }
     assert_eq!(store.retained_revisions(), 3);
     match store
@@ -67,13 +67,13 @@ async fn a_reader_holding_a_revision_never_sees_later_writes() {
         }],
         ..Default::default()
     };
-    store.write(txn(0)).await.unwrap();
+    store.write(&txn(0)).await.unwrap();
     let at = store.head_revision().await.unwrap();
     let writer = {
         let store = store.clone();
         tokio::spawn(async move {
             for i in 1..500 {
-                store.write(txn(i)).await.unwrap();
+                store.write(&txn(i)).await.unwrap();
             }
         })
     };
@@ -251,7 +251,7 @@ async fn model_run(txns: Vec<GenTxn>, page: usize) -> Result<(), TestCaseError> 
         let head = store.head_revision().await.unwrap();
         let expected = reference_apply(&states.last().unwrap().1, t);
         let result = store
-            .write(WriteTxn {
+            .write(&WriteTxn {
                 updates,
                 deletes,
                 ..Default::default()

@@ -302,7 +302,7 @@ async fn gc_cost(url: &str, n: usize) {
                 })
                 .collect();
             store
-                .write(WriteTxn {
+                .write(&WriteTxn {
                     updates,
                     ..Default::default()
                 })

@@ -71,7 +71,7 @@ async fn sees(store: &dyn Datastore, a: &Revision, b: &Revision) -> bool {
 
 async fn write(store: &dyn Datastore, txn: WriteTxn) -> CommittedTxn {
     store
-        .write(txn)
+        .write(&txn)
         .await
         .unwrap_or_else(|e| panic!("write failed: {e}"))
 }
@@ -136,7 +136,7 @@ pub async fn create_touch_conflicts(store: Arc<dyn Datastore>) {
         ..Default::default()
     };
     assert!(matches!(
-        store.write(txn).await,
+        store.write(&txn).await,
         Err(StoreError::AlreadyExists(_))
     ));
     let before = before.unwrap_or_else(|| panic!("head revision"));
@@ -164,7 +164,7 @@ pub async fn preconditions(store: Arc<dyn Datastore>) {
     };
     let mut txn = touch(&["doc:1#viewer@user:b"]);
     txn.preconditions = vec![pre(PreconditionKind::MustNotMatch, "doc:1#viewer@user:a")];
-    match store.write(txn).await {
+    match store.write(&txn).await {
         Err(StoreError::PreconditionFailed {
             index: 0,
             example: Some(e),
@@ -290,7 +290,7 @@ pub async fn delete_and_filters(store: Arc<dyn Datastore>) {
         ..Default::default()
     };
     assert!(matches!(
-        store.write(txn).await,
+        store.write(&txn).await,
         Err(StoreError::TooManyToDelete {
             matched: 3,
             limit: 2
@@ -310,7 +310,7 @@ pub async fn delete_and_filters(store: Arc<dyn Datastore>) {
         };
         assert!(
             matches!(
-                store.write(txn).await,
+                store.write(&txn).await,
                 Err(StoreError::ChangedConcurrently { matched, expected: e })
                     if e == expected && matched == 4.min(expected + 1)
             ),
@@ -514,7 +514,7 @@ pub async fn schema_versions(store: Arc<dyn Datastore>) {
         ..touch(&["a:1#r@b:2"])
     };
     assert!(matches!(
-        store.write(stale).await,
+        store.write(&stale).await,
         Err(StoreError::SchemaChanged)
     ));
     let fresh = WriteTxn {

@@ -826,7 +826,7 @@ impl Datastore for MemoryStore {
         Ok(s.query(n, filter, page))
     }
 
-    async fn write(&self, txn: WriteTxn) -> Result<CommittedTxn, StoreError> {
+    async fn write(&self, txn: &WriteTxn) -> Result<CommittedTxn, StoreError> {
         let mut guard = self.state.write().map_err(|_| poisoned())?;
         let st = &mut *guard;
         let head = st.head;
@@ -861,7 +861,7 @@ impl Datastore for MemoryStore {
         }
         let number = head + 1;
         let mut undo = Vec::new();
-        let changes = match st.apply(&txn, number, &mut undo) {
+        let changes = match st.apply(txn, number, &mut undo) {
             Ok(changes) => changes,
             Err(e) => {
                 st.rollback(undo);
@@ -891,7 +891,7 @@ impl Datastore for MemoryStore {
         let kept = Arc::new(Txn {
             number,
             committed_at_ms,
-            metadata: txn.metadata,
+            metadata: txn.metadata.clone(),
             changes,
             schema_change,
         });

@@ -150,10 +150,10 @@ impl Datastore for PostgresStore {
         rows.iter().map(row_rel).collect()
     }
 
-    async fn write(&self, txn: WriteTxn) -> Result<CommittedTxn, StoreError> {
+    async fn write(&self, txn: &WriteTxn) -> Result<CommittedTxn, StoreError> {
         let mut backoff = Duration::from_millis(4);
         for attempt in 1..=MAX_WRITE_ATTEMPTS {
-            match self.try_write(&txn).await {
+            match self.try_write(txn).await {
                 Ok(c) => return Ok(c),
                 Err(Attempt::Store(e)) => return Err(e),
                 Err(Attempt::Db(e)) if retryable(&e) && attempt < MAX_WRITE_ATTEMPTS => {
