@@ -85,23 +85,7 @@ impl AuditRecord {
     /// `SHA-256(previous ‖ canonical bytes)`, the bytes streamed into the
     /// hash (an import's record is tens of megabytes of JSON).
     pub fn compute_hash(&self, previous: &[u8; 32]) -> [u8; 32] {
-        /// Feeds whatever is written into the hash.
-        struct Hashing(Sha256);
-        impl std::io::Write for Hashing {
-            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-                self.0.update(buf);
-                Ok(buf.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
-        let mut h = Hashing(Sha256::new());
-        h.0.update(previous);
-        // The same bytes as `canonical_bytes`: serializing plain data into
-        // a writer that never fails cannot fail.
-        let _ = serde_json::to_writer(&mut h, self);
-        h.0.finalize().into()
+        streamed_hash(previous, self)
     }
 
     /// Links this record after `previous` (the previous record's hash).
@@ -112,6 +96,80 @@ impl AuditRecord {
 
     pub fn revision(&self) -> Revision {
         Revision::new(self.revision.as_str())
+    }
+}
+
+/// `SHA-256(previous ‖ compact JSON of value)`, the JSON streamed into the
+/// hash instead of collected in a buffer.
+fn streamed_hash(previous: &[u8; 32], value: &impl Serialize) -> [u8; 32] {
+    /// Feeds whatever is written into the hash.
+    struct Hashing(Sha256);
+    impl std::io::Write for Hashing {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.update(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut h = Hashing(Sha256::new());
+    h.0.update(previous);
+    // Serializing plain data into a writer that never fails cannot fail.
+    let _ = serde_json::to_writer(&mut h, value);
+    h.0.finalize().into()
+}
+
+/// A record described without materializing its changes: a store that
+/// keeps changes in its own form (the memory store's interned keys) seals
+/// with [`RecordView::hash`] and gets the hash of the [`AuditRecord`] it
+/// would build, byte for byte — the field names and order below are
+/// `AuditRecord`'s.
+#[derive(Serialize)]
+pub struct RecordView<'a, C: Serialize> {
+    pub sequence: u64,
+    pub revision: &'a str,
+    pub committed_at_ms: u64,
+    pub actor: &'a str,
+    pub request_id: &'a str,
+    pub metadata: &'a BTreeMap<String, serde_json::Value>,
+    /// Serializes as `AuditRecord::changes` does: see [`ChangeView`].
+    pub changes: C,
+    pub old_schema: Option<&'a str>,
+    pub new_schema: Option<&'a str>,
+}
+
+impl<C: Serialize> RecordView<'_, C> {
+    /// The hash its `AuditRecord` would have after `previous`.
+    pub fn hash(&self, previous: &[u8; 32]) -> [u8; 32] {
+        streamed_hash(previous, self)
+    }
+}
+
+/// One change of a [`RecordView`]: serialized as an [`AuditChange`], the
+/// relationship written through its `Display` (no string built).
+pub struct ChangeView<D: std::fmt::Display> {
+    pub operation: crate::model::Operation,
+    pub relationship: D,
+}
+
+impl<D: std::fmt::Display> Serialize for ChangeView<D> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut s = serializer.serialize_struct("AuditChange", 2)?;
+        s.serialize_field("operation", self.operation.as_str())?;
+        s.serialize_field("relationship", &Collected(&self.relationship))?;
+        s.end()
+    }
+}
+
+/// A `Display` value serialized as a string, written straight into the
+/// output.
+struct Collected<'a, D: std::fmt::Display>(&'a D);
+
+impl<D: std::fmt::Display> Serialize for Collected<'_, D> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self.0)
     }
 }
 
@@ -336,6 +394,36 @@ mod tests {
             h.update(record.canonical_bytes());
             let whole: [u8; 32] = h.finalize().into();
             assert_eq!(record.compute_hash(&previous), whole);
+        }
+    }
+
+    #[test]
+    fn a_record_view_hashes_as_its_record() {
+        let mut records = chain(2);
+        // Strings JSON must escape, a schema change, another operation.
+        records[1].changes[0].operation = "delete".into();
+        records[1].request_id = "r\"\n\u{1}é".into();
+        records[1].old_schema = Some("definition user {}".into());
+        records[1].new_schema = Some("definition user {}\n// \"x\"".into());
+        let ops = [Operation::Touch, Operation::Delete];
+        for (r, op) in records.iter().zip(ops) {
+            let rel: crate::model::Relationship = r.changes[0].relationship.parse().unwrap();
+            let view = RecordView {
+                sequence: r.sequence,
+                revision: &r.revision,
+                committed_at_ms: r.committed_at_ms,
+                actor: &r.actor,
+                request_id: &r.request_id,
+                metadata: &r.metadata,
+                changes: [ChangeView {
+                    operation: op,
+                    relationship: &rel,
+                }],
+                old_schema: r.old_schema.as_deref(),
+                new_schema: r.new_schema.as_deref(),
+            };
+            let previous = [9u8; 32];
+            assert_eq!(view.hash(&previous), r.compute_hash(&previous));
         }
     }
 

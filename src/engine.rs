@@ -25,9 +25,9 @@ pub use expand::{ExpandKind, ExpandTree};
 pub use lookup::SubjectsPage;
 
 use crate::model::{
-    CommittedTxn, Consistency, DeleteByFilter, ObjectRef, Page, Precondition, PreconditionKind,
-    Relationship, RelationshipFilter, Revision, SubjectFilter, SubjectRef, TxnMetadata, Update,
-    validate_name, validate_object_id, validate_type_name,
+    CommittedTxn, Consistency, DeleteByFilter, Imported, ObjectRef, Page, Precondition,
+    PreconditionKind, Relationship, RelationshipFilter, Revision, SubjectFilter, SubjectRef,
+    TxnMetadata, Update, validate_name, validate_object_id, validate_type_name,
 };
 use crate::schema::{self, AllowedType, Compiled, Diagnostic, MemberKind, Schema, SchemaError};
 use crate::store::{Datastore, SchemaWrite, StoreError, WriteTxn};
@@ -742,38 +742,46 @@ impl Engine {
     }
 
     /// Creates many relationships in one transaction (ImportBulkRelationships):
-    /// all or nothing; an existing relationship fails the import.
+    /// all or nothing; an existing relationship, or one listed twice, fails
+    /// the import (`InvalidArgument` for a duplicate).
     pub async fn import_relationships(
         &self,
         relationships: Vec<Relationship>,
         metadata: TxnMetadata,
-    ) -> Result<CommittedTxn, Error> {
-        let mut seen: std::collections::HashSet<&Relationship, foldhash::quality::RandomState> =
-            std::collections::HashSet::with_capacity_and_hasher(
-                relationships.len(),
-                foldhash::quality::RandomState::default(),
-            );
+    ) -> Result<Imported, Error> {
         for r in &relationships {
             validate_relationship(r)?;
-            if !seen.insert(r) {
-                return Err(Error::InvalidArgument(format!(
-                    "relationship `{r}` appears more than once in the import"
-                )));
-            }
         }
-        let updates = relationships
-            .into_iter()
-            .map(|relationship| Update {
-                operation: crate::model::Operation::Create,
-                relationship,
-            })
-            .collect();
-        self.write_validated(WriteTxn {
-            updates,
-            metadata,
-            ..Default::default()
-        })
-        .await
+        let head = self.store.head_revision().await?;
+        let stored = self
+            .store
+            .read_schema(&head)
+            .await?
+            .ok_or(Error::NoSchema)?;
+        let schema = self.schema_at(head).await?;
+        for r in &relationships {
+            schema
+                .check_relationship(r)
+                .map_err(|reason| Error::SchemaViolation {
+                    relationship: r.to_string(),
+                    reason,
+                })?;
+        }
+        // No retry when the schema changes meanwhile (the relationships
+        // are handed over, not copied): the import fails with ABORTED and
+        // the caller retries, as after any serialization failure.
+        let imported = self
+            .store
+            .import(relationships, stored.written_at, metadata)
+            .await
+            .map_err(|e| match e {
+                StoreError::DuplicateInImport(r) => Error::InvalidArgument(format!(
+                    "relationship `{r}` appears more than once in the import"
+                )),
+                e => e.into(),
+            })?;
+        self.committed();
+        Ok(imported)
     }
 
     /// Offboarding: removes every relationship whose subject is exactly

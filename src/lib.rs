@@ -77,7 +77,7 @@ pub fn in_memory() -> Engine {
     )
 }
 pub use model::{
-    Change, CommittedTxn, Consistency, DeleteByFilter, ObjectRef, Operation, Page, Precondition,
-    PreconditionKind, Relationship, RelationshipFilter, Revision, SubjectFilter, SubjectRef,
-    TxnMetadata, Update,
+    Change, CommittedTxn, Consistency, DeleteByFilter, Imported, ObjectRef, Operation, Page,
+    Precondition, PreconditionKind, Relationship, RelationshipFilter, Revision, SubjectFilter,
+    SubjectRef, TxnMetadata, Update,
 };

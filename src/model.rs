@@ -20,8 +20,8 @@ mod txn;
 
 pub use filter::{Consistency, Page, RelationshipFilter, SubjectFilter};
 pub use txn::{
-    Change, CommittedTxn, DeleteByFilter, Operation, Precondition, PreconditionKind, TxnMetadata,
-    Update,
+    Change, CommittedTxn, DeleteByFilter, Imported, Operation, Precondition, PreconditionKind,
+    TxnMetadata, Update,
 };
 
 /// Maximum length of a type, relation or permission name (per segment).

@@ -22,8 +22,8 @@ use async_trait::async_trait;
 // The request vocabulary lives in `model`; re-exported here so backends
 // and older paths (`store::RelationshipFilter`) keep working.
 pub use crate::model::{
-    Change, CommittedTxn, DeleteByFilter, Operation, Page, Precondition, PreconditionKind,
-    RelationshipFilter, SubjectFilter, TxnMetadata, Update,
+    Change, CommittedTxn, DeleteByFilter, Imported, Operation, Page, Precondition,
+    PreconditionKind, RelationshipFilter, SubjectFilter, TxnMetadata, Update,
 };
 use crate::model::{Relationship, Revision};
 
@@ -115,6 +115,8 @@ pub enum StoreError {
         "{matched} relationships match the delete filter, more than the limit of {limit}, and partial deletion was not allowed"
     )]
     TooManyToDelete { matched: usize, limit: usize },
+    #[error("relationship `{0}` appears more than once in the import")]
+    DuplicateInImport(Box<Relationship>),
     #[error("the schema changed during the transaction; retry")]
     SchemaChanged,
     /// A delete expected an exact set and found another: the data changed
@@ -238,6 +240,53 @@ pub trait Datastore: Send + Sync + 'static {
 
     /// Commits a transaction; returns it as committed (its revision and changes).
     async fn write(&self, txn: &WriteTxn) -> Result<CommittedTxn, StoreError>;
+
+    /// A bulk import: creates every relationship in one audited
+    /// transaction, all or nothing — one that exists already
+    /// ([`StoreError::AlreadyExists`]) or appears twice
+    /// ([`StoreError::DuplicateInImport`]) fails the whole import, as does a
+    /// schema other than `expected_schema` (the revision that wrote the
+    /// schema the caller validated against; [`StoreError::SchemaChanged`]).
+    /// Takes the relationships by value so that a store can release each
+    /// one's strings as soon as it has taken it in: the caller's copy is
+    /// the largest allocation of an import. This default writes them as
+    /// one [`WriteTxn`] of creates.
+    async fn import(
+        &self,
+        relationships: Vec<Relationship>,
+        expected_schema: Revision,
+        metadata: TxnMetadata,
+    ) -> Result<Imported, StoreError> {
+        let mut seen: std::collections::HashSet<&Relationship, foldhash::quality::RandomState> =
+            std::collections::HashSet::with_capacity_and_hasher(
+                relationships.len(),
+                foldhash::quality::RandomState::default(),
+            );
+        for r in &relationships {
+            if !seen.insert(r) {
+                return Err(StoreError::DuplicateInImport(Box::new(r.clone())));
+            }
+        }
+        drop(seen);
+        let txn = WriteTxn {
+            updates: relationships
+                .into_iter()
+                .map(|relationship| Update {
+                    operation: Operation::Create,
+                    relationship,
+                })
+                .collect(),
+            expected_schema: Some(Some(expected_schema)),
+            metadata,
+            ..Default::default()
+        };
+        let c = self.write(&txn).await?;
+        Ok(Imported {
+            revision: c.revision,
+            committed_at_ms: c.committed_at_ms,
+            count: c.changes.len(),
+        })
+    }
 
     /// Sealed audit records after sequence `after`, matching `filter`, in
     /// sequence order, at most `limit`. Never garbage-collected.

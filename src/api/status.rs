@@ -143,6 +143,7 @@ pub fn from_store(e: StoreError) -> Status {
         StoreError::RevisionInFuture(_) | StoreError::InvalidRevision(_) => {
             Status::invalid_argument(msg)
         }
+        StoreError::DuplicateInImport(_) => Status::invalid_argument(msg),
         StoreError::AlreadyExists(_) => {
             with_reason(Code::AlreadyExists, msg, R::AttemptToRecreateRelationship)
         }

@@ -80,6 +80,18 @@ pub struct Change {
     pub relationship: Relationship,
 }
 
+/// What a bulk import committed: one transaction creating every
+/// relationship of the import (the changes themselves go to Watch and the
+/// audit; an import does not hand a million of them back to its caller).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Imported {
+    pub revision: Revision,
+    /// Milliseconds since the Unix epoch.
+    pub committed_at_ms: u64,
+    /// Relationships created.
+    pub count: usize,
+}
+
 /// A committed transaction, as Watch and the audit see it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CommittedTxn {

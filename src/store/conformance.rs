@@ -390,6 +390,102 @@ pub async fn large_and_odd_writes(store: Arc<dyn Datastore>) {
     }
 }
 
+/// A bulk import: all or nothing; a duplicate or an existing relationship
+/// fails it whole; its audit record verifies (the memory store seals it
+/// from interned keys, readers rebuild it from strings) and lists every
+/// relationship once.
+pub async fn imports(store: Arc<dyn Datastore>) {
+    let schema = write(
+        &*store,
+        WriteTxn {
+            schema: Some(SchemaWrite {
+                text: "definition user {}".into(),
+            }),
+            ..Default::default()
+        },
+    )
+    .await
+    .revision;
+    let import = |rels: Vec<String>| {
+        let store = store.clone();
+        let schema = schema.clone();
+        async move {
+            let meta = TxnMetadata {
+                actor: "importer".into(),
+                request_id: "r\"1".into(),
+                fields: [("reason".to_string(), serde_json::json!("ünï \"load\""))].into(),
+            };
+            store
+                .import(rels.iter().map(|r| rel(r)).collect(), schema, meta)
+                .await
+        }
+    };
+    // Enough to take a store's bulk path, with subject relations and a
+    // wildcard among them.
+    let mut rels: Vec<String> = (0..12_000)
+        .map(|i| format!("doc:{}#viewer@user:u{}", i % 3_000, i / 3_000))
+        .collect();
+    rels.push("doc:x#viewer@group:g#member".into());
+    rels.push("doc:y#viewer@user:*".into());
+    let before = head(&*store).await;
+    let mut dup = rels.clone();
+    dup.push("doc:17#viewer@user:u2".into());
+    match import(dup).await {
+        Err(StoreError::DuplicateInImport(r)) => assert_eq!(r.to_string(), "doc:17#viewer@user:u2"),
+        other => panic!("a duplicate in an import: {other:?}"),
+    }
+    assert_eq!(head(&*store).await, before, "a failed import committed");
+    let done = import(rels.clone())
+        .await
+        .unwrap_or_else(|e| panic!("import failed: {e}"));
+    assert_eq!(done.count, rels.len());
+    let mut stored = read(&*store, &done.revision, &all()).await;
+    let mut expected = rels.clone();
+    stored.sort();
+    expected.sort();
+    assert_eq!(stored, expected);
+    let again = vec!["doc:new#viewer@user:a".to_string(), rels[5].clone()];
+    match import(again).await {
+        Err(StoreError::AlreadyExists(r)) => assert_eq!(r.to_string(), rels[5]),
+        other => panic!("importing an existing relationship: {other:?}"),
+    }
+    assert!(
+        read(
+            &*store,
+            &head(&*store).await,
+            &RelationshipFilter::exact(&rel("doc:new#viewer@user:a"))
+        )
+        .await
+        .is_empty(),
+        "a failed import left a relationship behind"
+    );
+    let records = store
+        .read_audit(0, &crate::audit::AuditFilter::default(), 10)
+        .await
+        .unwrap_or_else(|e| panic!("read_audit failed: {e}"));
+    assert!(
+        matches!(
+            crate::audit::verify(&records),
+            crate::audit::Verification::Intact { records: 2, .. }
+        ),
+        "the import's audit record does not verify: {:?}",
+        crate::audit::verify(&records)
+    );
+    let record = &records[1];
+    assert_eq!(
+        (record.actor.as_str(), record.request_id.as_str()),
+        ("importer", "r\"1")
+    );
+    let mut audited: Vec<String> = record
+        .changes
+        .iter()
+        .map(|c| c.relationship.clone())
+        .collect();
+    audited.sort();
+    assert_eq!(audited, expected);
+    assert!(record.changes.iter().all(|c| c.operation == "create"));
+}
+
 /// Concurrent writers: no lost write, distinct revisions, and a log of
 /// changes in commit order with no gap and no duplicate, where each
 /// transaction's revision reads exactly the transactions up to it.
@@ -621,6 +717,7 @@ macro_rules! datastore_conformance_tests {
             delete_and_filters,
             paging,
             large_and_odd_writes,
+            imports,
             concurrent_writers_and_changes,
             schema_versions,
             optimized_revisions,

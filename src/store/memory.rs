@@ -31,6 +31,7 @@ use async_trait::async_trait;
 use self::index::{Entry, Index, Interner, Key, LIVE, NONE, Probe};
 use super::*;
 use crate::model::{ObjectRef, Relationship, Revision, SubjectRef};
+use crate::store::Sym;
 
 /// Tuning of the memory store.
 #[derive(Debug, Clone)]
@@ -119,6 +120,30 @@ fn number(r: &Revision) -> Result<u64, StoreError> {
 
 fn poisoned() -> StoreError {
     StoreError::Internal("memory store lock poisoned by a panic".into())
+}
+
+/// A forward key written as its relationship's text (as
+/// `Relationship`'s `Display`), straight from the interner.
+struct KeyText<'a>(&'a Interner, &'a Key);
+
+impl std::fmt::Display for KeyText<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (n, k) = (self.0, self.1);
+        let name = |s: Sym| n.resolve(s).unwrap_or("");
+        write!(
+            f,
+            "{}:{}#{}@{}:{}",
+            name(k[0]),
+            name(k[1]),
+            name(k[2]),
+            name(k[3]),
+            name(k[4])
+        )?;
+        match n.resolve(k[5]) {
+            Some(r) => write!(f, "#{r}"),
+            None => Ok(()),
+        }
+    }
 }
 
 /// A forward key's reverse-index key.
@@ -554,6 +579,142 @@ impl State {
         Ok(changes)
     }
 
+    /// Makes revision `number` the head with these changes: the retained
+    /// revisions, the Watch log and the sealed audit record, in the write's
+    /// critical section (a change is never visible without its audit
+    /// record, and records are sealed in commit order).
+    fn commit(
+        &mut self,
+        options: &MemoryOptions,
+        number: u64,
+        metadata: TxnMetadata,
+        changes: Vec<(Operation, Key)>,
+        schema_change: Option<(Option<String>, String)>,
+    ) -> Arc<Txn> {
+        let committed_at_ms = now_ms();
+        let kept = Arc::new(Txn {
+            number,
+            committed_at_ms,
+            metadata,
+            changes,
+            schema_change,
+        });
+        self.revisions.insert(number, committed_at_ms);
+        self.head = number;
+        self.prune(options, options.gc_window, committed_at_ms);
+        if !kept.changes.is_empty() || kept.schema_change.is_some() {
+            let previous = self.audit.last().map(|r| r.hash).unwrap_or([0; 32]);
+            let hash = self.record_hash(self.audit.len() as u64 + 1, &kept, &previous);
+            self.audit.push(Sealed {
+                txn: kept.clone(),
+                previous_hash: previous,
+                hash,
+            });
+        }
+        self.log.push_back(kept.clone());
+        kept
+    }
+
+    /// The hash of `t`'s audit record (sequence `sequence`) after
+    /// `previous`, streamed from the interned keys: the same bytes as
+    /// [`AuditRecord`](crate::audit::AuditRecord)'s canonical form
+    /// ([`State::audit_record`] rebuilds it for readers), without building
+    /// a string per change.
+    fn record_hash(&self, sequence: u64, t: &Txn, previous: &[u8; 32]) -> [u8; 32] {
+        use crate::audit::{ChangeView, RecordView};
+        /// The changes as a JSON sequence, each written from its key.
+        struct Changes<'a>(&'a Interner, &'a [(Operation, Key)]);
+        impl serde::Serialize for Changes<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_seq(self.1.iter().map(|(operation, key)| ChangeView {
+                    operation: *operation,
+                    relationship: KeyText(self.0, key),
+                }))
+            }
+        }
+        let revision = t.number.to_string();
+        RecordView {
+            sequence,
+            revision: &revision,
+            committed_at_ms: t.committed_at_ms,
+            actor: &t.metadata.actor,
+            request_id: &t.metadata.request_id,
+            metadata: &t.metadata.fields,
+            changes: Changes(&self.names, &t.changes),
+            old_schema: t.schema_change.as_ref().and_then(|(old, _)| old.as_deref()),
+            new_schema: t.schema_change.as_ref().map(|(_, new)| new.as_str()),
+        }
+        .hash(previous)
+    }
+
+    /// Takes an import in at revision `number`: interns each relationship
+    /// and releases its strings at once (so the index reuses the caller's
+    /// memory instead of growing past it), then sorts, refuses duplicates
+    /// and existing relationships, and merges both indexes in one pass
+    /// each. Nothing is visible until the caller commits; on error only
+    /// interned names remain (unreferenced, harmless).
+    fn import(
+        &mut self,
+        relationships: Vec<Relationship>,
+        number: u64,
+    ) -> Result<Vec<(Operation, Key)>, StoreError> {
+        let empty = self.forward.is_empty();
+        let mut fwd = Vec::with_capacity(relationships.len());
+        // Type and relation names repeat from one relationship to the next:
+        // compare with the last one's before hashing.
+        let mut last: [(String, Sym); 4] = Default::default();
+        for rel in relationships {
+            let fields = [
+                &rel.resource.object_type,
+                &rel.relation,
+                &rel.subject.object.object_type,
+            ];
+            let mut syms = [NONE; 4];
+            for (i, name) in fields.into_iter().enumerate() {
+                syms[i] = self.intern_repeated(&mut last[i], name);
+            }
+            if let Some(r) = &rel.subject.relation {
+                syms[3] = self.intern_repeated(&mut last[3], r);
+            }
+            let key = [
+                syms[0],
+                self.names.intern(&rel.resource.object_id),
+                syms[1],
+                syms[2],
+                self.names.intern(&rel.subject.object.object_id),
+                syms[3],
+            ];
+            if !empty && self.forward.live(&self.names, &key).is_some() {
+                return Err(StoreError::AlreadyExists(Box::new(rel)));
+            }
+            fwd.push(Entry::new(key, number, LIVE));
+        }
+        self.names.rerank();
+        Index::sort(&self.names, &mut fwd);
+        if let Some(w) = fwd.windows(2).find(|w| w[0].key == w[1].key) {
+            return Err(StoreError::DuplicateInImport(Box::new(
+                self.relationship(&w[0].key),
+            )));
+        }
+        let changes = fwd.iter().map(|e| (Operation::Create, e.key)).collect();
+        let mut rev: Vec<Entry> = fwd
+            .iter()
+            .map(|e| Entry::new(reverse_key(&e.key), number, LIVE))
+            .collect();
+        Index::sort(&self.names, &mut rev);
+        self.forward.insert_sorted(&self.names, fwd);
+        self.reverse.insert_sorted(&self.names, rev);
+        Ok(changes)
+    }
+
+    /// `name`'s symbol, `last` remembering the previous name asked here.
+    fn intern_repeated(&mut self, last: &mut (String, Sym), name: &str) -> Sym {
+        if last.1 == NONE || last.0 != name {
+            *last = (name.to_string(), self.names.intern(name));
+        }
+        last.1
+    }
+
     /// Drops retained revisions the options no longer keep (never the
     /// head), then garbage-collects. Returns versions removed.
     fn prune(&mut self, options: &MemoryOptions, window: Duration, now: u64) -> u64 {
@@ -887,38 +1048,36 @@ impl Datastore for MemoryStore {
                 },
             );
         }
-        let committed_at_ms = now_ms();
-        let kept = Arc::new(Txn {
+        let kept = st.commit(
+            &self.options,
             number,
-            committed_at_ms,
-            metadata: txn.metadata.clone(),
+            txn.metadata.clone(),
             changes,
             schema_change,
-        });
-        st.revisions.insert(number, committed_at_ms);
-        st.head = number;
-        st.prune(&self.options, self.options.gc_window, committed_at_ms);
-        // Everything kept is allocated before the (possibly large) records
-        // built for the caller and the hash, so freeing those leaves no
-        // holes under long-lived memory.
-        st.audit.reserve(1);
-        st.log.reserve(1);
-        let committed = st.committed(&kept);
-        if !committed.changes.is_empty() || committed.schema_change.is_some() {
-            // Same critical section as the commit: a change is never visible
-            // without its audit record, and records are sealed in commit order.
-            let sequence = st.audit.len() as u64 + 1;
-            let previous = st.audit.last().map(|r| r.hash).unwrap_or([0; 32]);
-            let mut record = crate::audit::AuditRecord::of(sequence, &committed);
-            record.seal(previous);
-            st.audit.push(Sealed {
-                txn: kept.clone(),
-                previous_hash: record.previous_hash,
-                hash: record.hash,
-            });
+        );
+        Ok(st.committed(&kept))
+    }
+
+    async fn import(
+        &self,
+        relationships: Vec<Relationship>,
+        expected_schema: Revision,
+        metadata: TxnMetadata,
+    ) -> Result<Imported, StoreError> {
+        let mut guard = self.state.write().map_err(|_| poisoned())?;
+        let st = &mut *guard;
+        if st.schema_at(st.head).map(|s| &s.written_at) != Some(&expected_schema) {
+            return Err(StoreError::SchemaChanged);
         }
-        st.log.push_back(kept);
-        Ok(committed)
+        let number = st.head + 1;
+        let changes = st.import(relationships, number)?;
+        let count = changes.len();
+        let kept = st.commit(&self.options, number, metadata, changes, None);
+        Ok(Imported {
+            revision: revision(number),
+            committed_at_ms: kept.committed_at_ms,
+            count,
+        })
     }
 
     async fn read_audit(

@@ -116,6 +116,18 @@ impl Interner {
         self.rank.get((s as usize).checked_sub(1)?).copied()
     }
 
+    /// Whether every interned symbol has a rank (no string interned since
+    /// the last [`Interner::rerank`]).
+    pub fn all_ranked(&self) -> bool {
+        self.rank.len() == self.set.len()
+    }
+
+    /// A number in the string order of symbols: [`NONE`] 0, a ranked
+    /// symbol its rank + 1 (only meaningful when [`Interner::all_ranked`]).
+    pub fn sort_rank(&self, sym: Sym) -> u32 {
+        self.rank_of(sym).map_or(0, |r| r.saturating_add(1))
+    }
+
     /// The string order of two symbols ([`NONE`] first).
     pub fn cmp_syms(&self, a: Sym, b: Sym) -> Ordering {
         if a == b {
@@ -550,8 +562,24 @@ impl Index {
     /// cut into chunks (a bulk import, where one insert at a time would
     /// move chunks a million times).
     pub fn insert_many(&mut self, names: &Interner, mut new: Vec<Entry>) {
+        Self::sort(names, &mut new);
+        self.insert_sorted(names, new);
+    }
+
+    /// Sorts entries into index order (by their keys' string order, then
+    /// creation). With every symbol ranked, each entry's ranks are read
+    /// once and the sort compares integers.
+    pub fn sort(names: &Interner, entries: &mut [Entry]) {
+        if names.all_ranked() {
+            entries.sort_by_cached_key(|e| (e.key.map(|s| names.sort_rank(s)), e.created));
+        } else {
+            entries.sort_unstable_by(|a, b| Self::entry_cmp(names, a, &b.key, b.created));
+        }
+    }
+
+    /// Merges entries already in index order ([`Index::sort`]) in.
+    pub fn insert_sorted(&mut self, names: &Interner, new: Vec<Entry>) {
         self.hints.fit(self.len + new.len());
-        new.sort_unstable_by(|a, b| Self::entry_cmp(names, a, &b.key, b.created));
         let old = std::mem::take(&mut self.chunks);
         let mut merged = Vec::with_capacity(self.len + new.len());
         let mut old = old.into_iter().flatten().peekable();
