@@ -146,6 +146,38 @@ impl std::fmt::Display for KeyText<'_> {
     }
 }
 
+/// The hash of `t`'s audit record (sequence `sequence`) after
+/// `previous`, streamed from the interned keys: the same bytes as
+/// [`AuditRecord`](crate::audit::AuditRecord)'s canonical form
+/// (`State::audit_record` rebuilds it for readers), without building
+/// a string per change.
+fn record_hash(names: &Interner, sequence: u64, t: &Txn, previous: &[u8; 32]) -> [u8; 32] {
+    use crate::audit::{ChangeView, RecordView};
+    /// The changes as a JSON sequence, each written from its key.
+    struct Changes<'a>(&'a Interner, &'a [(Operation, Key)]);
+    impl serde::Serialize for Changes<'_> {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.collect_seq(self.1.iter().map(|(operation, key)| ChangeView {
+                operation: *operation,
+                relationship: KeyText(self.0, key),
+            }))
+        }
+    }
+    let revision = t.number.to_string();
+    RecordView {
+        sequence,
+        revision: &revision,
+        committed_at_ms: t.committed_at_ms,
+        actor: &t.metadata.actor,
+        request_id: &t.metadata.request_id,
+        metadata: &t.metadata.fields,
+        changes: Changes(names, &t.changes),
+        old_schema: t.schema_change.as_ref().and_then(|(old, _)| old.as_deref()),
+        new_schema: t.schema_change.as_ref().map(|(_, new)| new.as_str()),
+    }
+    .hash(previous)
+}
+
 /// A forward key's reverse-index key.
 fn reverse_key(k: &Key) -> Key {
     [k[3], k[4], k[5], k[0], k[2], k[1]]
@@ -583,28 +615,19 @@ impl State {
     /// revisions, the Watch log and the sealed audit record, in the write's
     /// critical section (a change is never visible without its audit
     /// record, and records are sealed in commit order).
-    fn commit(
-        &mut self,
-        options: &MemoryOptions,
-        number: u64,
-        metadata: TxnMetadata,
-        changes: Vec<(Operation, Key)>,
-        schema_change: Option<(Option<String>, String)>,
-    ) -> Arc<Txn> {
-        let committed_at_ms = now_ms();
-        let kept = Arc::new(Txn {
-            number,
-            committed_at_ms,
-            metadata,
-            changes,
-            schema_change,
-        });
+    /// `hash`: the audit record's hash if the caller computed it already
+    /// (see [`State::import`]).
+    fn commit(&mut self, options: &MemoryOptions, txn: Txn, hash: Option<[u8; 32]>) -> Arc<Txn> {
+        let kept = Arc::new(txn);
+        let (number, committed_at_ms) = (kept.number, kept.committed_at_ms);
         self.revisions.insert(number, committed_at_ms);
         self.head = number;
         self.prune(options, options.gc_window, committed_at_ms);
         if !kept.changes.is_empty() || kept.schema_change.is_some() {
             let previous = self.audit.last().map(|r| r.hash).unwrap_or([0; 32]);
-            let hash = self.record_hash(self.audit.len() as u64 + 1, &kept, &previous);
+            let hash = hash.unwrap_or_else(|| {
+                record_hash(&self.names, self.audit.len() as u64 + 1, &kept, &previous)
+            });
             self.audit.push(Sealed {
                 txn: kept.clone(),
                 previous_hash: previous,
@@ -615,51 +638,23 @@ impl State {
         kept
     }
 
-    /// The hash of `t`'s audit record (sequence `sequence`) after
-    /// `previous`, streamed from the interned keys: the same bytes as
-    /// [`AuditRecord`](crate::audit::AuditRecord)'s canonical form
-    /// ([`State::audit_record`] rebuilds it for readers), without building
-    /// a string per change.
-    fn record_hash(&self, sequence: u64, t: &Txn, previous: &[u8; 32]) -> [u8; 32] {
-        use crate::audit::{ChangeView, RecordView};
-        /// The changes as a JSON sequence, each written from its key.
-        struct Changes<'a>(&'a Interner, &'a [(Operation, Key)]);
-        impl serde::Serialize for Changes<'_> {
-            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                s.collect_seq(self.1.iter().map(|(operation, key)| ChangeView {
-                    operation: *operation,
-                    relationship: KeyText(self.0, key),
-                }))
-            }
-        }
-        let revision = t.number.to_string();
-        RecordView {
-            sequence,
-            revision: &revision,
-            committed_at_ms: t.committed_at_ms,
-            actor: &t.metadata.actor,
-            request_id: &t.metadata.request_id,
-            metadata: &t.metadata.fields,
-            changes: Changes(&self.names, &t.changes),
-            old_schema: t.schema_change.as_ref().and_then(|(old, _)| old.as_deref()),
-            new_schema: t.schema_change.as_ref().map(|(_, new)| new.as_str()),
-        }
-        .hash(previous)
-    }
-
-    /// Takes an import in at revision `number`: interns each relationship
-    /// and releases its strings at once (so the index reuses the caller's
-    /// memory instead of growing past it), then sorts, refuses duplicates
-    /// and existing relationships, and merges both indexes in one pass
-    /// each. Nothing is visible until the caller commits; on error only
-    /// interned names remain (unreferenced, harmless).
+    /// Takes an import in as revision `number` and commits it: interns
+    /// each relationship and releases its strings at once (so the indexes
+    /// reuse the caller's memory instead of growing past it), then — on
+    /// both cores — ranks the new names, sorts the forward and reverse
+    /// entries and hashes the audit record, refuses duplicates and existing
+    /// relationships, and merges both indexes in one pass each. On error
+    /// nothing is visible; only interned names remain (unreferenced,
+    /// harmless).
     fn import(
         &mut self,
+        options: &MemoryOptions,
         relationships: Vec<Relationship>,
         number: u64,
-    ) -> Result<Vec<(Operation, Key)>, StoreError> {
+        metadata: TxnMetadata,
+    ) -> Result<Arc<Txn>, StoreError> {
         let empty = self.forward.is_empty();
-        let mut fwd = Vec::with_capacity(relationships.len());
+        let mut keys = Vec::with_capacity(relationships.len());
         // Type and relation names repeat from one relationship to the next:
         // compare with the last one's before hashing.
         let mut last: [(String, Sym); 4] = Default::default();
@@ -687,24 +682,59 @@ impl State {
             if !empty && self.forward.live(&self.names, &key).is_some() {
                 return Err(StoreError::AlreadyExists(Box::new(rel)));
             }
-            fwd.push(Entry::new(key, number, LIVE));
+            keys.push(key);
         }
-        self.names.rerank();
-        Index::sort(&self.names, &mut fwd);
+        let txn = Txn {
+            number,
+            // Under the write lock: no earlier commit is later than now.
+            committed_at_ms: now_ms(),
+            metadata,
+            changes: keys.into_iter().map(|k| (Operation::Create, k)).collect(),
+            schema_change: None,
+        };
+        let sequence = self.audit.len() as u64 + 1;
+        let previous = self.audit.last().map(|r| r.hash).unwrap_or([0; 32]);
+        let names = &self.names;
+        let (rank, fwd, rev, hash) = std::thread::scope(|s| {
+            let hashing = s.spawn(|| record_hash(names, sequence, &txn, &previous));
+            let rank = names.ranks();
+            let entries = |reverse: bool| -> Vec<Entry> {
+                txn.changes
+                    .iter()
+                    .map(|(_, k)| {
+                        Entry::new(if reverse { reverse_key(k) } else { *k }, number, LIVE)
+                    })
+                    .collect()
+            };
+            // A panic in a sort of integers or in the hash of plain data
+            // cannot happen; one would be re-raised here as it was.
+            let (fwd, rev) = std::thread::scope(|t| {
+                let reverse = t.spawn(|| {
+                    let mut rev = entries(true);
+                    Index::sort_by_ranks(&rank, &mut rev);
+                    rev
+                });
+                let mut fwd = entries(false);
+                Index::sort_by_ranks(&rank, &mut fwd);
+                let rev = reverse
+                    .join()
+                    .unwrap_or_else(|p| std::panic::resume_unwind(p));
+                (fwd, rev)
+            });
+            let hash = hashing
+                .join()
+                .unwrap_or_else(|p| std::panic::resume_unwind(p));
+            (rank, fwd, rev, hash)
+        });
         if let Some(w) = fwd.windows(2).find(|w| w[0].key == w[1].key) {
             return Err(StoreError::DuplicateInImport(Box::new(
                 self.relationship(&w[0].key),
             )));
         }
-        let changes = fwd.iter().map(|e| (Operation::Create, e.key)).collect();
-        let mut rev: Vec<Entry> = fwd
-            .iter()
-            .map(|e| Entry::new(reverse_key(&e.key), number, LIVE))
-            .collect();
-        Index::sort(&self.names, &mut rev);
+        self.names.set_ranks(rank);
         self.forward.insert_sorted(&self.names, fwd);
         self.reverse.insert_sorted(&self.names, rev);
-        Ok(changes)
+        Ok(self.commit(options, txn, Some(hash)))
     }
 
     /// `name`'s symbol, `last` remembering the previous name asked here.
@@ -1048,13 +1078,14 @@ impl Datastore for MemoryStore {
                 },
             );
         }
-        let kept = st.commit(
-            &self.options,
+        let txn = Txn {
             number,
-            txn.metadata.clone(),
+            committed_at_ms: now_ms(),
+            metadata: txn.metadata.clone(),
             changes,
             schema_change,
-        );
+        };
+        let kept = st.commit(&self.options, txn, None);
         Ok(st.committed(&kept))
     }
 
@@ -1070,13 +1101,11 @@ impl Datastore for MemoryStore {
             return Err(StoreError::SchemaChanged);
         }
         let number = st.head + 1;
-        let changes = st.import(relationships, number)?;
-        let count = changes.len();
-        let kept = st.commit(&self.options, number, metadata, changes, None);
+        let kept = st.import(&self.options, relationships, number, metadata)?;
         Ok(Imported {
             revision: revision(number),
             committed_at_ms: kept.committed_at_ms,
-            count,
+            count: kept.changes.len(),
         })
     }
 

@@ -122,12 +122,6 @@ impl Interner {
         self.rank.len() == self.set.len()
     }
 
-    /// A number in the string order of symbols: [`NONE`] 0, a ranked
-    /// symbol its rank + 1 (only meaningful when [`Interner::all_ranked`]).
-    pub fn sort_rank(&self, sym: Sym) -> u32 {
-        self.rank_of(sym).map_or(0, |r| r.saturating_add(1))
-    }
-
     /// The string order of two symbols ([`NONE`] first).
     pub fn cmp_syms(&self, a: Sym, b: Sym) -> Ordering {
         if a == b {
@@ -152,13 +146,20 @@ impl Interner {
         stale
     }
 
-    /// Ranks every symbol: the ranked order (recovered from the ranks)
-    /// merged with the new symbols sorted by string.
+    /// Ranks every symbol (see [`Interner::ranks`]).
     pub fn rerank(&mut self) {
-        let (ranked, len) = (self.rank.len(), self.set.len());
-        if ranked == len {
-            return;
+        if !self.all_ranked() {
+            let rank = self.ranks();
+            self.set_ranks(rank);
         }
+    }
+
+    /// The rank of every symbol (index `sym - 1`) in string order: the
+    /// ranked order (recovered from the current ranks) merged with the new
+    /// symbols sorted by string. Computed without changing anything, so
+    /// other readers may share the interner meanwhile.
+    pub fn ranks(&self) -> Vec<u32> {
+        let (ranked, len) = (self.rank.len(), self.set.len());
         let mut order = vec![NONE; ranked];
         for (i, &r) in self.rank.iter().enumerate() {
             // Ranks are a permutation of 0..ranked, and i < len <= u32::MAX.
@@ -181,6 +182,13 @@ impl Interner {
         for (pos, sym) in merged.into_iter().enumerate() {
             rank[sym as usize - 1] = pos as u32;
         }
+        rank
+    }
+
+    /// Installs ranks computed by [`Interner::ranks`] (no symbol interned
+    /// since): a new generation.
+    pub fn set_ranks(&mut self, rank: Vec<u32>) {
+        debug_assert_eq!(rank.len(), self.set.len());
         self.rank = rank;
         self.generation += 1;
     }
@@ -571,10 +579,22 @@ impl Index {
     /// once and the sort compares integers.
     pub fn sort(names: &Interner, entries: &mut [Entry]) {
         if names.all_ranked() {
-            entries.sort_by_cached_key(|e| (e.key.map(|s| names.sort_rank(s)), e.created));
+            Self::sort_by_ranks(&names.rank, entries);
         } else {
             entries.sort_unstable_by(|a, b| Self::entry_cmp(names, a, &b.key, b.created));
         }
+    }
+
+    /// [`Index::sort`] with ranks of every symbol given
+    /// ([`Interner::ranks`], not yet installed).
+    pub fn sort_by_ranks(rank: &[u32], entries: &mut [Entry]) {
+        // NONE first, then by rank; a symbol without a rank cannot occur
+        // (the ranks cover every symbol) and would sort first.
+        let order = |s: Sym| match (s as usize).checked_sub(1).and_then(|i| rank.get(i)) {
+            Some(r) => r.saturating_add(1),
+            None => 0,
+        };
+        entries.sort_by_cached_key(|e| (e.key.map(order), e.created));
     }
 
     /// Merges entries already in index order ([`Index::sort`]) in.
