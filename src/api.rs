@@ -52,7 +52,7 @@ impl Default for ApiLimits {
             max_checks_per_bulk: 1_000,
             max_preconditions: 1_000,
             max_read_page: 1_000,
-            max_import: 1_000_000,
+            max_import: 5_000_000,
             revision_quantum: Duration::from_secs(5),
         }
     }

@@ -33,6 +33,9 @@ pub struct Config {
     pub max_checks_per_bulk: usize,
     pub max_preconditions: usize,
     pub max_read_page: usize,
+    /// Relationships in one ImportBulkRelationships stream (held in memory
+    /// until the stream ends: it is one transaction).
+    pub max_import: usize,
     pub max_depth: u32,
     /// Sub-problems one request may evaluate (RESOURCE_EXHAUSTED beyond).
     pub max_subproblems: u64,
@@ -116,6 +119,7 @@ impl Default for Config {
             max_checks_per_bulk: api.max_checks_per_bulk,
             max_preconditions: api.max_preconditions,
             max_read_page: api.max_read_page,
+            max_import: api.max_import,
             max_depth: engine.max_depth,
             max_subproblems: engine.budget.max_subproblems,
             max_rows_per_request: engine.budget.max_rows_read,
@@ -329,6 +333,7 @@ impl Config {
         if self.max_depth == 0
             || self.max_updates_per_write == 0
             || self.max_read_page == 0
+            || self.max_import == 0
             || self.max_subproblems == 0
             || self.max_rows_per_request == 0
             || self.max_expand_elements == 0

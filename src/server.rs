@@ -269,6 +269,7 @@ pub fn build_api(config: &Config, store: Arc<dyn Datastore>) -> Result<Api, Serv
             max_checks_per_bulk: config.max_checks_per_bulk,
             max_preconditions: config.max_preconditions,
             max_read_page: config.max_read_page,
+            max_import: config.max_import,
             revision_quantum: Duration::from_millis(config.revision_quantum_ms),
             ..ApiLimits::default()
         },

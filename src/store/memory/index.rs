@@ -13,7 +13,7 @@
 
 use std::cmp::Ordering;
 
-use indexmap::IndexSet;
+use std::hash::BuildHasher;
 
 /// An interned string. 0 is reserved for "none" (no subject relation),
 /// which sorts before every string.
@@ -64,11 +64,23 @@ impl Entry {
 
 /// Every string the store holds, once, and the string order of (nearly)
 /// all of them as small integers.
+///
+/// The strings are stored back to back in one buffer and the hash table
+/// holds only symbols: per string its bytes, an 8-byte end offset and ~5
+/// bytes of table, where a boxed string in a set took a heap block (32
+/// bytes for a short id), a 16-byte pointer and a stored hash.
 #[derive(Default)]
 pub(super) struct Interner {
+    /// Every interned string's bytes, in symbol order.
+    bytes: String,
+    /// `ends[i]`: where symbol `i + 1`'s string ends in `bytes` (it starts
+    /// where the previous one ends).
+    ends: Vec<u64>,
+    /// Symbols by the hash of their string.
+    table: hashbrown::HashTable<Sym>,
     /// foldhash's keyed hasher: several times faster than SipHash on short
     /// ids, and seeded per process so callers cannot aim collisions.
-    set: IndexSet<Box<str>, foldhash::quality::RandomState>,
+    hasher: foldhash::quality::RandomState,
     /// `rank[i]`: the position of symbol `i + 1`'s string in string order
     /// among the first `rank.len()` symbols. Comparing two ranked symbols
     /// is comparing two integers instead of chasing two strings (a seek is
@@ -81,28 +93,55 @@ pub(super) struct Interner {
 }
 
 impl Interner {
+    /// The string of symbol `sym` (any value; `None` for [`NONE`] and for
+    /// symbols never given).
+    fn text<'a>(bytes: &'a str, ends: &[u64], sym: Sym) -> Option<&'a str> {
+        let i = (sym as usize).checked_sub(1)?;
+        let end = *ends.get(i)? as usize;
+        let start = match i.checked_sub(1) {
+            Some(p) => *ends.get(p)? as usize,
+            None => 0,
+        };
+        bytes.get(start..end)
+    }
+
     /// The symbol of `s`, if it was ever interned.
     pub fn get(&self, s: &str) -> Option<Sym> {
-        self.set.get_index_of(s).map(|i| i as Sym + 1)
+        let hash = self.hasher.hash_one(s);
+        self.table
+            .find(hash, |&sym| Self::text(&self.bytes, &self.ends, sym) == Some(s))
+            .copied()
     }
 
     /// How many strings are interned: every symbol is at most this.
     pub fn len(&self) -> usize {
-        self.set.len()
+        self.ends.len()
     }
 
     pub fn intern(&mut self, s: &str) -> Sym {
-        if let Some(sym) = self.get(s) {
+        let hash = self.hasher.hash_one(s);
+        let (bytes, ends) = (&self.bytes, &self.ends);
+        if let Some(&sym) = self
+            .table
+            .find(hash, |&sym| Self::text(bytes, ends, sym) == Some(s))
+        {
             return sym;
         }
-        let (i, _) = self.set.insert_full(s.into());
-        i as Sym + 1
+        // Symbols are u32 by design (an index entry is six of them); four
+        // billion distinct strings are far beyond what one process holds.
+        let sym = Sym::try_from(self.ends.len() + 1).unwrap_or(Sym::MAX);
+        self.bytes.push_str(s);
+        self.ends.push(self.bytes.len() as u64);
+        let (bytes, ends, hasher) = (&self.bytes, &self.ends, &self.hasher);
+        self.table.insert_unique(hash, sym, |&other| {
+            hasher.hash_one(Self::text(bytes, ends, other).unwrap_or_default())
+        });
+        sym
     }
 
     /// The string of `sym`; `None` for [`NONE`].
     pub fn resolve(&self, sym: Sym) -> Option<&str> {
-        let i = (sym as usize).checked_sub(1)?;
-        self.set.get_index(i).map(|s| &**s)
+        Self::text(&self.bytes, &self.ends, sym)
     }
 
     /// The string of a symbol that is never [`NONE`] (every field but the
@@ -119,7 +158,7 @@ impl Interner {
     /// Whether every interned symbol has a rank (no string interned since
     /// the last [`Interner::rerank`]).
     pub fn all_ranked(&self) -> bool {
-        self.rank.len() == self.set.len()
+        self.rank.len() == self.len()
     }
 
     /// The string order of two symbols ([`NONE`] first).
@@ -138,7 +177,7 @@ impl Interner {
     /// the work, a merge of the new strings into the ranked order, is
     /// amortized over the interning). True if it reranked.
     pub fn rerank_if_stale(&mut self) -> bool {
-        let (ranked, len) = (self.rank.len(), self.set.len());
+        let (ranked, len) = (self.rank.len(), self.len());
         let stale = len - ranked > (ranked / 8).max(1_024);
         if stale {
             self.rerank();
@@ -159,7 +198,7 @@ impl Interner {
     /// symbols sorted by string. Computed without changing anything, so
     /// other readers may share the interner meanwhile.
     pub fn ranks(&self) -> Vec<u32> {
-        let (ranked, len) = (self.rank.len(), self.set.len());
+        let (ranked, len) = (self.rank.len(), self.len());
         let mut order = vec![NONE; ranked];
         for (i, &r) in self.rank.iter().enumerate() {
             // Ranks are a permutation of 0..ranked, and i < len <= u32::MAX.
@@ -188,7 +227,7 @@ impl Interner {
     /// Installs ranks computed by [`Interner::ranks`] (no symbol interned
     /// since): a new generation.
     pub fn set_ranks(&mut self, rank: Vec<u32>) {
-        debug_assert_eq!(rank.len(), self.set.len());
+        debug_assert_eq!(rank.len(), self.len());
         self.rank = rank;
         self.generation += 1;
     }
