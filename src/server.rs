@@ -271,7 +271,6 @@ pub fn build_api(config: &Config, store: Arc<dyn Datastore>) -> Result<Api, Serv
             max_read_page: config.max_read_page,
             max_import: config.max_import,
             revision_quantum: Duration::from_millis(config.revision_quantum_ms),
-            ..ApiLimits::default()
         },
     ))
 }
