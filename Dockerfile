@@ -11,6 +11,7 @@ COPY Cargo.toml Cargo.lock build.rs ./
 COPY proto proto
 COPY migrations migrations
 COPY benches benches
+COPY crates crates
 RUN mkdir -p src/bin && echo 'fn main() {}' > src/main.rs && echo '' > src/lib.rs \
     && echo 'fn main() {}' > src/bin/kinbar-load.rs && echo 'fn main() {}' > src/bin/kinbar-bench.rs \
     && cargo build --release --locked --bin kinbar || true

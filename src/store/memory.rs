@@ -1102,6 +1102,13 @@ impl Datastore for MemoryStore {
         }
         let number = st.head + 1;
         let kept = st.import(&self.options, relationships, number, metadata)?;
+        drop(guard);
+        // The import's input is freed by now (its strings as they were
+        // taken in, the gRPC messages as they were converted), scattered
+        // below the new index in the arenas of whichever threads decoded
+        // it: give those pages back (1M relationships over gRPC: ~310 →
+        // ~190 resident bytes each).
+        kinbar_alloc::release_free_memory();
         Ok(Imported {
             revision: revision(number),
             committed_at_ms: kept.committed_at_ms,
