@@ -109,7 +109,9 @@ impl Interner {
     pub fn get(&self, s: &str) -> Option<Sym> {
         let hash = self.hasher.hash_one(s);
         self.table
-            .find(hash, |&sym| Self::text(&self.bytes, &self.ends, sym) == Some(s))
+            .find(hash, |&sym| {
+                Self::text(&self.bytes, &self.ends, sym) == Some(s)
+            })
             .copied()
     }
 
