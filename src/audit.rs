@@ -173,6 +173,14 @@ impl<D: std::fmt::Display> Serialize for Collected<'_, D> {
     }
 }
 
+/// Where a pruned audit chain starts: its first retained record and the
+/// hash that record links to (the last pruned record's hash).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuditHorizon {
+    pub first_sequence: u64,
+    pub anchor: [u8; 32],
+}
+
 /// What `verify` found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verification {
@@ -186,11 +194,13 @@ pub enum Verification {
     },
 }
 
-/// Checks a chain record by record, in sequence order from the first.
+/// Checks a chain record by record, in sequence order from the first (or
+/// from a pruned chain's horizon).
 #[derive(Debug, Clone)]
 pub struct Verifier {
     previous: [u8; 32],
     next_sequence: u64,
+    verified: u64,
 }
 
 impl Default for Verifier {
@@ -198,11 +208,24 @@ impl Default for Verifier {
         Verifier {
             previous: [0; 32],
             next_sequence: 1,
+            verified: 0,
         }
     }
 }
 
 impl Verifier {
+    /// A verifier of a chain whose records before the horizon were pruned:
+    /// it starts at the horizon's first record and takes its anchor as the
+    /// hash before it (which only a hash recorded earlier, outside the
+    /// store, can vouch for).
+    pub fn from_horizon(h: AuditHorizon) -> Self {
+        Verifier {
+            previous: h.anchor,
+            next_sequence: h.first_sequence,
+            verified: 0,
+        }
+    }
+
     /// Checks the next record; `Err` is the broken link.
     pub fn push(&mut self, r: &AuditRecord) -> Result<(), Verification> {
         let broken = |reason: String| Verification::Broken {
@@ -228,12 +251,13 @@ impl Verifier {
         }
         self.previous = r.hash;
         self.next_sequence += 1;
+        self.verified += 1;
         Ok(())
     }
 
     pub fn finish(self) -> Verification {
         Verification::Intact {
-            records: self.next_sequence - 1,
+            records: self.verified,
             head: self.previous,
         }
     }
@@ -425,6 +449,37 @@ mod tests {
             let previous = [9u8; 32];
             assert_eq!(view.hash(&previous), r.compute_hash(&previous));
         }
+    }
+
+    #[test]
+    fn a_pruned_chain_verifies_from_its_horizon_anchor() {
+        let records = chain(6);
+        let horizon = AuditHorizon {
+            first_sequence: 4,
+            anchor: records[2].hash,
+        };
+        let mut v = Verifier::from_horizon(horizon);
+        for r in &records[3..] {
+            v.push(r).unwrap();
+        }
+        assert_eq!(
+            v.finish(),
+            Verification::Intact {
+                records: 3,
+                head: records[5].hash
+            }
+        );
+        // Another anchor, or a suffix that does not start at the horizon,
+        // is a broken link.
+        let mut wrong = Verifier::from_horizon(AuditHorizon {
+            anchor: records[1].hash,
+            ..horizon
+        });
+        assert!(wrong.push(&records[3]).is_err());
+        let mut late = Verifier::from_horizon(horizon);
+        assert!(late.push(&records[4]).is_err());
+        // From sequence 1, a suffix is missing its start.
+        assert!(Verifier::default().push(&records[3]).is_err());
     }
 
     fn chain(n: u64) -> Vec<AuditRecord> {

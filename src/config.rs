@@ -84,6 +84,10 @@ pub struct Config {
     /// Dead relationship versions younger than this stay readable; older
     /// revisions are refused (FAILED_PRECONDITION). Seconds.
     pub gc_window_secs: u64,
+    /// Memory store: the audit chain keeps its newest records holding up to
+    /// this many changes; older ones are pruned (verification then starts
+    /// at the first retained record). Postgres keeps every record.
+    pub audit_max_changes: usize,
     /// How often garbage collection runs (Postgres), seconds.
     pub gc_interval_secs: u64,
     /// Postgres connection pool size.
@@ -141,6 +145,7 @@ impl Default for Config {
             request_timeout_secs: 10,
             log_format: "text".into(),
             gc_window_secs: 24 * 3600,
+            audit_max_changes: crate::store::memory::MemoryOptions::default().audit_max_changes,
             gc_interval_secs: 60,
             postgres_max_connections: 20,
             postgres_read_replica: None,
@@ -334,6 +339,7 @@ impl Config {
             || self.max_updates_per_write == 0
             || self.max_read_page == 0
             || self.max_import == 0
+            || self.audit_max_changes == 0
             || self.max_subproblems == 0
             || self.max_rows_per_request == 0
             || self.max_expand_elements == 0

@@ -505,6 +505,12 @@ impl Engine {
         Ok(self.store.read_audit(after, filter, limit).await?)
     }
 
+    /// Where the store's retained audit chain starts, if it pruned older
+    /// records.
+    pub async fn audit_horizon(&self) -> Result<Option<crate::audit::AuditHorizon>, Error> {
+        Ok(self.store.audit_horizon().await?)
+    }
+
     pub fn config(&self) -> &EngineConfig {
         &self.config
     }

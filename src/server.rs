@@ -105,6 +105,7 @@ pub async fn open_datastore(config: &Config) -> Result<Arc<dyn Datastore>, Serve
         "memory" => Ok(Arc::new(MemoryStore::new(
             crate::store::memory::MemoryOptions {
                 gc_window: window,
+                audit_max_changes: config.audit_max_changes,
                 ..Default::default()
             },
         ))),

@@ -289,13 +289,23 @@ pub trait Datastore: Send + Sync + 'static {
     }
 
     /// Sealed audit records after sequence `after`, matching `filter`, in
-    /// sequence order, at most `limit`. Never garbage-collected.
+    /// sequence order, at most `limit`. Never garbage-collected with
+    /// relationships; a store that prunes its oldest records (the memory
+    /// store's retention) returns the retained ones and says where they
+    /// start in [`Datastore::audit_horizon`].
     async fn read_audit(
         &self,
         after: u64,
         filter: &crate::audit::AuditFilter,
         limit: usize,
     ) -> Result<Vec<crate::audit::AuditRecord>, StoreError>;
+
+    /// Where the retained audit chain starts if older records were pruned
+    /// (`None`: the chain is whole, from sequence 1). Verification then
+    /// starts at the horizon's first record, anchored at its previous hash.
+    async fn audit_horizon(&self) -> Result<Option<crate::audit::AuditHorizon>, StoreError> {
+        Ok(None)
+    }
 
     /// Removes what no revision younger than `window` needs. Reads at
     /// revisions that needed it fail with [`StoreError::RevisionTooOld`]

@@ -1955,3 +1955,100 @@ async fn write_schema_as(ch: &Channel, token: &str) {
         .await
         .unwrap();
 }
+
+/// The memory store's audit retention: the oldest records go, whole; reads
+/// start at the first retained one; verification starts there too, anchored
+/// at the hash an auditor recorded before the pruning, and names it;
+/// completeness is refused rather than reported on half a chain.
+#[tokio::test]
+async fn a_pruned_memory_audit_verifies_from_its_horizon() {
+    use kinbar::api::proto::kinbar::v1 as kpb;
+    use kinbar::api::proto::kinbar::v1::audit_service_client::AuditServiceClient;
+    let (server, ch) = Server::with_schema(
+        Config {
+            audit_max_changes: 10,
+            ..Config::default()
+        },
+        SCHEMA,
+    )
+    .await;
+    let perms = PermissionsServiceClient::new(ch.clone());
+    let mut audit = AuditServiceClient::new(ch);
+    let read = |audit: &mut AuditServiceClient<Channel>, cursor: &str| {
+        let mut audit = audit.clone();
+        let cursor = cursor.to_string();
+        async move {
+            let mut s = audit
+                .read_audit(kpb::ReadAuditRequest {
+                    optional_cursor: cursor,
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            let mut v = Vec::new();
+            while let Some(r) = s.message().await.unwrap() {
+                v.push(r.transaction.unwrap());
+            }
+            v
+        }
+    };
+    // Record 1 is the schema write (weight 1); then writes of 3 changes.
+    let write = |i: usize| {
+        let rels: Vec<String> = (0..3)
+            .map(|j| format!("doc:{i}#viewer@user:u{j}"))
+            .collect();
+        let req = touch(&rels.iter().map(String::as_str).collect::<Vec<_>>());
+        let mut perms = perms.clone();
+        async move { perms.write_relationships(req).await.unwrap() }
+    };
+    write(0).await;
+    write(1).await;
+    // 1 + 3 + 3 = 7 changes: nothing pruned yet; an auditor records hashes.
+    let early = read(&mut audit, "").await;
+    assert_eq!(
+        early.iter().map(|t| t.sequence).collect::<Vec<_>>(),
+        [1, 2, 3]
+    );
+    let v = audit
+        .verify_audit(kpb::VerifyAuditRequest { complete: true })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(v.intact && v.verified_transactions == 3, "{v:?}");
+    for i in 2..8 {
+        write(i).await;
+    }
+    // 8 writes of 3 after the schema: only the newest 3 records (9 changes)
+    // fit in 10.
+    let kept = read(&mut audit, "").await;
+    assert_eq!(
+        kept.iter().map(|t| t.sequence).collect::<Vec<_>>(),
+        [7, 8, 9]
+    );
+    assert_eq!(
+        read(&mut audit, "2").await.len(),
+        3,
+        "a cursor in the pruned range"
+    );
+    assert_eq!(read(&mut audit, "7").await.len(), 2);
+    let v = audit
+        .verify_audit(kpb::VerifyAuditRequest { complete: false })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(v.intact, "{v:?}");
+    assert_eq!(v.verified_transactions, 3);
+    assert_eq!(v.head_hash, kept[2].hash);
+    assert!(
+        v.message.contains("1..6") && v.message.contains(&kept[0].previous_hash),
+        "{v:?}"
+    );
+    let e = audit
+        .verify_audit(kpb::VerifyAuditRequest { complete: true })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().contains("pruned transactions 1..6"), "{e:?}");
+    server.stop().await;
+}

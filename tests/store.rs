@@ -21,6 +21,7 @@ async fn revisions_outside_retention_are_reported_too_old() {
     let store = MemoryStore::new(MemoryOptions {
         gc_window: Duration::from_secs(3600),
         max_retained_revisions: 3,
+        ..Default::default()
     });
     let mut revs = Vec::new();
     for i in 0..6 {
@@ -210,6 +211,7 @@ async fn model_run(txns: Vec<GenTxn>, page: usize) -> Result<(), TestCaseError> 
     let store = MemoryStore::new(MemoryOptions {
         gc_window: Duration::from_secs(3600),
         max_retained_revisions: 4,
+        ..Default::default()
     });
     let mut states = vec![(
         store.head_revision().await.unwrap(),

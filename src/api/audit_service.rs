@@ -132,9 +132,22 @@ impl AuditService for AuditApi {
         self.0.authorize(&request, Scope::Admin)?;
         let complete = request.get_ref().complete;
         let engine = &self.0.engine;
-        let mut verifier = Verifier::default();
+        // A store that pruned its oldest records (the memory store's
+        // retention) is verified from its horizon on; completeness needs
+        // every record from the first.
+        let horizon = engine.audit_horizon().await.map_err(status::from_engine)?;
+        let mut verifier = match horizon {
+            Some(h) if complete => {
+                return Err(Status::failed_precondition(format!(
+                    "completeness needs the whole audit chain, but this datastore pruned transactions 1..{} (the memory store keeps its newest audit_max_changes changes); raise the retention or use Postgres, which keeps every record",
+                    h.first_sequence - 1
+                )));
+            }
+            Some(h) => Verifier::from_horizon(h),
+            None => Verifier::default(),
+        };
         let mut replay = Replay::default();
-        let mut after = 0;
+        let mut after = horizon.map_or(0, |h| h.first_sequence - 1);
         let all = AuditFilter::default();
         // The chain, record by record; with `complete`, the replay too.
         // Then (complete only) the stored relationships at a head revision
@@ -204,7 +217,14 @@ impl AuditService for AuditApi {
         } else {
             Vec::new()
         };
-        let message = if !complete {
+        let message = if let Some(h) = horizon {
+            format!(
+                "{records} audit transactions verified, from {} on: transactions 1..{} were pruned by the memory store's retention (audit_max_changes); the chain starts from hash {} — compare it with a head hash recorded earlier",
+                h.first_sequence,
+                h.first_sequence - 1,
+                hex(&h.anchor)
+            )
+        } else if !complete {
             format!("{records} audit transactions verified")
         } else if discrepancies.is_empty() {
             format!(

@@ -15,10 +15,13 @@
 //! removed (garbage collection); reading an older revision is
 //! [`StoreError::RevisionTooOld`].
 //!
-//! The Watch log covers the retained revisions; the audit chain is kept for
-//! the life of the process (DESIGN.md §9's retention is not applied: a
-//! memory store's audit ends with the process anyway). Both store changes
-//! as symbols (28 bytes a change) and rebuild records when read.
+//! The Watch log covers the retained revisions. The audit chain keeps its
+//! newest records holding up to [`MemoryOptions::audit_max_changes`]
+//! changes (a memory store's audit ends with the process anyway; Postgres
+//! keeps every record): older records are pruned whole, and the store
+//! reports where its chain now starts ([`Datastore::audit_horizon`]) so
+//! verification anchors there. Both store changes as symbols (28 bytes a
+//! change) and rebuild records when read.
 
 mod index;
 
@@ -40,6 +43,10 @@ pub struct MemoryOptions {
     pub gc_window: Duration,
     /// At most this many revisions are retained, whatever their age.
     pub max_retained_revisions: usize,
+    /// The audit chain keeps its newest records up to this many changes in
+    /// all (a schema write counts one); older records are pruned, whole.
+    /// The newest record is always kept.
+    pub audit_max_changes: usize,
 }
 
 impl Default for MemoryOptions {
@@ -47,6 +54,7 @@ impl Default for MemoryOptions {
         MemoryOptions {
             gc_window: Duration::from_secs(24 * 3600),
             max_retained_revisions: 10_000,
+            audit_max_changes: 10_000_000,
         }
     }
 }
@@ -85,8 +93,15 @@ struct State {
     dead: VecDeque<(u64, Key, u64)>,
     /// Transactions of the retained revisions, in commit order.
     log: VecDeque<Arc<Txn>>,
-    /// The audit chain: appended and sealed with each commit, never pruned.
-    audit: Vec<Sealed>,
+    /// The audit chain's retained records, oldest first: appended and
+    /// sealed with each commit, pruned from the front (see
+    /// [`MemoryOptions::audit_max_changes`]).
+    audit: VecDeque<Sealed>,
+    /// Records pruned from the front of `audit`: the first retained one has
+    /// sequence `audit_pruned + 1`.
+    audit_pruned: u64,
+    /// Changes held by the records in `audit` (a schema write counts one).
+    audit_changes: usize,
     head: u64,
 }
 
@@ -178,6 +193,11 @@ fn record_hash(names: &Interner, sequence: u64, t: &Txn, previous: &[u8; 32]) ->
     .hash(previous)
 }
 
+/// What an audit record counts against [`MemoryOptions::audit_max_changes`].
+fn weight(t: &Txn) -> usize {
+    t.changes.len().max(1)
+}
+
 /// A forward key's reverse-index key.
 fn reverse_key(k: &Key) -> Key {
     [k[3], k[4], k[5], k[0], k[2], k[1]]
@@ -204,7 +224,9 @@ impl State {
             schemas: BTreeMap::new(),
             dead: VecDeque::new(),
             log: VecDeque::new(),
-            audit: Vec::new(),
+            audit: VecDeque::new(),
+            audit_pruned: 0,
+            audit_changes: 0,
             head: 0,
         }
     }
@@ -276,9 +298,9 @@ impl State {
         }
     }
 
-    fn audit_record(&self, sequence: usize, s: &Sealed) -> crate::audit::AuditRecord {
-        let mut record =
-            crate::audit::AuditRecord::of(sequence as u64 + 1, &self.committed(&s.txn));
+    /// The audit record of `s`, sequence `sequence`.
+    fn audit_record(&self, sequence: u64, s: &Sealed) -> crate::audit::AuditRecord {
+        let mut record = crate::audit::AuditRecord::of(sequence, &self.committed(&s.txn));
         record.previous_hash = s.previous_hash;
         record.hash = s.hash;
         record
@@ -611,6 +633,27 @@ impl State {
         Ok(changes)
     }
 
+    /// The sequence the next audit record gets.
+    fn next_sequence(&self) -> u64 {
+        self.audit_pruned + self.audit.len() as u64 + 1
+    }
+
+    /// The hash of the newest audit record (32 zero bytes before the first).
+    fn audit_head(&self) -> [u8; 32] {
+        self.audit.back().map(|r| r.hash).unwrap_or([0; 32])
+    }
+
+    /// Prunes the oldest audit records while more than `max` changes are
+    /// held, always keeping the newest record.
+    fn prune_audit(&mut self, max: usize) {
+        while self.audit_changes > max && self.audit.len() > 1 {
+            if let Some(old) = self.audit.pop_front() {
+                self.audit_changes -= weight(&old.txn);
+                self.audit_pruned += 1;
+            }
+        }
+    }
+
     /// Makes revision `number` the head with these changes: the retained
     /// revisions, the Watch log and the sealed audit record, in the write's
     /// critical section (a change is never visible without its audit
@@ -624,15 +667,17 @@ impl State {
         self.head = number;
         self.prune(options, options.gc_window, committed_at_ms);
         if !kept.changes.is_empty() || kept.schema_change.is_some() {
-            let previous = self.audit.last().map(|r| r.hash).unwrap_or([0; 32]);
+            let previous = self.audit_head();
             let hash = hash.unwrap_or_else(|| {
-                record_hash(&self.names, self.audit.len() as u64 + 1, &kept, &previous)
+                record_hash(&self.names, self.next_sequence(), &kept, &previous)
             });
-            self.audit.push(Sealed {
+            self.audit_changes += weight(&kept);
+            self.audit.push_back(Sealed {
                 txn: kept.clone(),
                 previous_hash: previous,
                 hash,
             });
+            self.prune_audit(options.audit_max_changes);
         }
         self.log.push_back(kept.clone());
         kept
@@ -692,8 +737,8 @@ impl State {
             changes: keys.into_iter().map(|k| (Operation::Create, k)).collect(),
             schema_change: None,
         };
-        let sequence = self.audit.len() as u64 + 1;
-        let previous = self.audit.last().map(|r| r.hash).unwrap_or([0; 32]);
+        let sequence = self.next_sequence();
+        let previous = self.audit_head();
         let names = &self.names;
         let (rank, fwd, rev, hash) = std::thread::scope(|s| {
             let hashing = s.spawn(|| record_hash(names, sequence, &txn, &previous));
@@ -1123,16 +1168,29 @@ impl Datastore for MemoryStore {
         limit: usize,
     ) -> Result<Vec<crate::audit::AuditRecord>, StoreError> {
         let v = self.state.read().map_err(|_| poisoned())?;
-        let start = usize::try_from(after)
+        // Records after `after` that are still retained.
+        let first = after.max(v.audit_pruned);
+        let start = usize::try_from(first - v.audit_pruned)
             .unwrap_or(usize::MAX)
             .min(v.audit.len());
-        Ok(v.audit[start..]
-            .iter()
-            .enumerate()
-            .map(|(i, sealed)| v.audit_record(start + i, sealed))
+        Ok(v.audit
+            .range(start..)
+            .zip(first + 1..)
+            .map(|(sealed, sequence)| v.audit_record(sequence, sealed))
             .filter(|r| filter.matches(r))
             .take(limit)
             .collect())
+    }
+
+    async fn audit_horizon(&self) -> Result<Option<crate::audit::AuditHorizon>, StoreError> {
+        let v = self.state.read().map_err(|_| poisoned())?;
+        Ok(match (v.audit_pruned, v.audit.front()) {
+            (0, _) | (_, None) => None,
+            (pruned, Some(first)) => Some(crate::audit::AuditHorizon {
+                first_sequence: pruned + 1,
+                anchor: first.previous_hash,
+            }),
+        })
     }
 
     async fn collect_garbage(&self, window: Duration) -> Result<GcStats, StoreError> {
