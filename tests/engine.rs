@@ -1153,3 +1153,74 @@ definition doc {
     assert_eq!(all.len(), want.len() + 1);
     assert_eq!(reused(), 2);
 }
+
+/// The shared cache keys by revision: an answer cached at one revision is
+/// served at that revision (counted as a hit, with the time it saved) and
+/// never at a later one where a write changed it, in either direction.
+#[tokio::test]
+async fn a_cached_answer_is_never_served_at_a_revision_where_it_changed() {
+    // The general evaluator (the one that uses the cache; the fast path
+    // does not), a nested group so that `group:eng#member` is a shared
+    // sub-problem reached by a hop.
+    let base = engine_with(
+        GROUPS,
+        &[
+            "doc:1#viewer@group:eng#member",
+            "doc:2#viewer@group:eng#member",
+            "group:eng#member@group:core#member",
+            "group:core#member@user:ann",
+        ],
+    )
+    .await;
+    let e = base.reconfigured(EngineConfig {
+        fast_path: false,
+        ..EngineConfig::default()
+    });
+    let (doc, ann) = (obj("doc:1"), subj("user:ann"));
+    let before = e.head_revision().await.unwrap();
+    let ask = |r: &kinbar::Revision, d: &ObjectRef| {
+        let (e, r, d, ann) = (&e, r.clone(), d.clone(), ann.clone());
+        async move { e.check_at(r, &d, "view", &ann).await.unwrap() }
+    };
+    assert_eq!(ask(&before, &doc).await, Decision::Allowed);
+    let hits = e
+        .metrics
+        .cache_hits
+        .load(std::sync::atomic::Ordering::Relaxed);
+    // doc:2 reaches the same cached `group:eng#member` sub-problem.
+    assert_eq!(ask(&before, &obj("doc:2")).await, Decision::Allowed);
+    let m = &e.metrics;
+    assert!(
+        m.cache_hits.load(std::sync::atomic::Ordering::Relaxed) > hits,
+        "the shared sub-problem was not served from the cache"
+    );
+    // Ann leaves core: at the new revision the cached "yes" must not serve.
+    let removed = e
+        .write_relationships(
+            vec![Update {
+                operation: Operation::Delete,
+                relationship: "group:core#member@user:ann".parse().unwrap(),
+            }],
+            vec![],
+            TxnMetadata::default(),
+        )
+        .await
+        .unwrap()
+        .revision;
+    assert_eq!(ask(&removed, &doc).await, Decision::Denied);
+    assert_eq!(ask(&removed, &obj("doc:2")).await, Decision::Denied);
+    // The old revision still answers as it did.
+    assert_eq!(ask(&before, &doc).await, Decision::Allowed);
+    // Back in: the cached "no" must not serve either.
+    let restored = e
+        .write_relationships(
+            touch(&["group:core#member@user:ann"]),
+            vec![],
+            TxnMetadata::default(),
+        )
+        .await
+        .unwrap()
+        .revision;
+    assert_eq!(ask(&restored, &doc).await, Decision::Allowed);
+    assert_eq!(ask(&removed, &obj("doc:2")).await, Decision::Denied);
+}

@@ -297,8 +297,8 @@ impl Evaluator<'_> {
                     && !self.schema.is_direct_only(&resource.object_type, member);
                 let key = cached.then(|| self.cache_key(resource, member, subject));
                 if let Some(key) = &key {
-                    if let Some(d) = self.engine.cache.get(key).await {
-                        self.engine.metrics.cache_hit();
+                    if let Some((d, cost)) = self.engine.cache.get(key).await {
+                        self.engine.metrics.cache_hit(cost);
                         in_span.record("cache", "hit");
                         return Ok(Outcome::of(d));
                     }
@@ -309,6 +309,7 @@ impl Evaluator<'_> {
                 if let Some(o) = self.memo_get(&memo_key, path) {
                     return Ok(o);
                 }
+                let started = key.is_some().then(std::time::Instant::now);
                 let here = Path {
                     resource,
                     member,
@@ -354,7 +355,13 @@ impl Evaluator<'_> {
                 if let Some(key) = key
                     && outcome.cuts.is_none()
                 {
-                    self.engine.cache.insert(key, outcome.decision).await;
+                    let cost = started.map_or(0, |s| {
+                        u32::try_from(s.elapsed().as_micros()).unwrap_or(u32::MAX)
+                    });
+                    self.engine
+                        .cache
+                        .insert(key, (outcome.decision, cost))
+                        .await;
                 }
                 self.memo_put(memo_key, here.frame, &outcome);
                 Ok(outcome)

@@ -151,6 +151,8 @@ pub async fn export_engine_stats(engine: &Engine) {
     let misses = m.cache_misses.load(Ordering::Relaxed);
     metrics::counter!("kinbar_cache_hits_total").absolute(hits);
     metrics::counter!("kinbar_cache_misses_total").absolute(misses);
+    metrics::counter!("kinbar_cache_saved_microseconds_total")
+        .absolute(m.cache_saved_micros.load(Ordering::Relaxed));
     metrics::counter!("kinbar_checks_fast_path_total")
         .absolute(m.fast_answers.load(Ordering::Relaxed));
     metrics::counter!("kinbar_checks_general_evaluator_total")
