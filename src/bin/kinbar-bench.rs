@@ -34,12 +34,27 @@ fn usage() -> ! {
 }
 
 fn resident_bytes() -> u64 {
+    status_bytes("VmRSS:")
+}
+
+/// A `/proc/self/status` figure in bytes (0 where there is none).
+fn status_bytes(field: &str) -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .map_or(0, |kb| kb * 1024)
+}
+
+/// Measures the peak resident memory `f` adds: the peak (VmHWM) is reset
+/// to the current resident size (Linux `clear_refs` 5) before, read after.
+/// The benchmark runs on one thread, so the peak is the lookup's own.
+async fn peak_extra<T>(f: impl std::future::Future<Output = T>) -> (T, u64) {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+    let before = resident_bytes();
+    let out = f.await;
+    (out, status_bytes("VmHWM:").saturating_sub(before))
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -305,13 +320,21 @@ async fn run(
     let mut lr_times = Vec::new();
     let mut lr_results = 0usize;
     let mut mismatches = 0usize;
+    let (mut lr_peak, mut ls_peak) = (0u64, 0u64);
     for user in users.iter().step_by(step).take(lookups) {
         let t = Instant::now();
-        let ids = engine
-            .lookup_resources_at(at.clone(), "customer", "view", user, None, usize::MAX)
-            .await
-            .expect("lookup resources");
+        let (ids, peak) = peak_extra(engine.lookup_resources_at(
+            at.clone(),
+            "customer",
+            "view",
+            user,
+            None,
+            usize::MAX,
+        ))
+        .await;
+        let ids = ids.expect("lookup resources");
         lr_times.push(t.elapsed());
+        lr_peak = lr_peak.max(peak);
         lr_results += ids.len();
         // Cross-check a sample against Check.
         for id in ids.iter().take(20) {
@@ -331,11 +354,19 @@ async fn run(
     let step = (resources.len() / lookups.max(1)).max(1);
     for (resource, _) in resources.iter().step_by(step).take(lookups) {
         let t = Instant::now();
-        let page = engine
-            .lookup_subjects_at(at.clone(), resource, "view", "user", None, None, usize::MAX)
-            .await
-            .expect("lookup subjects");
+        let (page, peak) = peak_extra(engine.lookup_subjects_at(
+            at.clone(),
+            resource,
+            "view",
+            "user",
+            None,
+            None,
+            usize::MAX,
+        ))
+        .await;
+        let page = page.expect("lookup subjects");
         ls_times.push(t.elapsed());
+        ls_peak = ls_peak.max(peak);
         ls_results += page.subject_ids.len();
     }
     lr_times.sort();
@@ -345,24 +376,26 @@ async fn run(
     };
     println!();
     println!(
-        "| lookup | queries | mean | p50 | max | results / query | lookup ⇒ check mismatches |"
+        "| lookup | queries | mean | p50 | max | results / query | peak extra resident (max) | lookup ⇒ check mismatches |"
     );
-    println!("|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|");
     println!(
-        "| LookupResources customer#view for a user | {} | {:.2} ms | {:.2} ms | {:.2} ms | {:.1} | {mismatches} |",
+        "| LookupResources customer#view for a user | {} | {:.2} ms | {:.2} ms | {:.2} ms | {:.1} | {:.2} MB | {mismatches} |",
         lr_times.len(),
         mean(&lr_times),
         percentile(&lr_times, 0.5).as_secs_f64() * 1e3,
         lr_times.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
         lr_results as f64 / lr_times.len().max(1) as f64,
+        lr_peak as f64 / 1e6,
     );
     println!(
-        "| LookupSubjects customer#view of type user | {} | {:.2} ms | {:.2} ms | {:.2} ms | {:.1} | – |",
+        "| LookupSubjects customer#view of type user | {} | {:.2} ms | {:.2} ms | {:.2} ms | {:.1} | {:.2} MB | – |",
         ls_times.len(),
         mean(&ls_times),
         percentile(&ls_times, 0.5).as_secs_f64() * 1e3,
         ls_times.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
         ls_results as f64 / ls_times.len().max(1) as f64,
+        ls_peak as f64 / 1e6,
     );
     if wrong > 0 || mismatches > 0 {
         std::process::exit(1);
@@ -419,7 +452,7 @@ async fn scale(n: usize) {
         .expect("import");
     let at = engine.head_revision().await.unwrap();
     println!(
-        "| {n} documents: user sees | results | first 100 results | all results | resident growth |"
+        "| {n} documents: user sees | results | first 100 results | all results | peak extra resident |"
     );
     println!("|---|---|---|---|---|");
     for (who, share) in [
@@ -430,31 +463,32 @@ async fn scale(n: usize) {
         let subject = SubjectRef::object(ObjectRef::new("user", who));
         // As the gRPC stream does it: one walk, then candidates confirmed
         // in order; the first page is out after 100 confirmations.
-        let before = resident_bytes();
         let t = Instant::now();
-        let candidates = engine
-            .resource_candidates_at(at.clone(), "doc", "view", &subject)
-            .await
-            .expect("lookup");
-        let mut total = 0usize;
-        let mut first_page = None;
-        for id in candidates.iter() {
-            if engine
-                .resource_granted(&at, "doc", id, "view", &subject)
+        let ((total, first_page), grown) = peak_extra(async {
+            let candidates = engine
+                .resource_candidates_at(at.clone(), "doc", "view", &subject)
                 .await
-                .expect("check")
-            {
-                total += 1;
-                if total == 100 {
-                    first_page = Some(t.elapsed());
+                .expect("lookup");
+            let mut total = 0usize;
+            let mut first_page = None;
+            for id in candidates.iter() {
+                if engine
+                    .resource_granted(&at, "doc", id, "view", &subject)
+                    .await
+                    .expect("check")
+                {
+                    total += 1;
+                    if total == 100 {
+                        first_page = Some(t.elapsed());
+                    }
                 }
             }
-        }
+            (total, first_page)
+        })
+        .await;
         let all = t.elapsed();
         let first_page = first_page.unwrap_or(all);
-        let first = total;
-        let grown = resident_bytes().saturating_sub(before);
-        assert!(first > 0);
+        assert!(total > 0);
         println!(
             "| {share} | {total} | {:.2} ms | {:.1} ms | {:.1} MB |",
             first_page.as_secs_f64() * 1e3,
