@@ -55,6 +55,10 @@ pub struct Config {
     /// Requests in flight across all connections; beyond it calls are shed
     /// (RESOURCE_EXHAUSTED with RetryInfo). Health and reflection are exempt.
     pub max_in_flight: usize,
+    /// Calls one credential (its `authorization` header; none: anonymous)
+    /// may have in flight, streams counted until they end; 0: no limit.
+    /// Beyond it: RESOURCE_EXHAUSTED with RetryInfo, before any work.
+    pub max_concurrent_per_key: usize,
     /// Connections are closed (GOAWAY, 30 s grace) after this many seconds;
     /// 0 keeps them open. Spreads clients across replicas after scaling.
     pub max_connection_age_secs: u64,
@@ -135,6 +139,7 @@ impl Default for Config {
             max_concurrent_streams: 100,
             concurrency_limit_per_connection: 256,
             max_in_flight: 1_000,
+            max_concurrent_per_key: 0,
             max_connection_age_secs: 0,
             max_connections: 4_096,
             connection_preface_timeout_secs: 10,

@@ -381,7 +381,8 @@ pub async fn serve(
     );
     edge::sample_memory(&edge_stats);
     let _watch_memory = AbortOnDrop(tokio::spawn(edge::watch_memory(edge_stats.clone())));
-    let edge = edge::EdgeLayer::new(config.max_in_flight, edge_stats);
+    let edge = edge::EdgeLayer::new(config.max_in_flight, edge_stats)
+        .with_per_key_limit(config.max_concurrent_per_key);
     let mut builder = Server::builder()
         .layer(edge)
         .layer(tower::util::MapResponseLayer::new(

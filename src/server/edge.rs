@@ -9,6 +9,18 @@
 //! above the memory watermark (sampled every 250 ms). The permit is held until the handler returns
 //! its response (for streams: until the stream is set up), so the limit
 //! bounds concurrent evaluation, not open Watch streams.
+//!
+//! Per credential (`max_concurrent_per_key`), calls are limited too: the
+//! credential is the caller's `authorization` header (none: one
+//! "anonymous" credential), hashed with a per-process key into one of
+//! [`KEY_SLOTS`] slots, and its permit is held until the response *body*
+//! ends — a LookupResources stream evaluates while it streams, and an open
+//! Watch counts while it is open. A busy key is refused (RESOURCE_EXHAUSTED
+//! with RetryInfo) before any work, while other keys keep their own slots.
+//! Two credentials share a slot only by a hash collision (1 in
+//! [`KEY_SLOTS`] per pair), which can only make the limit stricter for
+//! them; a flood of made-up tokens spreads over every slot but holds each
+//! permit only until authentication refuses it.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -94,11 +106,32 @@ pub fn sample_memory(stats: &EdgeStats) {
     }
 }
 
+/// Slots of the per-credential limit (see the module docs).
+pub const KEY_SLOTS: usize = 1_024;
+
+/// Per-credential concurrency: one semaphore per slot.
+struct PerKey {
+    limit: usize,
+    slots: Vec<Arc<Semaphore>>,
+    hasher: foldhash::quality::RandomState,
+}
+
+impl PerKey {
+    /// The slot of a call's credential (its `authorization` header).
+    fn slot(&self, credential: Option<&[u8]>) -> &Arc<Semaphore> {
+        use std::hash::BuildHasher as _;
+        let h = self.hasher.hash_one(credential.unwrap_or_default());
+        // `slots` is never empty (KEY_SLOTS > 0): the modulus is in range.
+        &self.slots[(h % self.slots.len() as u64) as usize]
+    }
+}
+
 /// The layer; cheap to clone (shared semaphore and counters).
 #[derive(Clone)]
 pub struct EdgeLayer {
     permits: Arc<Semaphore>,
     limit: usize,
+    per_key: Option<Arc<PerKey>>,
     retry_after: Duration,
     stats: Arc<EdgeStats>,
 }
@@ -109,9 +142,47 @@ impl EdgeLayer {
         EdgeLayer {
             permits: Arc::new(Semaphore::new(max_in_flight)),
             limit: max_in_flight,
+            per_key: None,
             retry_after: Duration::from_millis(100),
             stats,
         }
+    }
+
+    /// And at most `per_key` calls at once per credential (0: no limit).
+    pub fn with_per_key_limit(mut self, per_key: usize) -> Self {
+        self.per_key = (per_key > 0).then(|| {
+            Arc::new(PerKey {
+                limit: per_key,
+                slots: (0..KEY_SLOTS)
+                    .map(|_| Arc::new(Semaphore::new(per_key)))
+                    .collect(),
+                hasher: foldhash::quality::RandomState::default(),
+            })
+        });
+        self
+    }
+}
+
+/// A response body that holds a permit until it ends (or is dropped).
+struct Held {
+    inner: tonic::body::Body,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl http_body::Body for Held {
+    type Data = bytes::Bytes;
+    type Error = tonic::Status;
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+    }
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -168,8 +239,33 @@ where
                 id
             }
         };
-        // Shed before any work: above the memory watermark, or with every
-        // in-flight permit taken.
+        // Shed before any work: over the caller's own concurrency, above the
+        // memory watermark, or with every in-flight permit taken.
+        let key_permit = match &self.layer.per_key {
+            Some(per_key) if !exempt(&path) => {
+                let credential = req
+                    .headers()
+                    .get(http::header::AUTHORIZATION)
+                    .map(|v| v.as_bytes());
+                match per_key.slot(credential).clone().try_acquire_owned() {
+                    Ok(p) => Some(p),
+                    Err(_) => {
+                        self.layer.stats.shed.fetch_add(1, Ordering::Relaxed);
+                        super::ops::record_shed(&path);
+                        tracing::warn!(target: "kinbar::security", method = %path, reason = "max_concurrent_per_key", "load shed");
+                        let status = crate::api::status::overloaded(
+                            format!(
+                                "this credential has {} calls in flight, its limit (max_concurrent_per_key); retry shortly",
+                                per_key.limit
+                            ),
+                            self.layer.retry_after,
+                        );
+                        return Box::pin(std::future::ready(Ok(status.into_http())));
+                    }
+                }
+            }
+            _ => None,
+        };
         let permit = if exempt(&path) {
             None
         } else {
@@ -232,6 +328,10 @@ where
                     }
                 };
                 drop(permit);
+                if let Some(p) = key_permit {
+                    response =
+                        response.map(|inner| tonic::body::Body::new(Held { inner, _permit: p }));
+                }
                 name_unknown_method(&mut response, &path);
                 clip_status(&mut response);
                 // A failed call carries its status in the headers
@@ -429,6 +529,113 @@ mod tests {
 
     fn req(path: &str) -> http::Request<()> {
         http::Request::builder().uri(path).body(()).unwrap()
+    }
+
+    fn keyed(path: &str, token: Option<&str>) -> http::Request<()> {
+        let mut b = http::Request::builder().uri(path);
+        if let Some(t) = token {
+            b = b.header("authorization", format!("Bearer {t}"));
+        }
+        b.body(()).unwrap()
+    }
+
+    /// An inner service whose response body streams until told to end
+    /// (one permit added per body to end).
+    #[derive(Clone)]
+    struct Streaming(Arc<tokio::sync::Semaphore>);
+
+    impl tower::Service<http::Request<()>> for Streaming {
+        type Response = http::Response<tonic::body::Body>;
+        type Error = std::convert::Infallible;
+        type Future = BoxFuture<Self::Response, Self::Error>;
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+        fn call(&mut self, _: http::Request<()>) -> Self::Future {
+            let n = self.0.clone();
+            let body = futures::stream::once(async move {
+                n.acquire().await.unwrap().forget();
+                Ok::<_, tonic::Status>(http_body::Frame::data(bytes::Bytes::from_static(b"x")))
+            });
+            Box::pin(async move {
+                Ok(http::Response::new(tonic::body::Body::new(
+                    http_body_util::StreamBody::new(body),
+                )))
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn one_credential_over_its_limit_is_refused_while_others_are_served() {
+        use http_body_util::BodyExt as _;
+        let stats = Arc::new(EdgeStats::default());
+        let end = Arc::new(tokio::sync::Semaphore::new(0));
+        let mut svc = EdgeLayer::new(100, stats.clone())
+            .with_per_key_limit(2)
+            .layer(Streaming(end.clone()));
+        let lookup = "/authzed.api.v1.PermissionsService/LookupResources";
+        // Two streams of key A are open (headers answered, bodies not ended).
+        let mut open = Vec::new();
+        for _ in 0..2 {
+            open.push(
+                svc.ready()
+                    .await
+                    .unwrap()
+                    .call(keyed(lookup, Some("a")))
+                    .await
+                    .unwrap(),
+            );
+        }
+        let refused = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(keyed(lookup, Some("a")))
+            .await
+            .unwrap();
+        let status = tonic::Status::from_header_map(refused.headers()).unwrap();
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+        assert!(
+            status.message().contains("max_concurrent_per_key"),
+            "{status:?}"
+        );
+        assert_eq!(stats.shed.load(Ordering::Relaxed), 1);
+        // Other credentials (and health) are not held back by A.
+        for other in [Some("b"), None] {
+            let ok = svc
+                .ready()
+                .await
+                .unwrap()
+                .call(keyed(lookup, other))
+                .await
+                .unwrap();
+            assert!(tonic::Status::from_header_map(ok.headers()).is_none());
+        }
+        let health = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(keyed("/grpc.health.v1.Health/Check", Some("a")))
+            .await
+            .unwrap();
+        assert!(tonic::Status::from_header_map(health.headers()).is_none());
+        // When A's streams end, A is served again.
+        let drained = tokio::spawn(async move {
+            for r in open {
+                let _ = r.into_body().collect().await;
+            }
+        });
+        end.add_permits(2);
+        drained.await.unwrap();
+        let again = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(keyed(lookup, Some("a")))
+            .await
+            .unwrap();
+        assert!(tonic::Status::from_header_map(again.headers()).is_none());
+        assert_eq!(stats.shed.load(Ordering::Relaxed), 1);
     }
 
     #[tokio::test]
