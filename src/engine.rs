@@ -556,6 +556,18 @@ impl Engine {
         Ok(self.compiled_at(&at).await?.0)
     }
 
+    /// The schema at the head, compiled, and the revision that wrote it
+    /// (what a write validated against it expects to still be current).
+    async fn head_schema(&self) -> Result<(Revision, Arc<Schema>), Error> {
+        let head = self.store.head_revision().await?;
+        let stored = self
+            .store
+            .read_schema(&head)
+            .await?
+            .ok_or(Error::NoSchema)?;
+        Ok((stored.written_at, self.schema_at(head).await?))
+    }
+
     /// The compiled schema in force at `at` and its fast-path plan.
     async fn compiled_at(&self, at: &Revision) -> Result<(Arc<Schema>, Arc<fast::Plan>), Error> {
         let stored = self.store.read_schema(at).await?.ok_or(Error::NoSchema)?;
@@ -780,27 +792,16 @@ impl Engine {
         for r in &relationships {
             validate_relationship(r)?;
         }
-        let head = self.store.head_revision().await?;
-        let stored = self
-            .store
-            .read_schema(&head)
-            .await?
-            .ok_or(Error::NoSchema)?;
-        let schema = self.schema_at(head).await?;
+        let (written_at, schema) = self.head_schema().await?;
         for r in &relationships {
-            schema
-                .check_relationship(r)
-                .map_err(|reason| Error::SchemaViolation {
-                    relationship: r.to_string(),
-                    reason,
-                })?;
+            conforms(&schema, r)?;
         }
         // No retry when the schema changes meanwhile (the relationships
         // are handed over, not copied): the import fails with ABORTED and
         // the caller retries, as after any serialization failure.
         let imported = self
             .store
-            .import(relationships, stored.written_at, metadata)
+            .import(relationships, written_at, metadata)
             .await
             .map_err(|e| match e {
                 StoreError::DuplicateInImport(r) => Error::InvalidArgument(format!(
@@ -936,21 +937,10 @@ impl Engine {
     /// if the schema changed between the read and the commit.
     async fn write_validated(&self, mut txn: WriteTxn) -> Result<CommittedTxn, Error> {
         for attempt in 0.. {
-            let head = self.store.head_revision().await?;
-            let stored = self
-                .store
-                .read_schema(&head)
-                .await?
-                .ok_or(Error::NoSchema)?;
-            let schema = self.schema_at(head).await?;
+            let (written_at, schema) = self.head_schema().await?;
             for u in &txn.updates {
                 if u.operation != crate::model::Operation::Delete {
-                    schema
-                        .check_relationship(&u.relationship)
-                        .map_err(|reason| Error::SchemaViolation {
-                            relationship: u.relationship.to_string(),
-                            reason,
-                        })?;
+                    conforms(&schema, &u.relationship)?;
                 }
             }
             for p in &txn.preconditions {
@@ -959,7 +949,7 @@ impl Engine {
             for d in &txn.deletes {
                 validate_filter(&schema, &d.filter)?;
             }
-            txn.expected_schema = Some(Some(stored.written_at));
+            txn.expected_schema = Some(Some(written_at));
             match self.store.write(&txn).await {
                 Err(StoreError::SchemaChanged) if attempt < 5 => continue,
                 Ok(c) => {
@@ -1140,6 +1130,16 @@ impl Engine {
         validate_member(&eval.schema, &resource.object_type, permission)?;
         eval.expand(resource, permission).await
     }
+}
+
+/// `rel` as `schema` allows it, else the schema violation.
+fn conforms(schema: &Schema, rel: &Relationship) -> Result<(), Error> {
+    schema
+        .check_relationship(rel)
+        .map_err(|reason| Error::SchemaViolation {
+            relationship: rel.to_string(),
+            reason,
+        })
 }
 
 fn validate_relationship(rel: &Relationship) -> Result<(), Error> {
