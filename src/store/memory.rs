@@ -25,6 +25,7 @@
 
 mod index;
 
+use std::cmp::Ordering;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -431,7 +432,14 @@ impl State {
         out
     }
 
-    /// By subject: the reverse index, then back into relationship order.
+    /// Relationships whose subject matches `s` (and `filter`), in
+    /// relationship order from `after`, at most `limit`. With subject ids,
+    /// a merge: the reverse index holds each `(subject, subject relation,
+    /// resource type, relation)` group sorted by resource id, i.e. in
+    /// relationship order within the group; each group is entered just
+    /// after the cursor and the groups' heads are merged, so a page costs
+    /// its own rows plus a seek per group, not the subject's whole range.
+    /// Without ids (every subject of a type), a scan of the type's range.
     fn query_by_subject(
         &self,
         at: u64,
@@ -441,40 +449,140 @@ impl State {
         limit: usize,
     ) -> Vec<Relationship> {
         let st = s.subject_type.as_str();
-        let starts: Vec<Option<&str>> = if s.subject_ids.is_empty() {
-            vec![None]
-        } else {
-            s.subject_ids.iter().map(|id| Some(id.as_str())).collect()
+        if s.subject_ids.is_empty() {
+            return self.scan_subject_type(at, filter, st, after, limit);
+        }
+        let Some(st_sym) = self.names.get(st) else {
+            return Vec::new();
         };
-        let mut found = Vec::new();
-        for sid in starts {
-            let lo = [
-                Some(st),
-                Some(sid.unwrap_or("")),
-                None,
-                Some(""),
-                Some(""),
-                Some(""),
-            ];
-            let from = self.reverse.seek(&self.names, &lo, false);
-            for e in self.reverse.iter_from(from) {
-                if self.names.resolve(e.key[0]) != Some(st)
-                    || sid.is_some_and(|id| self.names.resolve(e.key[1]) != Some(id))
-                {
+        let mut sids: Vec<Sym> = s
+            .subject_ids
+            .iter()
+            .filter_map(|id| self.names.get(id))
+            .collect();
+        sids.sort_unstable();
+        sids.dedup();
+        // Every group of every subject, entered after the cursor.
+        let mut groups = Vec::new();
+        for sid in sids {
+            let mut pos = self.reverse.seek_prefix(&self.names, &[st_sym, sid]);
+            while let Some(first) = self.reverse.iter_from(pos).next() {
+                if first.key[..2] != [st_sym, sid] {
                     break;
                 }
-                if !e.visible_at(at) {
-                    continue;
+                let g: [Sym; 5] = [
+                    first.key[0],
+                    first.key[1],
+                    first.key[2],
+                    first.key[3],
+                    first.key[4],
+                ];
+                let end = self.reverse.seek_past_prefix(&self.names, &g);
+                let from = match after {
+                    Some(a) => self.group_start_after(&g, a, pos),
+                    None => pos,
+                };
+                let entries = self
+                    .reverse
+                    .iter_from(from)
+                    .take_while(move |e| e.key[..5] == g)
+                    .filter(move |e| e.visible_at(at))
+                    .peekable();
+                groups.push(entries);
+                pos = end;
+            }
+        }
+        // Relationship order of two reverse keys: their forward keys'.
+        let fwd = |k: &Key| [k[3], k[5], k[4], k[0], k[1], k[2]];
+        let mut out = Vec::new();
+        while out.len() < limit {
+            let mut best: Option<(usize, Key)> = None;
+            for (i, g) in groups.iter_mut().enumerate() {
+                let Some(e) = g.peek() else { continue };
+                let k = fwd(&e.key);
+                if best
+                    .as_ref()
+                    .is_none_or(|(_, b)| self.names.cmp_keys(&k, b) == Ordering::Less)
+                {
+                    best = Some((i, k));
                 }
-                let k = e.key;
-                let rel = self.relationship(&[k[3], k[5], k[4], k[0], k[1], k[2]]);
-                if filter.matches(&rel) && after.is_none_or(|a| rel > *a) {
-                    found.push(rel);
-                }
+            }
+            let Some((i, k)) = best else { break };
+            if let Some(g) = groups.get_mut(i) {
+                g.next();
+            }
+            let rel = self.relationship(&k);
+            if filter.matches(&rel) {
+                out.push(rel);
+            }
+        }
+        out
+    }
+
+    /// Where group `g` (a reverse-key prefix of five symbols, starting at
+    /// `start`) continues after relationship `a`: its entries are ordered
+    /// by resource id, which within the group is relationship order.
+    fn group_start_after(&self, g: &[Sym; 5], a: &Relationship, start: index::Pos) -> index::Pos {
+        let n = |s: Sym| self.names.resolve(s);
+        let rtype = n(g[3]).unwrap_or_default();
+        match rtype.cmp(a.resource.object_type.as_str()) {
+            Ordering::Less => return self.reverse.seek_past_prefix(&self.names, g),
+            Ordering::Greater => return start,
+            Ordering::Equal => {}
+        }
+        // Same resource type: entries before `a`'s resource id come before
+        // it, after it after it; at its id, the rest of the key decides.
+        let rest = (
+            n(g[4]).unwrap_or_default(),
+            n(g[0]).unwrap_or_default(),
+            n(g[1]).unwrap_or_default(),
+            n(g[2]),
+        );
+        let theirs = (
+            a.relation.as_str(),
+            a.subject.object.object_type.as_str(),
+            a.subject.object.object_id.as_str(),
+            a.subject.relation.as_deref(),
+        );
+        let probe = [
+            n(g[0]),
+            n(g[1]),
+            n(g[2]),
+            Some(rtype),
+            n(g[4]),
+            Some(a.resource.object_id.as_str()),
+        ];
+        // At `a`'s id an entry is at or before `a` when the rest of its key is.
+        self.reverse.seek(&self.names, &probe, rest <= theirs)
+    }
+
+    /// Relationships whose subject has type `st` (any id), matching
+    /// `filter`, in relationship order after `after`, at most `limit`.
+    fn scan_subject_type(
+        &self,
+        at: u64,
+        filter: &RelationshipFilter,
+        st: &str,
+        after: Option<&Relationship>,
+        limit: usize,
+    ) -> Vec<Relationship> {
+        let lo = [Some(st), Some(""), None, Some(""), Some(""), Some("")];
+        let from = self.reverse.seek(&self.names, &lo, false);
+        let mut found = Vec::new();
+        for e in self.reverse.iter_from(from) {
+            if self.names.resolve(e.key[0]) != Some(st) {
+                break;
+            }
+            if !e.visible_at(at) {
+                continue;
+            }
+            let k = e.key;
+            let rel = self.relationship(&[k[3], k[5], k[4], k[0], k[1], k[2]]);
+            if filter.matches(&rel) && after.is_none_or(|a| rel > *a) {
+                found.push(rel);
             }
         }
         found.sort();
-        found.dedup();
         found.truncate(limit);
         found
     }

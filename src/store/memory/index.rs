@@ -456,6 +456,18 @@ impl Index {
         self.partition(self.before_prefix(names, prefix))
     }
 
+    /// The first position after every key starting with `prefix`.
+    pub fn seek_past_prefix(&self, names: &Interner, prefix: &[Sym]) -> Pos {
+        self.partition(|e| {
+            for (x, y) in e.key.iter().zip(prefix) {
+                if x != y {
+                    return names.cmp_syms(*x, *y) == Ordering::Less;
+                }
+            }
+            true
+        })
+    }
+
     /// [`Index::seek_prefix`] from `start`, a position known to be at or
     /// before the answer (e.g. where the prefix's object starts): an
     /// exponential then binary search within `start`'s chunk, touching only
