@@ -296,10 +296,19 @@ pub(crate) struct Evaluator<'e> {
 
 impl Evaluator<'_> {
     async fn read(&self, filter: &RelationshipFilter) -> Result<Vec<Relationship>, Error> {
+        self.read_page(filter, &Page::default()).await
+    }
+
+    /// One page of [`Evaluator::read`].
+    async fn read_page(
+        &self,
+        filter: &RelationshipFilter,
+        page: &Page,
+    ) -> Result<Vec<Relationship>, Error> {
         let started = std::time::Instant::now();
         let span = tracing::trace_span!("datastore.query", rows = tracing::field::Empty);
         let rows = tracing::Instrument::instrument(
-            self.engine.store.query(&self.at, filter, &Page::default()),
+            self.engine.store.query(&self.at, filter, page),
             span.clone(),
         )
         .await?;

@@ -22,10 +22,13 @@
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 
 use super::{Error, Evaluator};
-use crate::model::{ObjectRef, RelationshipFilter, SubjectFilter, SubjectRef, WILDCARD_ID};
+use crate::model::{ObjectRef, Page, RelationshipFilter, SubjectFilter, SubjectRef, WILDCARD_ID};
 use crate::schema::{AllowedType, MemberKind, Rewrite, Schema};
 
 type Node = (String, String);
+
+/// Rows a walk reads at once from one subject's relationships.
+const WALK_PAGE: usize = 1_000;
 
 /// The schema edges a LookupResources walk follows towards one target.
 #[derive(Debug, Default)]
@@ -326,35 +329,48 @@ impl Evaluator<'_> {
             let Some(&arrows) = plan.reads_subjects.get(&node) else {
                 continue;
             };
-            let rows = self
-                .read(&RelationshipFilter {
-                    subject: Some(SubjectFilter {
-                        subject_type: object.object_type.clone(),
-                        subject_ids: vec![object.object_id.clone()],
-                        relation: if arrows {
-                            None
-                        } else {
-                            Some(Some(member.clone()))
-                        },
-                        exclude_wildcard: true,
-                    }),
-                    ..Default::default()
-                })
-                .await?;
-            for rel in rows {
-                if rel.subject.relation.as_deref() == Some(member.as_str()) {
-                    push(rel.resource.clone(), rel.relation.clone(), &mut queue);
-                }
-                if arrows {
-                    let key = (
-                        rel.resource.object_type.clone(),
-                        rel.relation.clone(),
-                        member.clone(),
-                    );
-                    for q in plan.arrows.get(&key).into_iter().flatten() {
-                        push(rel.resource.clone(), q.clone(), &mut queue);
+            let filter = RelationshipFilter {
+                subject: Some(SubjectFilter {
+                    subject_type: object.object_type.clone(),
+                    subject_ids: vec![object.object_id.clone()],
+                    relation: if arrows {
+                        None
+                    } else {
+                        Some(Some(member.clone()))
+                    },
+                    exclude_wildcard: true,
+                }),
+                ..Default::default()
+            };
+            // In pages on the memory store, which pages a subject's rows by
+            // seeks (a group of everyone is named by every document); one
+            // read elsewhere (Postgres sorts a subject's rows to page them).
+            let mut page = Page {
+                after: None,
+                limit: self.engine.store.symbol_reads().map(|_| WALK_PAGE),
+            };
+            loop {
+                let rows = self.read_page(&filter, &page).await?;
+                let more = page.limit.is_some_and(|l| rows.len() >= l);
+                for rel in &rows {
+                    if rel.subject.relation.as_deref() == Some(member.as_str()) {
+                        push(rel.resource.clone(), rel.relation.clone(), &mut queue);
+                    }
+                    if arrows {
+                        let key = (
+                            rel.resource.object_type.clone(),
+                            rel.relation.clone(),
+                            member.clone(),
+                        );
+                        for q in plan.arrows.get(&key).into_iter().flatten() {
+                            push(rel.resource.clone(), q.clone(), &mut queue);
+                        }
                     }
                 }
+                if !more {
+                    break;
+                }
+                page.after = rows.into_iter().last();
             }
         }
         Ok(out)
