@@ -206,6 +206,36 @@ fn reference_apply(
     Some(next)
 }
 
+/// Everything `filter` matches at `rev`, read in pages of `page`.
+async fn read_paged(
+    store: &MemoryStore,
+    rev: &kinbar::Revision,
+    filter: &RelationshipFilter,
+    page: usize,
+) -> Vec<Relationship> {
+    let mut paged = Vec::new();
+    let mut after = None;
+    loop {
+        let got = store
+            .query(
+                rev,
+                filter,
+                &Page {
+                    after: after.clone(),
+                    limit: Some(page),
+                },
+            )
+            .await
+            .unwrap();
+        after = got.last().cloned();
+        let done = got.len() < page;
+        paged.extend(got);
+        if done {
+            return paged;
+        }
+    }
+}
+
 async fn model_run(txns: Vec<GenTxn>, page: usize) -> Result<(), TestCaseError> {
     use kinbar::store::{DeleteByFilter, Operation, Update, WriteTxn};
     let store = MemoryStore::new(MemoryOptions {
@@ -282,31 +312,11 @@ async fn model_run(txns: Vec<GenTxn>, page: usize) -> Result<(), TestCaseError> 
             }
             let want: Vec<Relationship> = state.iter().cloned().collect();
             prop_assert_eq!(&all.unwrap(), &want);
-            let mut paged = Vec::new();
-            let mut after = None;
-            loop {
-                let filter = RelationshipFilter {
-                    resource_type: Some("doc".into()),
-                    ..Default::default()
-                };
-                let got = store
-                    .query(
-                        rev,
-                        &filter,
-                        &Page {
-                            after: after.clone(),
-                            limit: Some(page),
-                        },
-                    )
-                    .await
-                    .unwrap();
-                after = got.last().cloned();
-                let done = got.len() < page;
-                paged.extend(got);
-                if done {
-                    break;
-                }
-            }
+            let docs = RelationshipFilter {
+                resource_type: Some("doc".into()),
+                ..Default::default()
+            };
+            let paged = read_paged(&store, rev, &docs, page).await;
             prop_assert_eq!(&paged, &want);
             for s in 0..SUBJECTS.len() as u8 {
                 let f = RelationshipFilter {
@@ -341,27 +351,7 @@ async fn model_run(txns: Vec<GenTxn>, page: usize) -> Result<(), TestCaseError> 
                 ] {
                     let want: Vec<Relationship> =
                         state.iter().filter(|r| f.matches(r)).cloned().collect();
-                    let mut paged = Vec::new();
-                    let mut after = None;
-                    loop {
-                        let got = store
-                            .query(
-                                rev,
-                                &f,
-                                &Page {
-                                    after: after.clone(),
-                                    limit: Some(page),
-                                },
-                            )
-                            .await
-                            .unwrap();
-                        after = got.last().cloned();
-                        let done = got.len() < page;
-                        paged.extend(got);
-                        if done {
-                            break;
-                        }
-                    }
+                    let paged = read_paged(&store, rev, &f, page).await;
                     prop_assert_eq!(paged, want);
                 }
             }

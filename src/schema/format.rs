@@ -172,7 +172,10 @@ impl Printer<'_> {
 
 fn doc(out: &mut String, doc: &Option<String>, indent: &str) {
     let Some(text) = doc else { return };
-    if !text.contains('\n') {
+    // One line, unless the text starts with `*`: the lexer strips one `*`
+    // at the start of each doc line, so `/** *x */` would read back as `x`
+    // (found by fuzzing); ` * *x` on its own line reads back as `*x`.
+    if !text.contains('\n') && !text.starts_with('*') {
         out.push_str(&format!("{indent}/** {text} */\n"));
         return;
     }
