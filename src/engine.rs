@@ -30,7 +30,7 @@ use crate::model::{
     TxnMetadata, Update, validate_name, validate_object_id, validate_type_name,
 };
 use crate::schema::{self, AllowedType, Compiled, Diagnostic, MemberKind, Schema, SchemaError};
-use crate::store::{Datastore, SchemaWrite, StoreError, WriteTxn};
+use crate::store::{Datastore, SchemaWrite, StoreError, StoredSchema, WriteTxn};
 
 /// The answer to a check. Three-valued so that caveats (phase 2) fit:
 /// `Conditional` means "allowed if the missing caveat context holds".
@@ -574,12 +574,19 @@ impl Engine {
             .read_schema(&head)
             .await?
             .ok_or(Error::NoSchema)?;
-        Ok((stored.written_at, self.schema_at(head).await?))
+        let (schema, _) = self.compiled(&stored)?;
+        Ok((stored.written_at, schema))
     }
 
     /// The compiled schema in force at `at` and its fast-path plan.
     async fn compiled_at(&self, at: &Revision) -> Result<(Arc<Schema>, Arc<fast::Plan>), Error> {
         let stored = self.store.read_schema(at).await?.ok_or(Error::NoSchema)?;
+        self.compiled(&stored)
+    }
+
+    /// `stored` compiled with its fast-path plan: the kept one when it is
+    /// the last compiled schema, else compiled now and kept.
+    fn compiled(&self, stored: &StoredSchema) -> Result<(Arc<Schema>, Arc<fast::Plan>), Error> {
         if let Ok(guard) = self.compiled.lock()
             && let Some((rev, schema, plan)) = guard.as_ref()
             && *rev == stored.written_at
@@ -600,7 +607,7 @@ impl Engine {
         let plan = Arc::new(fast::Plan::compile(&compiled.schema));
         let schema = Arc::new(compiled.schema);
         if let Ok(mut guard) = self.compiled.lock() {
-            *guard = Some((stored.written_at, schema.clone(), plan.clone()));
+            *guard = Some((stored.written_at.clone(), schema.clone(), plan.clone()));
         }
         Ok((schema, plan))
     }

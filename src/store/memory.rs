@@ -204,6 +204,11 @@ fn reverse_key(k: &Key) -> Key {
     [k[3], k[4], k[5], k[0], k[2], k[1]]
 }
 
+/// A reverse-index key's forward key (the inverse of [`reverse_key`]).
+fn forward_key(k: &Key) -> Key {
+    [k[3], k[5], k[4], k[0], k[1], k[2]]
+}
+
 fn probe_of(rel: &Relationship) -> Probe<'_> {
     [
         Some(&rel.resource.object_type),
@@ -493,13 +498,12 @@ impl State {
             }
         }
         // Relationship order of two reverse keys: their forward keys'.
-        let fwd = |k: &Key| [k[3], k[5], k[4], k[0], k[1], k[2]];
         let mut out = Vec::new();
         while out.len() < limit {
             let mut best: Option<(usize, Key)> = None;
             for (i, g) in groups.iter_mut().enumerate() {
                 let Some(e) = g.peek() else { continue };
-                let k = fwd(&e.key);
+                let k = forward_key(&e.key);
                 if best
                     .as_ref()
                     .is_none_or(|(_, b)| self.names.cmp_keys(&k, b) == Ordering::Less)
@@ -576,8 +580,7 @@ impl State {
             if !e.visible_at(at) {
                 continue;
             }
-            let k = e.key;
-            let rel = self.relationship(&[k[3], k[5], k[4], k[0], k[1], k[2]]);
+            let rel = self.relationship(&forward_key(&e.key));
             if filter.matches(&rel) && after.is_none_or(|a| rel > *a) {
                 found.push(rel);
             }
@@ -1259,8 +1262,8 @@ impl Datastore for MemoryStore {
         // The import's input is freed by now (its strings as they were
         // taken in, the gRPC messages as they were converted), scattered
         // below the new index in the arenas of whichever threads decoded
-        // it: give those pages back (1M relationships over gRPC: ~310 →
-        // ~190 resident bytes each).
+        // it: give those pages back (1M relationships imported over gRPC:
+        // 312 → 140 resident bytes each, BENCHMARKS.md).
         kinbar_alloc::release_free_memory();
         Ok(Imported {
             revision: revision(number),

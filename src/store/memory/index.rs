@@ -107,7 +107,11 @@ impl Interner {
 
     /// The symbol of `s`, if it was ever interned.
     pub fn get(&self, s: &str) -> Option<Sym> {
-        let hash = self.hasher.hash_one(s);
+        self.find(self.hasher.hash_one(s), s)
+    }
+
+    /// The symbol of `s`, whose hash is `hash`, if interned.
+    fn find(&self, hash: u64, s: &str) -> Option<Sym> {
         self.table
             .find(hash, |&sym| {
                 Self::text(&self.bytes, &self.ends, sym) == Some(s)
@@ -122,11 +126,7 @@ impl Interner {
 
     pub fn intern(&mut self, s: &str) -> Sym {
         let hash = self.hasher.hash_one(s);
-        let (bytes, ends) = (&self.bytes, &self.ends);
-        if let Some(&sym) = self
-            .table
-            .find(hash, |&sym| Self::text(bytes, ends, sym) == Some(s))
-        {
+        if let Some(sym) = self.find(hash, s) {
             return sym;
         }
         // Symbols are u32 by design (an index entry is six of them); four
