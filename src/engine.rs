@@ -13,6 +13,7 @@ mod check;
 mod expand;
 mod fast;
 mod lookup;
+mod prefetch;
 mod reach;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -194,6 +195,9 @@ pub struct EngineMetrics {
     /// evaluator (no symbol reads, a data cycle, a limit, or turned off).
     pub fast_answers: AtomicU64,
     pub general_answers: AtomicU64,
+    /// Statements the evaluators sent to the datastore: one per read, one
+    /// per batch of prefetched reads (round trips on Postgres).
+    pub datastore_queries: AtomicU64,
 }
 
 impl EngineMetrics {
@@ -292,11 +296,36 @@ pub(crate) struct Evaluator<'e> {
     /// The deepest sub-problem reached (hops through relations and
     /// permissions), for the dispatch-depth metric.
     deepest: std::sync::atomic::AtomicU32,
+    /// Reads asked ahead in batches (`prefetch.rs`), each taken by the
+    /// first [`Evaluator::read`] of its filter. `None` on a store whose
+    /// reads are not round trips.
+    prefetched: Option<Mutex<prefetch::Prefetched>>,
 }
 
 impl Evaluator<'_> {
     async fn read(&self, filter: &RelationshipFilter) -> Result<Vec<Relationship>, Error> {
+        if let Some(rows) = self.take_prefetched(filter) {
+            self.count_rows(rows.len())?;
+            return Ok(rows);
+        }
         self.read_page(filter, &Page::default()).await
+    }
+
+    /// Adds `n` relationships read to the request's total, refused past
+    /// its budget.
+    fn count_rows(&self, n: usize) -> Result<(), Error> {
+        let total = self
+            .rows
+            .fetch_add(n as u64, Ordering::Relaxed)
+            .saturating_add(n as u64);
+        if total > self.budget.max_rows_read {
+            return Err(Error::BudgetExceeded {
+                what: "relationships read",
+                setting: "max_rows_per_request",
+                limit: self.budget.max_rows_read,
+            });
+        }
+        Ok(())
     }
 
     /// One page of [`Evaluator::read`].
@@ -306,6 +335,10 @@ impl Evaluator<'_> {
         page: &Page,
     ) -> Result<Vec<Relationship>, Error> {
         let started = std::time::Instant::now();
+        self.engine
+            .metrics
+            .datastore_queries
+            .fetch_add(1, Ordering::Relaxed);
         let span = tracing::trace_span!("datastore.query", rows = tracing::field::Empty);
         let rows = tracing::Instrument::instrument(
             self.engine.store.query(&self.at, filter, page),
@@ -315,17 +348,7 @@ impl Evaluator<'_> {
         span.record("rows", rows.len());
         metrics::histogram!("kinbar_datastore_query_duration_seconds")
             .record(started.elapsed().as_secs_f64());
-        let total = self
-            .rows
-            .fetch_add(rows.len() as u64, Ordering::Relaxed)
-            .saturating_add(rows.len() as u64);
-        if total > self.budget.max_rows_read {
-            return Err(Error::BudgetExceeded {
-                what: "relationships read",
-                setting: "max_rows_per_request",
-                limit: self.budget.max_rows_read,
-            });
-        }
+        self.count_rows(rows.len())?;
         Ok(rows)
     }
 
@@ -691,6 +714,7 @@ impl Engine {
             expand_elements: AtomicU64::new(0),
             walked: AtomicU64::new(0),
             deepest: std::sync::atomic::AtomicU32::new(0),
+            prefetched: self.store.batches_reads().then(Default::default),
         }
     }
 

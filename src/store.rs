@@ -147,6 +147,11 @@ pub type Sym = u32;
 /// The [`Sym`] of "no subject relation".
 pub const NO_RELATION: Sym = 0;
 
+/// The most filters a store with round trips should answer in one
+/// statement of [`Datastore::query_many`] (Postgres: a `UNION ALL` of this
+/// many branches); more are sent in chunks of this size.
+pub const QUERY_MANY_CHUNK: usize = 32;
+
 /// Synchronous reads by interned symbols: the engine's fast check path
 /// (memory store). A check runs entirely inside one [`SymbolReads::with_view`]
 /// call, so it sees one revision under one lock, with no allocation, no
@@ -237,6 +242,30 @@ pub trait Datastore: Send + Sync + 'static {
         filter: &RelationshipFilter,
         page: &Page,
     ) -> Result<Vec<Relationship>, StoreError>;
+
+    /// Whether every [`Datastore::query`] is a round trip worth saving: the
+    /// engine then asks the reads of one evaluation step together through
+    /// [`Datastore::query_many`] (Postgres). The memory store answers a
+    /// read in well under a microsecond and says no.
+    fn batches_reads(&self) -> bool {
+        false
+    }
+
+    /// Several unpaged queries at one revision, answered in the order
+    /// asked: `result[i]` is exactly what `query(at, &filters[i], &Page::default())`
+    /// returns. A store with round trips answers them in one; this default
+    /// asks them one by one.
+    async fn query_many(
+        &self,
+        at: &Revision,
+        filters: &[RelationshipFilter],
+    ) -> Result<Vec<Vec<Relationship>>, StoreError> {
+        let mut out = Vec::with_capacity(filters.len());
+        for f in filters {
+            out.push(self.query(at, f, &Page::default()).await?);
+        }
+        Ok(out)
+    }
 
     /// Commits a transaction; returns it as committed (its revision and changes).
     async fn write(&self, txn: &WriteTxn) -> Result<CommittedTxn, StoreError>;

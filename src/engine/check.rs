@@ -39,9 +39,7 @@ use std::sync::Arc;
 use futures::future::BoxFuture;
 
 use super::{Decision, Error, Evaluator};
-use crate::model::WILDCARD_ID;
 use crate::model::{ObjectRef, SubjectRef};
-use crate::model::{RelationshipFilter, SubjectFilter};
 use crate::schema::{AllowedType, ArrowKind, MemberKind, Rewrite};
 
 /// The path nodes (frame ids) a result assumed to be denied because
@@ -136,7 +134,7 @@ impl Path<'_> {
         std::iter::successors(Some(self), |p| p.parent)
     }
 
-    fn find(&self, resource: &ObjectRef, member: &str) -> Option<&Path<'_>> {
+    pub(super) fn find(&self, resource: &ObjectRef, member: &str) -> Option<&Path<'_>> {
         self.iter()
             .find(|p| p.resource == resource && p.member == member)
     }
@@ -310,6 +308,8 @@ impl Evaluator<'_> {
                     return Ok(o);
                 }
                 let started = key.is_some().then(std::time::Instant::now);
+                self.prefetch(std::iter::once((resource, member)), subject, path)
+                    .await?;
                 let here = Path {
                     resource,
                     member,
@@ -380,22 +380,14 @@ impl Evaluator<'_> {
         depth: u32,
         here: &Path<'_>,
     ) -> Result<Outcome, Error> {
-        let mut filter = RelationshipFilter::resource_relation(
-            &resource.object_type,
-            &resource.object_id,
-            relation,
-        );
-        filter.subject = Some(SubjectFilter {
-            subject_type: subject.object.object_type.clone(),
-            subject_ids: vec![subject.object.object_id.clone(), WILDCARD_ID.to_string()],
-            ..Default::default()
-        });
-        let direct = self.read(&filter).await?;
-        if direct
-            .iter()
-            .any(|r| r.subject == *subject || r.subject.is_wildcard())
-        {
-            return Ok(Outcome::of(Decision::Allowed));
+        if let Some(filter) = self.direct_read(resource, relation, subject) {
+            let direct = self.read(&filter).await?;
+            if direct
+                .iter()
+                .any(|r| r.subject == *subject || r.subject.is_wildcard())
+            {
+                return Ok(Outcome::of(Decision::Allowed));
+            }
         }
         let allowed = self
             .schema
@@ -407,12 +399,16 @@ impl Evaluator<'_> {
             let AllowedType::Userset(t, r) = a else {
                 continue;
             };
-            filter.subject = Some(SubjectFilter {
-                subject_type: t.clone(),
-                relation: Some(Some(r.clone())),
-                ..Default::default()
-            });
-            for rel in self.read(&filter).await? {
+            let members = self
+                .read(&super::prefetch::userset_read(resource, relation, t, r))
+                .await?;
+            self.prefetch(
+                members.iter().map(|rel| (&rel.subject.object, r.as_str())),
+                subject,
+                Some(here),
+            )
+            .await?;
+            for rel in members {
                 let o = self
                     .check(&rel.subject.object, r, subject, depth + 1, Some(here))
                     .await?;
@@ -530,6 +526,8 @@ impl Evaluator<'_> {
         let rels = self.read_relation(resource, relation).await?;
         // Arrows follow relationships to their objects, ignoring subject relations.
         let objects: BTreeSet<&ObjectRef> = rels.iter().map(|r| &r.subject.object).collect();
+        self.prefetch(objects.iter().map(|o| (*o, target)), subject, Some(here))
+            .await?;
         let mut acc = Outcome::of(Decision::Denied);
         let mut any_object = false;
         for object in objects {

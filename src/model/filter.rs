@@ -18,7 +18,7 @@ pub enum Consistency {
 }
 
 /// Selects relationships. Every `None`/empty field matches anything.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct RelationshipFilter {
     pub resource_type: Option<String>,
     /// Any of these ids (empty: any id).
@@ -29,7 +29,7 @@ pub struct RelationshipFilter {
 }
 
 /// Selects subjects of relationships.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct SubjectFilter {
     pub subject_type: String,
     /// Any of these ids (empty: any id, wildcard included).

@@ -157,6 +157,8 @@ pub async fn export_engine_stats(engine: &Engine) {
         .absolute(m.fast_answers.load(Ordering::Relaxed));
     metrics::counter!("kinbar_checks_general_evaluator_total")
         .absolute(m.general_answers.load(Ordering::Relaxed));
+    metrics::counter!("kinbar_datastore_queries_total")
+        .absolute(m.datastore_queries.load(Ordering::Relaxed));
     metrics::counter!("kinbar_lookup_walk_reuses_total")
         .absolute(m.walk_reuses.load(Ordering::Relaxed));
     if hits + misses > 0 {

@@ -127,13 +127,8 @@ impl Datastore for PostgresStore {
     ) -> Result<Vec<Relationship>, StoreError> {
         let started = Instant::now();
         let snap = self.readable(at).await?;
-        let mut qb = QueryBuilder::new(format!(
-            "SELECT {COLS} FROM relationships WHERE pg_visible_in_snapshot(created_xid, "
-        ));
-        qb.push_bind(at.as_str().to_string())
-            .push("::pg_snapshot) AND (deleted_xid IS NULL OR NOT pg_visible_in_snapshot(deleted_xid, ")
-            .push_bind(at.as_str().to_string())
-            .push("::pg_snapshot))");
+        let mut qb = QueryBuilder::new(format!("SELECT {COLS} FROM relationships WHERE "));
+        push_visible(&mut qb, at);
         push_filter(&mut qb, filter);
         push_after(&mut qb, page.after.as_ref());
         qb.push(format!(" ORDER BY {COLS}"));
@@ -148,6 +143,55 @@ impl Datastore for PostgresStore {
             .map_err(db_err)?;
         self.still_readable(at, &snap, started).await?;
         rows.iter().map(row_rel).collect()
+    }
+
+    fn batches_reads(&self) -> bool {
+        true
+    }
+
+    /// One statement per [`QUERY_MANY_CHUNK`] filters: a `UNION ALL` of
+    /// each filter's own query (scalar binds, so each branch seeks its
+    /// index like a single read does), its rows tagged with its position.
+    async fn query_many(
+        &self,
+        at: &Revision,
+        filters: &[RelationshipFilter],
+    ) -> Result<Vec<Vec<Relationship>>, StoreError> {
+        let started = Instant::now();
+        let snap = self.readable(at).await?;
+        let mut out: Vec<Vec<Relationship>> = vec![Vec::new(); filters.len()];
+        for (chunk_no, chunk) in filters.chunks(QUERY_MANY_CHUNK).enumerate() {
+            let mut qb = QueryBuilder::new("");
+            for (i, filter) in chunk.iter().enumerate() {
+                if i > 0 {
+                    qb.push(" UNION ALL ");
+                }
+                // SQL-SAFE: `i` is an integer literal of ours.
+                qb.push(format!(
+                    "(SELECT {COLS}, {i} AS q FROM relationships WHERE "
+                ));
+                push_visible(&mut qb, at);
+                push_filter(&mut qb, filter);
+                qb.push(")");
+            }
+            qb.push(format!(" ORDER BY q, {COLS}"));
+            let rows = qb
+                .build()
+                .fetch_all(self.reader(&snap).await)
+                .await
+                .map_err(db_err)?;
+            let base = chunk_no * QUERY_MANY_CHUNK;
+            for row in &rows {
+                let q: i32 = row.try_get(6).map_err(db_err)?;
+                let slot = usize::try_from(q)
+                    .ok()
+                    .and_then(|q| out.get_mut(base + q))
+                    .ok_or_else(|| StoreError::Internal(format!("query_many: bad branch {q}")))?;
+                slot.push(row_rel(row)?);
+            }
+        }
+        self.still_readable(at, &snap, started).await?;
+        Ok(out)
     }
 
     async fn write(&self, txn: &WriteTxn) -> Result<CommittedTxn, StoreError> {

@@ -80,6 +80,16 @@ pub(super) fn row_rel(row: &sqlx::postgres::PgRow) -> Result<Relationship, Store
     })
 }
 
+/// `<visible at at>`: a version created before `at` and not deleted
+/// before it.
+pub(super) fn push_visible(qb: &mut QueryBuilder<Postgres>, at: &Revision) {
+    qb.push("pg_visible_in_snapshot(created_xid, ")
+        .push_bind(at.as_str().to_string())
+        .push("::pg_snapshot) AND (deleted_xid IS NULL OR NOT pg_visible_in_snapshot(deleted_xid, ")
+        .push_bind(at.as_str().to_string())
+        .push("::pg_snapshot))");
+}
+
 /// `AND <filter>` for `filter`.
 pub(super) fn push_filter(qb: &mut QueryBuilder<Postgres>, filter: &RelationshipFilter) {
     if let Some(t) = &filter.resource_type {
