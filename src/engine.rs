@@ -395,20 +395,29 @@ impl Evaluator<'_> {
         Ok(())
     }
 
-    /// One step of a lookup walk (`reach.rs`): bounded by the rows budget
+    /// `n` steps of a lookup walk (`reach.rs`): bounded by the rows budget
     /// (every step was reached through a row read) and the clock, not by
     /// the sub-problem budget — a user who may see 100,000 resources takes
     /// 200,000 steps, which is no sign of a runaway evaluation.
-    fn walk_step(&self) -> Result<(), Error> {
-        let step = self.walked.fetch_add(1, Ordering::Relaxed);
-        if step > self.budget.max_rows_read {
+    fn walk_steps(&self, n: u64) -> Result<(), Error> {
+        if n == 0 {
+            return Ok(());
+        }
+        let before = self.walked.fetch_add(n, Ordering::Relaxed);
+        let last = before.saturating_add(n - 1);
+        if last > self.budget.max_rows_read {
             return Err(Error::BudgetExceeded {
                 what: "lookup steps",
                 setting: "max_rows_per_request",
                 limit: self.budget.max_rows_read,
             });
         }
-        self.check_clock(step)
+        // The clock is read once per 256 steps: whenever these steps
+        // cross a multiple of 256.
+        if before / 256 != (last + 1) / 256 {
+            return self.check_clock(255);
+        }
+        Ok(())
     }
 
     /// Counts `n` elements of the Expand response being built.
