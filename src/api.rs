@@ -14,6 +14,7 @@ mod permissions;
 pub mod proto;
 mod schema_service;
 pub mod status;
+mod tenant;
 pub mod token;
 mod watch;
 
@@ -125,7 +126,7 @@ impl Api {
         &self,
         request: &Request<T>,
         scope: Scope,
-    ) -> Result<String, Status> {
+    ) -> Result<auth::Caller, Status> {
         self.auth.authorize(request, scope)
     }
 

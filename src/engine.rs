@@ -735,13 +735,28 @@ impl Engine {
         text: &str,
         metadata: TxnMetadata,
     ) -> Result<SchemaWriteResult, Error> {
-        let Compiled {
-            schema, warnings, ..
-        } = schema::compile(text, &self.config.schema_limits)
-            .map_err(|e| Error::Schema(Box::new(e)))?;
+        self.write_schema_from(|_| Ok(text.to_string()), metadata)
+            .await
+    }
+
+    /// Like [`Engine::write_schema`], with the text made from the schema
+    /// text in force (`None`: none yet) by `make` — called again if the
+    /// schema changes before the write commits, so a change made from the
+    /// current schema (a tenant replacing its own definitions) never
+    /// overwrites one committed in between.
+    pub async fn write_schema_from(
+        &self,
+        make: impl Fn(Option<&str>) -> Result<String, Error>,
+        metadata: TxnMetadata,
+    ) -> Result<SchemaWriteResult, Error> {
         for attempt in 0.. {
             let head = self.store.head_revision().await?;
             let current = self.store.read_schema(&head).await?;
+            let text = make(current.as_ref().map(|c| &*c.text))?;
+            let Compiled {
+                schema, warnings, ..
+            } = schema::compile(&text, &self.config.schema_limits)
+                .map_err(|e| Error::Schema(Box::new(e)))?;
             let (expected, preconditions) = match &current {
                 None => (None, Vec::new()),
                 Some(stored) => {
@@ -755,9 +770,7 @@ impl Engine {
             let txn = WriteTxn {
                 expected_schema: Some(expected),
                 preconditions: preconditions.clone(),
-                schema: Some(SchemaWrite {
-                    text: text.to_string(),
-                }),
+                schema: Some(SchemaWrite { text }),
                 metadata: metadata.clone(),
                 ..Default::default()
             };

@@ -24,14 +24,39 @@ impl AdminService for AdminApi {
         &self,
         request: Request<kpb::OffboardRequest>,
     ) -> Result<Response<kpb::OffboardResponse>, Status> {
-        let actor = self.0.authorize(&request, Scope::Write)?;
+        let caller = self.0.authorize(&request, Scope::Write)?;
         let req = request.get_ref();
         let departing = subject(&req.subject, "subject")?;
         let successor = match req.optional_successor.as_str() {
             "" => None,
             s => Some(subject(s, "optional_successor")?),
         };
-        let mut metadata = self.0.write_metadata(&request, actor, None);
+        caller.confine(
+            std::iter::once(&departing)
+                .chain(successor.as_ref())
+                .map(|s| s.object.object_type.as_str()),
+        )?;
+        if caller.tenant.is_confined() {
+            // A link an unconfined key made from another tenant's type to
+            // this subject is not this key's to remove: refuse, naming none.
+            let planned = self
+                .0
+                .engine
+                .offboard(&departing, successor.as_ref(), Default::default(), true)
+                .await
+                .map_err(status::from_engine)?;
+            if planned
+                .relationships
+                .iter()
+                .any(|r| !caller.tenant.allows(&r.resource.object_type))
+            {
+                return Err(caller.refuse(format!(
+                    "`{departing}` is also named by relationships outside {}; an unconfined key must offboard it",
+                    caller.tenant.describe()
+                )));
+            }
+        }
+        let mut metadata = self.0.write_metadata(&request, caller.actor, None);
         let reason = match (&req.reason, &successor) {
             (r, _) if !r.is_empty() => r.clone(),
             (_, Some(s)) => format!("offboarding: {departing} hands over to {s}"),

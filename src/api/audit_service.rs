@@ -47,6 +47,39 @@ fn to_pb(api: &Api, r: &AuditRecord) -> kpb::AuditTransaction {
     }
 }
 
+/// A record as a confined key sees it: only changes to its types, the
+/// schema texts cut to its definitions; `None` when nothing of it is the
+/// key's (another tenant's transaction).
+fn tenant_view(
+    api: &Api,
+    tenant: &super::auth::Tenant,
+    r: &AuditRecord,
+) -> Result<Option<kpb::AuditTransaction>, Status> {
+    let mut t = to_pb(api, r);
+    if !tenant.is_confined() {
+        return Ok(Some(t));
+    }
+    t.changes.retain(|c| {
+        c.relationship
+            .split_once(':')
+            .is_some_and(|(resource_type, _)| tenant.allows(resource_type))
+    });
+    let limits = &api.engine.config().schema_limits;
+    if t.schema_changed {
+        t.old_schema = match r.old_schema.as_deref() {
+            Some(old) => super::tenant::own_text(old, tenant, limits)?,
+            None => String::new(),
+        };
+        t.new_schema = super::tenant::own_text(&t.new_schema, tenant, limits)?;
+        t.schema_changed = t.old_schema.trim() != t.new_schema.trim();
+        if !t.schema_changed {
+            t.old_schema.clear();
+            t.new_schema.clear();
+        }
+    }
+    Ok((t.schema_changed || !t.changes.is_empty()).then_some(t))
+}
+
 #[tonic::async_trait]
 impl AuditService for AuditApi {
     type ReadAuditStream =
@@ -56,7 +89,8 @@ impl AuditService for AuditApi {
         &self,
         request: Request<kpb::ReadAuditRequest>,
     ) -> Result<Response<Self::ReadAuditStream>, Status> {
-        self.0.authorize(&request, Scope::Admin)?;
+        let caller = self.0.authorize(&request, Scope::Admin)?;
+        let tenant = caller.tenant;
         let req = request.into_inner();
         let filter = AuditFilter {
             from_ms: req.optional_from.as_ref().map(timestamp_ms),
@@ -97,8 +131,16 @@ impl AuditService for AuditApi {
                     None => after,
                 };
                 for r in &batch {
+                    let transaction = match tenant_view(&api, &tenant, r) {
+                        Ok(Some(t)) => t,
+                        Ok(None) => continue,
+                        Err(e) => {
+                            let _ = tx.send(Err(e)).await;
+                            return;
+                        }
+                    };
                     let item = kpb::ReadAuditResponse {
-                        transaction: Some(to_pb(&api, r)),
+                        transaction: Some(transaction),
                         after_result_cursor: r.sequence.to_string(),
                     };
                     if tx.send(Ok(item)).await.is_err() {
@@ -129,7 +171,14 @@ impl AuditService for AuditApi {
         &self,
         request: Request<kpb::VerifyAuditRequest>,
     ) -> Result<Response<kpb::VerifyAuditResponse>, Status> {
-        self.0.authorize(&request, Scope::Admin)?;
+        let caller = self.0.authorize(&request, Scope::Admin)?;
+        if caller.tenant.is_confined() {
+            return Err(caller.refuse(format!(
+                "the audit chain covers every tenant's transactions; key `{}` is confined to {}: verify with an unconfined admin key",
+                caller.actor,
+                caller.tenant.describe()
+            )));
+        }
         let complete = request.get_ref().complete;
         let engine = &self.0.engine;
         // A store that pruned its oldest records (the memory store's

@@ -38,11 +38,73 @@ pub struct PresharedKey {
     pub name: String,
     digest: [u8; 32],
     pub scopes: Vec<Scope>,
+    /// The type-name prefixes the key is confined to (a tenant).
+    pub tenant: Tenant,
 }
 
 impl std::fmt::Debug for PresharedKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "PresharedKey({}, {:?})", self.name, self.scopes)
+        write!(
+            f,
+            "PresharedKey({}, {:?}, {:?})",
+            self.name, self.scopes, self.tenant
+        )
+    }
+}
+
+/// The type-name prefixes a key is confined to (`acme/`): several CRM
+/// tenants in one Kinbar, each seeing and naming only its own types.
+/// Unconfined (no prefixes): every type.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Tenant(Option<std::sync::Arc<[String]>>);
+
+impl Tenant {
+    /// Confined to `prefixes` (each `name/` or `name/name/`; a trailing
+    /// `/` is added when missing). No prefixes: unconfined.
+    pub fn parse(prefixes: &str) -> Result<Tenant, String> {
+        let mut out = Vec::new();
+        for p in prefixes.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let p = p.strip_suffix('/').unwrap_or(p);
+            let valid = p.split('/').all(|segment| {
+                segment.len() <= 64
+                    && segment.starts_with(|c: char| c.is_ascii_lowercase())
+                    && segment
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+            });
+            if !valid {
+                return Err(format!(
+                    "prefix `{p}` is not a type-name prefix (e.g. `acme/`: lowercase letters, digits and `_`, starting with a letter)"
+                ));
+            }
+            out.push(format!("{p}/"));
+        }
+        Ok(Tenant((!out.is_empty()).then(|| out.into())))
+    }
+
+    /// Unconfined: every type.
+    pub fn all() -> Tenant {
+        Tenant(None)
+    }
+
+    pub fn is_confined(&self) -> bool {
+        self.0.is_some()
+    }
+
+    /// Whether `object_type` lies inside the prefixes.
+    pub fn allows(&self, object_type: &str) -> bool {
+        match &self.0 {
+            None => true,
+            Some(prefixes) => prefixes.iter().any(|p| object_type.starts_with(p.as_str())),
+        }
+    }
+
+    /// The prefixes, for messages (`acme/, globex/`).
+    pub fn describe(&self) -> String {
+        match &self.0 {
+            None => "every type".into(),
+            Some(p) => p.join(", "),
+        }
     }
 }
 
@@ -51,13 +113,16 @@ fn digest(key: &str) -> [u8; 32] {
 }
 
 impl PresharedKey {
-    /// Parses `NAME:KEY:SCOPES`.
+    /// Parses `NAME:KEY:SCOPES[:PREFIXES]` (prefixes comma-separated:
+    /// the key is confined to types under them).
     pub fn parse(text: &str) -> Result<PresharedKey, String> {
-        let mut parts = text.splitn(3, ':');
+        let mut parts = text.splitn(4, ':');
         let (Some(name), Some(key), Some(scopes)) = (parts.next(), parts.next(), parts.next())
         else {
-            return Err("a preshared key is NAME:KEY:SCOPES, e.g. crm-api:s3cret:check".into());
+            return Err("a preshared key is NAME:KEY:SCOPES[:PREFIXES], e.g. crm-api:s3cret:check or acme-api:s3cret:check,write:acme/".into());
         };
+        let tenant = Tenant::parse(parts.next().unwrap_or(""))
+            .map_err(|e| format!("preshared key `{name}`: {e}"))?;
         if name.is_empty() || key.is_empty() {
             return Err("a preshared key needs a non-empty name and key".into());
         }
@@ -74,6 +139,7 @@ impl PresharedKey {
             name: name.to_string(),
             digest: digest(key),
             scopes,
+            tenant,
         })
     }
 
@@ -212,24 +278,29 @@ impl Authenticator {
         self.open
     }
 
-    /// The actor name for a request needing `scope`, or the status to
-    /// return. Every refusal is also a security event (see [`refused`]).
-    pub fn authorize<T>(&self, request: &Request<T>, scope: Scope) -> Result<String, Status> {
-        let actor = self
+    /// The caller of a request needing `scope`, or the status to return.
+    /// Every refusal is also a security event (see [`refused`]).
+    pub fn authorize<T>(&self, request: &Request<T>, scope: Scope) -> Result<Caller, Status> {
+        let (actor, tenant) = self
             .check(request, scope)
             .map_err(|(key, status)| refused(request, key.as_deref(), status))?;
         self.take_tokens(request, &actor)
             .map_err(|status| refused(request, Some(&actor), status))?;
-        Ok(actor)
+        Ok(Caller {
+            actor,
+            tenant,
+            peer: peer(request),
+            method: method(request),
+        })
     }
 
     fn check<T>(
         &self,
         request: &Request<T>,
         scope: Scope,
-    ) -> Result<String, (Option<String>, Status)> {
+    ) -> Result<(String, Tenant), (Option<String>, Status)> {
         if self.open {
-            return Ok("anonymous".to_string());
+            return Ok(("anonymous".to_string(), Tenant::all()));
         }
         let anonymous = |s: Status| (None, s);
         let header = request.metadata().get("authorization").ok_or_else(|| {
@@ -276,8 +347,92 @@ impl Authenticator {
                 )),
             ));
         }
-        Ok(key.name.clone())
+        Ok((key.name.clone(), key.tenant.clone()))
     }
+}
+
+/// Who is calling: the key's name (the audit actor) and the types it may
+/// name, with the peer and method for security events.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub actor: String,
+    pub tenant: Tenant,
+    peer: String,
+    method: String,
+}
+
+impl Caller {
+    /// Refuses (PERMISSION_DENIED, a security event) a request naming a
+    /// type outside the caller's prefixes — whether or not it exists.
+    pub fn confine<'t>(&self, types: impl IntoIterator<Item = &'t str>) -> Result<(), Status> {
+        if !self.tenant.is_confined() {
+            return Ok(());
+        }
+        for t in types {
+            if !self.tenant.allows(t) {
+                return Err(self.refuse(format!(
+                    "key `{}` is confined to types under {}; `{t}` lies outside them",
+                    self.actor,
+                    self.tenant.describe()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// [`Caller::confine`] for the types a filter names. A confined key
+    /// must name the resource type where `whole_store` (the filter would
+    /// otherwise reach other tenants' relationships: preconditions,
+    /// deletes); reads without one are cut to the key's types instead.
+    pub fn confine_filter(
+        &self,
+        filter: &crate::model::RelationshipFilter,
+        whole_store: bool,
+    ) -> Result<(), Status> {
+        if !self.tenant.is_confined() {
+            return Ok(());
+        }
+        if whole_store && filter.resource_type.is_none() {
+            return Err(self.refuse(format!(
+                "key `{}` is confined to types under {}: name the resource type",
+                self.actor,
+                self.tenant.describe()
+            )));
+        }
+        self.confine(
+            filter
+                .resource_type
+                .as_deref()
+                .into_iter()
+                .chain(filter.subject.as_ref().map(|s| s.subject_type.as_str())),
+        )
+    }
+
+    /// A PERMISSION_DENIED for this caller, logged and counted as a
+    /// security event.
+    pub fn refuse(&self, message: String) -> Status {
+        security_event(
+            Some(&self.actor),
+            &self.peer,
+            &self.method,
+            Status::permission_denied(message),
+        )
+    }
+}
+
+fn peer<T>(request: &Request<T>) -> String {
+    request
+        .remote_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn method<T>(request: &Request<T>) -> String {
+    request
+        .extensions()
+        .get::<CallPath>()
+        .map(|p| p.0.clone())
+        .unwrap_or_default()
 }
 
 /// The called method's path (`/package.Service/Method`), put into each
@@ -289,15 +444,10 @@ pub struct CallPath(pub String);
 /// `kinbar::security`): the key's name or `anonymous`, the peer, the
 /// method and the reason — never the presented token.
 fn refused<T>(request: &Request<T>, key: Option<&str>, status: Status) -> Status {
-    let peer = request
-        .remote_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_else(|| "unknown".into());
-    let method = request
-        .extensions()
-        .get::<CallPath>()
-        .map(|p| p.0.clone())
-        .unwrap_or_default();
+    security_event(key, &peer(request), &method(request), status)
+}
+
+fn security_event(key: Option<&str>, peer: &str, method: &str, status: Status) -> Status {
     metrics::counter!(
         "kinbar_security_events_total",
         "code" => format!("{:?}", status.code()),

@@ -152,13 +152,15 @@ impl PermissionsApi {
     }
 
     /// Streams relationships matching `filter` at `at` in pages, sending
-    /// each through `emit`.
+    /// each through `emit` — only those inside `tenant`'s types (a
+    /// confined key's read without a resource type).
     fn stream_relationships<T: Send + 'static>(
         &self,
         at: Revision,
         filter: RelationshipFilter,
         after: Option<Relationship>,
         limit: Option<usize>,
+        tenant: super::auth::Tenant,
         emit: impl Fn(Vec<Relationship>, Revision) -> Vec<T> + Send + 'static,
     ) -> ResponseStream<T> {
         let (tx, rx) = tokio::sync::mpsc::channel(4);
@@ -182,10 +184,23 @@ impl PermissionsApi {
                 if batch.is_empty() {
                     return;
                 }
-                remaining -= batch.len();
                 after = batch.last().cloned();
                 let full = batch.len() == page.limit.unwrap_or(0);
-                for item in emit(batch, at.clone()) {
+                let batch: Vec<Relationship> = if tenant.is_confined() {
+                    batch
+                        .into_iter()
+                        .filter(|r| tenant.allows(&r.resource.object_type))
+                        .collect()
+                } else {
+                    batch
+                };
+                remaining -= batch.len();
+                let items = if batch.is_empty() {
+                    Vec::new()
+                } else {
+                    emit(batch, at.clone())
+                };
+                for item in items {
                     if tx.send(Ok(item)).await.is_err() {
                         return;
                     }
@@ -210,13 +225,14 @@ impl PermissionsService for PermissionsApi {
         &self,
         request: Request<pb::ReadRelationshipsRequest>,
     ) -> Result<Response<Self::ReadRelationshipsStream>, Status> {
-        self.0.authorize(&request, Scope::Check)?;
+        let caller = self.0.authorize(&request, Scope::Check)?;
         let req = request.get_ref();
         let filter = convert::filter(
             req.relationship_filter.as_ref(),
             "relationship_filter",
             false,
         )?;
+        caller.confine_filter(&filter, false)?;
         let query = query_digest(&["read", &format!("{filter:?}")]);
         let (at, after) = self
             .relationship_start(
@@ -231,16 +247,23 @@ impl PermissionsService for PermissionsApi {
             n => Some(n as usize),
         };
         let token = self.0.token(&at);
-        let stream = self.stream_relationships(at, filter, after, limit, move |batch, rev| {
-            batch
-                .iter()
-                .map(|r| pb::ReadRelationshipsResponse {
-                    read_at: Some(token.clone()),
-                    relationship: Some(convert::relationship_pb(r)),
-                    after_result_cursor: Some(encode_cursor(&query, &rev, r)),
-                })
-                .collect()
-        });
+        let stream = self.stream_relationships(
+            at,
+            filter,
+            after,
+            limit,
+            caller.tenant,
+            move |batch, rev| {
+                batch
+                    .iter()
+                    .map(|r| pb::ReadRelationshipsResponse {
+                        read_at: Some(token.clone()),
+                        relationship: Some(convert::relationship_pb(r)),
+                        after_result_cursor: Some(encode_cursor(&query, &rev, r)),
+                    })
+                    .collect()
+            },
+        );
         Ok(Response::new(stream))
     }
 
@@ -248,7 +271,7 @@ impl PermissionsService for PermissionsApi {
         &self,
         request: Request<pb::WriteRelationshipsRequest>,
     ) -> Result<Response<pb::WriteRelationshipsResponse>, Status> {
-        let actor = self.0.authorize(&request, Scope::Write)?;
+        let caller = self.0.authorize(&request, Scope::Write)?;
         let req = request.get_ref();
         let max = self.0.engine.config().max_updates_per_write;
         if req.updates.len() > max {
@@ -275,11 +298,22 @@ impl PermissionsService for PermissionsApi {
                 })
             })
             .collect::<Result<Vec<_>, Status>>()?;
+        caller.confine(updates.iter().flat_map(|u| {
+            [
+                u.relationship.resource.object_type.as_str(),
+                u.relationship.subject.object.object_type.as_str(),
+            ]
+        }))?;
         let preconditions =
             convert::preconditions(&req.optional_preconditions, self.0.limits.max_preconditions)?;
-        let metadata =
-            self.0
-                .write_metadata(&request, actor, req.optional_transaction_metadata.as_ref());
+        for p in &preconditions {
+            caller.confine_filter(&p.filter, true)?;
+        }
+        let metadata = self.0.write_metadata(
+            &request,
+            caller.actor,
+            req.optional_transaction_metadata.as_ref(),
+        );
         let committed = self
             .0
             .engine
@@ -295,22 +329,28 @@ impl PermissionsService for PermissionsApi {
         &self,
         request: Request<pb::DeleteRelationshipsRequest>,
     ) -> Result<Response<pb::DeleteRelationshipsResponse>, Status> {
-        let actor = self.0.authorize(&request, Scope::Write)?;
+        let caller = self.0.authorize(&request, Scope::Write)?;
         let req = request.get_ref();
         let filter = convert::filter(
             req.relationship_filter.as_ref(),
             "relationship_filter",
             true,
         )?;
+        caller.confine_filter(&filter, true)?;
         let preconditions =
             convert::preconditions(&req.optional_preconditions, self.0.limits.max_preconditions)?;
+        for p in &preconditions {
+            caller.confine_filter(&p.filter, true)?;
+        }
         let limit = match req.optional_limit {
             0 => None,
             n => Some(n as usize),
         };
-        let metadata =
-            self.0
-                .write_metadata(&request, actor, req.optional_transaction_metadata.as_ref());
+        let metadata = self.0.write_metadata(
+            &request,
+            caller.actor,
+            req.optional_transaction_metadata.as_ref(),
+        );
         let committed = self
             .0
             .engine
@@ -360,13 +400,17 @@ impl PermissionsService for PermissionsApi {
         &self,
         request: Request<pb::CheckPermissionRequest>,
     ) -> Result<Response<pb::CheckPermissionResponse>, Status> {
-        self.0.authorize(&request, Scope::Check)?;
+        let caller = self.0.authorize(&request, Scope::Check)?;
         let req = request.get_ref();
         let at = self.0.revision(req.consistency.as_ref()).await?;
         refuse_context(req.context.as_ref())?;
         let resource = convert::object(req.resource.as_ref(), "resource")?;
         let permission = convert::name(&req.permission, "permission")?;
         let subject = convert::subject(req.subject.as_ref(), "subject")?;
+        caller.confine([
+            resource.object_type.as_str(),
+            subject.object.object_type.as_str(),
+        ])?;
         let d = self
             .0
             .engine
@@ -387,7 +431,7 @@ impl PermissionsService for PermissionsApi {
         &self,
         request: Request<pb::CheckBulkPermissionsRequest>,
     ) -> Result<Response<pb::CheckBulkPermissionsResponse>, Status> {
-        self.0.authorize(&request, Scope::Check)?;
+        let caller = self.0.authorize(&request, Scope::Check)?;
         let req = request.get_ref();
         let max = self.0.limits.max_checks_per_bulk;
         if req.items.len() > max {
@@ -403,8 +447,18 @@ impl PermissionsService for PermissionsApi {
         let at = self.0.revision(req.consistency.as_ref()).await?;
         // Items that parse are evaluated together (shared work); the others
         // answer their own error.
-        let parsed: Vec<Result<(ObjectRef, String, SubjectRef), Status>> =
-            req.items.iter().map(parse_item).collect();
+        let parsed: Vec<Result<(ObjectRef, String, SubjectRef), Status>> = req
+            .items
+            .iter()
+            .map(|item| {
+                let parsed = parse_item(item)?;
+                caller.confine([
+                    parsed.0.object_type.as_str(),
+                    parsed.2.object.object_type.as_str(),
+                ])?;
+                Ok(parsed)
+            })
+            .collect();
         let valid: Vec<(ObjectRef, String, SubjectRef)> = parsed
             .iter()
             .filter_map(|p| p.as_ref().ok().cloned())
@@ -453,11 +507,12 @@ impl PermissionsService for PermissionsApi {
         &self,
         request: Request<pb::ExpandPermissionTreeRequest>,
     ) -> Result<Response<pb::ExpandPermissionTreeResponse>, Status> {
-        self.0.authorize(&request, Scope::Check)?;
+        let caller = self.0.authorize(&request, Scope::Check)?;
         let req = request.get_ref();
         let at = self.0.revision(req.consistency.as_ref()).await?;
         let resource = convert::object(req.resource.as_ref(), "resource")?;
         let permission = convert::name(&req.permission, "permission")?;
+        caller.confine([resource.object_type.as_str()])?;
         let tree = self
             .0
             .engine
@@ -474,11 +529,15 @@ impl PermissionsService for PermissionsApi {
         &self,
         request: Request<pb::LookupResourcesRequest>,
     ) -> Result<Response<Self::LookupResourcesStream>, Status> {
-        self.0.authorize(&request, Scope::Check)?;
+        let caller = self.0.authorize(&request, Scope::Check)?;
         let req = request.into_inner();
         refuse_context(req.context.as_ref())?;
         convert::name(&req.permission, "permission")?;
         let subject = convert::subject(req.subject.as_ref(), "subject")?;
+        caller.confine([
+            req.resource_object_type.as_str(),
+            subject.object.object_type.as_str(),
+        ])?;
         let query = query_digest(&[
             "resources",
             &req.resource_object_type,
@@ -563,11 +622,15 @@ impl PermissionsService for PermissionsApi {
         &self,
         request: Request<pb::LookupSubjectsRequest>,
     ) -> Result<Response<Self::LookupSubjectsStream>, Status> {
-        self.0.authorize(&request, Scope::Check)?;
+        let caller = self.0.authorize(&request, Scope::Check)?;
         let req = request.into_inner();
         refuse_context(req.context.as_ref())?;
         let resource = convert::object(req.resource.as_ref(), "resource")?;
         convert::name(&req.permission, "permission")?;
+        caller.confine([
+            resource.object_type.as_str(),
+            req.subject_object_type.as_str(),
+        ])?;
         let relation = match req.optional_subject_relation.as_str() {
             "" | crate::model::ELLIPSIS => None,
             r => Some(convert::name(r, "optional_subject_relation")?),
@@ -647,17 +710,19 @@ impl PermissionsService for PermissionsApi {
         &self,
         request: Request<Streaming<pb::ImportBulkRelationshipsRequest>>,
     ) -> Result<Response<pb::ImportBulkRelationshipsResponse>, Status> {
-        let actor = self.0.authorize(&request, Scope::Write)?;
-        let metadata = self.0.write_metadata(&request, actor, None);
+        let caller = self.0.authorize(&request, Scope::Write)?;
+        let metadata = self.0.write_metadata(&request, caller.actor.clone(), None);
         let max = self.0.limits.max_import;
         let mut stream = request.into_inner();
         let mut relationships = Vec::new();
         while let Some(batch) = stream.message().await? {
             for (i, r) in batch.relationships.iter().enumerate() {
-                relationships.push(convert::relationship(
-                    Some(r),
-                    &format!("relationships[{i}]"),
-                )?);
+                let r = convert::relationship(Some(r), &format!("relationships[{i}]"))?;
+                caller.confine([
+                    r.resource.object_type.as_str(),
+                    r.subject.object.object_type.as_str(),
+                ])?;
+                relationships.push(r);
             }
             if relationships.len() > max {
                 return Err(status::with_reason(
@@ -682,12 +747,13 @@ impl PermissionsService for PermissionsApi {
         &self,
         request: Request<pb::ExportBulkRelationshipsRequest>,
     ) -> Result<Response<Self::ExportBulkRelationshipsStream>, Status> {
-        self.0.authorize(&request, Scope::Check)?;
+        let caller = self.0.authorize(&request, Scope::Check)?;
         let req = request.get_ref();
         let filter = match &req.optional_relationship_filter {
             Some(f) => convert::filter(Some(f), "optional_relationship_filter", false)?,
             None => RelationshipFilter::default(),
         };
+        caller.confine_filter(&filter, false)?;
         let query = query_digest(&["export", &format!("{filter:?}")]);
         let (at, after) = self
             .relationship_start(
@@ -701,13 +767,20 @@ impl PermissionsService for PermissionsApi {
             0 => None,
             n => Some(n as usize),
         };
-        let stream = self.stream_relationships(at, filter, after, limit, move |batch, rev| {
-            let cursor = batch.last().map(|r| encode_cursor(&query, &rev, r));
-            vec![pb::ExportBulkRelationshipsResponse {
-                after_result_cursor: cursor,
-                relationships: batch.iter().map(convert::relationship_pb).collect(),
-            }]
-        });
+        let stream = self.stream_relationships(
+            at,
+            filter,
+            after,
+            limit,
+            caller.tenant,
+            move |batch, rev| {
+                let cursor = batch.last().map(|r| encode_cursor(&query, &rev, r));
+                vec![pb::ExportBulkRelationshipsResponse {
+                    after_result_cursor: cursor,
+                    relationships: batch.iter().map(convert::relationship_pb).collect(),
+                }]
+            },
+        );
         Ok(Response::new(stream))
     }
 }

@@ -195,7 +195,7 @@ impl SchemaService for SchemaApi {
         &self,
         request: Request<pb::ReadSchemaRequest>,
     ) -> Result<Response<pb::ReadSchemaResponse>, Status> {
-        self.0.authorize(&request, Scope::Check)?;
+        let caller = self.0.authorize(&request, Scope::Check)?;
         let head = self.0.engine.head_revision().await.map_err(engine_err)?;
         let (text, _) =
             self.0
@@ -206,8 +206,9 @@ impl SchemaService for SchemaApi {
                     crate::Error::NoSchema => Status::not_found("no schema has been written yet"),
                     other => engine_err(other),
                 })?;
+        let limits = &self.0.engine.config().schema_limits;
         Ok(Response::new(pb::ReadSchemaResponse {
-            schema_text: text,
+            schema_text: super::tenant::own_text(&text, &caller.tenant, limits)?,
             read_at: Some(self.0.token(&head)),
         }))
     }
@@ -216,12 +217,22 @@ impl SchemaService for SchemaApi {
         &self,
         request: Request<pb::WriteSchemaRequest>,
     ) -> Result<Response<pb::WriteSchemaResponse>, Status> {
-        let actor = self.0.authorize(&request, Scope::Admin)?;
-        let metadata = self.0.write_metadata(&request, actor, None);
+        let caller = self.0.authorize(&request, Scope::Admin)?;
+        let limits = self.0.engine.config().schema_limits.clone();
+        let text = &request.get_ref().schema;
+        super::tenant::confine_schema(&caller, text, &limits)?;
+        let metadata = self.0.write_metadata(&request, caller.actor.clone(), None);
+        let tenant = caller.tenant.clone();
         let result = self
             .0
             .engine
-            .write_schema(&request.get_ref().schema, metadata)
+            .write_schema_from(
+                |current| {
+                    super::tenant::merge(current, text, &tenant, &limits)
+                        .map_err(|s| crate::Error::InvalidArgument(s.message().to_string()))
+                },
+                metadata,
+            )
             .await
             .map_err(engine_err)?;
         Ok(Response::new(pb::WriteSchemaResponse {
@@ -233,7 +244,7 @@ impl SchemaService for SchemaApi {
         &self,
         request: Request<pb::ReflectSchemaRequest>,
     ) -> Result<Response<pb::ReflectSchemaResponse>, Status> {
-        self.0.authorize(&request, Scope::Check)?;
+        let caller = self.0.authorize(&request, Scope::Check)?;
         let req = request.get_ref();
         let at = self.0.revision(req.consistency.as_ref()).await?;
         let schema = self
@@ -242,6 +253,7 @@ impl SchemaService for SchemaApi {
             .schema_at(at.clone())
             .await
             .map_err(engine_err)?;
+        let schema = super::tenant::own_schema(&schema, &caller.tenant);
         let filters = &req.optional_filters;
         let definitions = schema
             .definitions
@@ -266,8 +278,9 @@ impl SchemaService for SchemaApi {
         &self,
         request: Request<pb::ComputablePermissionsRequest>,
     ) -> Result<Response<pb::ComputablePermissionsResponse>, Status> {
-        self.0.authorize(&request, Scope::Check)?;
+        let caller = self.0.authorize(&request, Scope::Check)?;
         let req = request.get_ref();
+        caller.confine([req.definition_name.as_str()])?;
         let at = self.0.revision(req.consistency.as_ref()).await?;
         let schema = self
             .0
@@ -275,6 +288,7 @@ impl SchemaService for SchemaApi {
             .schema_at(at.clone())
             .await
             .map_err(engine_err)?;
+        let schema = super::tenant::own_schema(&schema, &caller.tenant);
         member_exists(&schema, &req.definition_name, &req.relation_name)?;
         let permissions = schema
             .dependents(&req.definition_name, &req.relation_name)
@@ -292,8 +306,9 @@ impl SchemaService for SchemaApi {
         &self,
         request: Request<pb::DependentRelationsRequest>,
     ) -> Result<Response<pb::DependentRelationsResponse>, Status> {
-        self.0.authorize(&request, Scope::Check)?;
+        let caller = self.0.authorize(&request, Scope::Check)?;
         let req = request.get_ref();
+        caller.confine([req.definition_name.as_str()])?;
         let at = self.0.revision(req.consistency.as_ref()).await?;
         let schema = self
             .0
@@ -301,6 +316,7 @@ impl SchemaService for SchemaApi {
             .schema_at(at.clone())
             .await
             .map_err(engine_err)?;
+        let schema = super::tenant::own_schema(&schema, &caller.tenant);
         member_exists(&schema, &req.definition_name, &req.permission_name)?;
         if schema
             .definition(&req.definition_name)
@@ -326,8 +342,13 @@ impl SchemaService for SchemaApi {
         &self,
         request: Request<pb::DiffSchemaRequest>,
     ) -> Result<Response<pb::DiffSchemaResponse>, Status> {
-        self.0.authorize(&request, Scope::Check)?;
+        let caller = self.0.authorize(&request, Scope::Check)?;
         let req = request.get_ref();
+        super::tenant::confine_schema(
+            &caller,
+            &req.comparison_schema,
+            &self.0.engine.config().schema_limits,
+        )?;
         let at = self.0.revision(req.consistency.as_ref()).await?;
         let current = self
             .0
@@ -335,6 +356,7 @@ impl SchemaService for SchemaApi {
             .schema_at(at.clone())
             .await
             .map_err(engine_err)?;
+        let current = super::tenant::own_schema(&current, &caller.tenant);
         let other = schema::compile(
             &req.comparison_schema,
             &self.0.engine.config().schema_limits,

@@ -28,17 +28,21 @@ impl WatchService for WatchApi {
         &self,
         request: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        self.0.authorize(&request, Scope::Check)?;
+        let caller = self.0.authorize(&request, Scope::Check)?;
         let req = request.into_inner();
         let mut filters = Vec::new();
         for (i, f) in req.optional_relationship_filters.iter().enumerate() {
-            filters.push(convert::filter(
+            let filter = convert::filter(
                 Some(f),
                 &format!("optional_relationship_filters[{i}]"),
                 false,
-            )?);
+            )?;
+            caller.confine_filter(&filter, false)?;
+            filters.push(filter);
         }
+        caller.confine(req.optional_object_types.iter().map(String::as_str))?;
         let types = req.optional_object_types.clone();
+        let tenant = caller.tenant;
         let engine = self.0.engine.clone();
         let mut cursor = match &req.optional_start_cursor {
             Some(t) => self.0.decode_token(t)?,
@@ -76,12 +80,23 @@ impl WatchService for WatchApi {
                         .iter()
                         .filter(|c| {
                             let r = &c.relationship;
-                            (types.is_empty() || types.contains(&r.resource.object_type))
+                            tenant.allows(&r.resource.object_type)
+                                && (types.is_empty() || types.contains(&r.resource.object_type))
                                 && (filters.is_empty() || filters.iter().any(|f| f.matches(r)))
                         })
                         .map(convert::change_pb)
                         .collect();
-                    let schema_updated = txn.schema_change.is_some();
+                    let schema_updated = match &txn.schema_change {
+                        None => false,
+                        // A confined key hears of changes to its own
+                        // definitions only.
+                        Some((old, new)) if tenant.is_confined() => {
+                            let limits = &engine.config().schema_limits;
+                            let own = |t: &str| super::tenant::own_text(t, &tenant, limits).ok();
+                            old.as_deref().map_or(Some(String::new()), own) != own(new)
+                        }
+                        Some(_) => true,
+                    };
                     if updates.is_empty() && !schema_updated {
                         continue;
                     }
