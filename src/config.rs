@@ -16,9 +16,9 @@ pub struct Config {
     pub grpc_addr: SocketAddr,
     /// `memory` (embedded) or a `postgres://` URL.
     pub datastore: String,
-    /// `NAME:KEY:SCOPES` entries.
+    /// `NAME:KEY:SCOPES[:PREFIXES]` entries.
     pub preshared_keys: Vec<String>,
-    /// More keys, one `NAME:KEY:SCOPES` per line, re-read while serving
+    /// More keys, one `NAME:KEY:SCOPES[:PREFIXES]` per line, re-read while serving
     /// (every second and on SIGHUP): rotation without a restart.
     pub preshared_keys_file: Option<PathBuf>,
     /// Serve without keys on a non-loopback address.
@@ -186,11 +186,12 @@ pub struct ServeArgs {
     /// the password out of the environment and the process list.
     #[arg(long, env = "KINBAR_DATASTORE_FILE", conflicts_with = "datastore")]
     pub datastore_file: Option<PathBuf>,
-    /// Read preshared keys from this file: one NAME:KEY:SCOPES per line
+    /// Read preshared keys from this file: one NAME:KEY:SCOPES[:PREFIXES] per line
     /// (blank lines and `#` comments ignored), added to --preshared-key.
     #[arg(long, env = "KINBAR_PRESHARED_KEYS_FILE")]
     pub preshared_keys_file: Option<PathBuf>,
-    /// NAME:KEY:SCOPES (scopes: check, write, admin); repeatable.
+    /// NAME:KEY:SCOPES[:PREFIXES] (scopes: check, write, admin; prefixes,
+    /// e.g. `acme/`, confine the key to one tenant's types); repeatable.
     #[arg(
         long = "preshared-key",
         env = "KINBAR_PRESHARED_KEY",

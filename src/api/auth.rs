@@ -1,6 +1,6 @@
 //! Preshared-key authentication and scopes (DESIGN.md §6).
 //!
-//! Keys are `NAME:KEY:SCOPES` (scopes comma-separated: `check`, `write`,
+//! Keys are `NAME:KEY:SCOPES[:PREFIXES]` (scopes comma-separated: `check`, `write`,
 //! `admin`). Callers send `authorization: Bearer KEY`. Keys are kept as
 //! SHA-256 digests and compared in constant time against every configured
 //! key, so neither the key nor which key matched leaks through timing.
