@@ -5,13 +5,14 @@
 mod conn;
 mod edge;
 pub mod ops;
+mod tls;
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic::transport::Server;
 
 use crate::api::auth::{Authenticator, PresharedKey};
 use crate::api::proto::authzed::api::v1::permissions_service_server::PermissionsServiceServer;
@@ -407,16 +408,22 @@ pub async fn serve(
             .max_connection_age(Duration::from_secs(config.max_connection_age_secs))
             .max_connection_age_grace(Duration::from_secs(30));
     }
-    if let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) {
-        let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(
-            std::fs::read(cert)?,
-            std::fs::read(key)?,
-        ));
-        if let Some(ca) = &config.tls_client_ca {
-            tls = tls.client_ca_root(Certificate::from_pem(std::fs::read(ca)?));
-        }
-        builder = builder.tls_config(tls)?;
-    }
+    // TLS is terminated in `conn.rs`, not by tonic: the certificate is
+    // reloaded while serving and the whole handshake has a deadline.
+    let tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => Some(Arc::new(
+            tls::ReloadingTls::load(tls::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: config.tls_client_ca.clone(),
+            })
+            .map_err(ServerError::Config)?,
+        )),
+        _ => None,
+    };
+    let _reload_tls = tls
+        .clone()
+        .map(|t| AbortOnDrop(tokio::spawn(tls::watch(t))));
     tracing::info!(
         addr = %listener.local_addr()?,
         datastore = %redact_credentials(&config.datastore),
@@ -446,6 +453,7 @@ pub async fn serve(
                 listener,
                 config.max_connections,
                 Duration::from_secs(config.connection_preface_timeout_secs),
+                tls,
             ),
             shutdown,
         )

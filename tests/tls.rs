@@ -12,6 +12,8 @@ use tonic_health::pb::health_client::HealthClient;
 struct Pki {
     dir: tempfile::TempDir,
     ca_pem: String,
+    /// The CA, to sign a renewed server certificate.
+    ca: CertifiedIssuer<'static, KeyPair>,
     client_cert: String,
     client_key: String,
 }
@@ -37,6 +39,7 @@ fn pki() -> Pki {
     Pki {
         dir,
         ca_pem: ca.pem(),
+        ca,
         client_cert: client.pem(),
         client_key: client_key.serialize_pem(),
     }
@@ -114,6 +117,157 @@ async fn tls_and_mutual_tls() {
         health(format!("https://{addr}"), Some(with_identity)).await,
         Ok(1)
     );
+}
+
+/// Writes `contents` to `path` atomically (a Secret update by the kubelet
+/// swaps a symlink; a rename is the same for a reader).
+fn replace(path: &std::path::Path, contents: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, contents).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// Rotation under load (issue 17 acceptance): the certificate and key
+/// files are replaced while a client calls without pause; the new
+/// certificate serves new connections within seconds, open connections
+/// carry on, not one call fails, and a broken file changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_rotate_under_load_without_a_failed_call() {
+    let p = pki();
+    let path = |f: &str| p.dir.path().join(f);
+    let (addr, _stop) = start(Config {
+        tls_cert: Some(path("server.pem")),
+        tls_key: Some(path("server.key")),
+        ..Config::default()
+    })
+    .await;
+    let trusting = |domain: &str| {
+        ClientTlsConfig::new()
+            .domain_name(domain)
+            .ca_certificate(Certificate::from_pem(&p.ca_pem))
+    };
+    let endpoint = format!("https://{addr}");
+    // Load: one open channel and a fresh connection every tenth call.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let stop = stop.clone();
+        let endpoint = endpoint.clone();
+        let tls = trusting("localhost");
+        tokio::spawn(async move {
+            let ch = Channel::from_shared(endpoint.clone())
+                .unwrap()
+                .tls_config(tls.clone())
+                .unwrap()
+                .connect()
+                .await
+                .unwrap();
+            let mut client = HealthClient::new(ch);
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            let mut i = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                i += 1;
+                let r = if i % 10 == 0 {
+                    health(endpoint.clone(), Some(tls.clone())).await
+                } else {
+                    client
+                        .check(HealthCheckRequest {
+                            service: String::new(),
+                        })
+                        .await
+                        .map(|r| r.into_inner().status)
+                        .map_err(|e| e.to_string())
+                };
+                match r {
+                    Ok(1) => ok += 1,
+                    other => failed.push(format!("{other:?}")),
+                }
+            }
+            (ok, failed)
+        })
+    };
+    assert!(
+        health(endpoint.clone(), Some(trusting("kinbar-rotated.test")))
+            .await
+            .is_err(),
+        "the first certificate does not name kinbar-rotated.test"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // A renewed certificate from the same CA, naming one more host.
+    let ca = &p.ca;
+    let key = KeyPair::generate().unwrap();
+    let renewed = CertificateParams::new(vec![
+        "localhost".to_string(),
+        "kinbar-rotated.test".to_string(),
+    ])
+    .unwrap()
+    .signed_by(&key, ca)
+    .unwrap();
+    replace(&path("server.key"), &key.serialize_pem());
+    replace(&path("server.pem"), &renewed.pem());
+    let mut rotated = false;
+    for _ in 0..50 {
+        if health(endpoint.clone(), Some(trusting("kinbar-rotated.test"))).await == Ok(1) {
+            rotated = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(rotated, "the renewed certificate was not served within 5 s");
+
+    // A broken file keeps the certificate in force.
+    replace(
+        &path("server.pem"),
+        "-----BEGIN CERTIFICATE-----\nnot base64\n",
+    );
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    assert_eq!(
+        health(endpoint.clone(), Some(trusting("kinbar-rotated.test"))).await,
+        Ok(1)
+    );
+
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = load.await.unwrap();
+    assert!(
+        failed.is_empty(),
+        "{} calls failed: {failed:?}",
+        failed.len()
+    );
+    assert!(ok > 20, "only {ok} calls under load");
+}
+
+/// The whole TLS handshake has a deadline, not only its first bytes: a
+/// client that sends the start of a ClientHello and stalls is cut off.
+#[tokio::test]
+async fn a_stalled_tls_handshake_is_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let p = pki();
+    let path = |f: &str| Some(p.dir.path().join(f));
+    let (addr, _stop) = start(Config {
+        tls_cert: path("server.pem"),
+        tls_key: path("server.key"),
+        connection_preface_timeout_secs: 1,
+        ..Config::default()
+    })
+    .await;
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    // A handshake record announcing 512 bytes, of which 40 are sent.
+    let mut hello = vec![
+        0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03,
+    ];
+    hello.resize(40, 0x2a);
+    tcp.write_all(&hello).await.unwrap();
+    let mut buf = [0u8; 64];
+    let closed = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+        "the stalled handshake was not closed: {closed:?}"
+    );
+    // Others are still served.
+    let ca = ClientTlsConfig::new()
+        .domain_name("localhost")
+        .ca_certificate(Certificate::from_pem(&p.ca_pem));
+    assert_eq!(health(format!("https://{addr}"), Some(ca)).await, Ok(1));
 }
 
 #[test]

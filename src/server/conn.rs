@@ -9,7 +9,10 @@
 //!   preface, or a TLS ClientHello) within the preface timeout, so idle and
 //!   slow-preface connections cannot hold slots;
 //! - never ends on an accept error (file descriptors exhausted, a reset
-//!   during accept): it logs, waits a moment and accepts again.
+//!   during accept): it logs, waits a moment and accepts again;
+//! - with TLS, completes each connection's whole handshake within the same
+//!   deadline, concurrently (`tls.rs` holds the reloadable certificate);
+//!   a failed handshake ends that connection only (RUSTSEC-2024-0376).
 
 use std::io;
 use std::pin::Pin;
@@ -28,74 +31,123 @@ const PREFACE_BYTES: usize = 24;
 
 /// An accepted connection holding its slot.
 pub struct Conn {
-    inner: TcpStream,
+    inner: Io,
     _permit: OwnedSemaphorePermit,
     /// Until the first [`PREFACE_BYTES`] arrive.
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
     read: usize,
 }
 
-/// Connections accepted from `listener` under the limits above.
+/// Plaintext, or TLS terminated by Kinbar (`tls.rs`).
+enum Io {
+    Tcp(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+impl Io {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Io::Tcp(t) => t,
+            Io::Tls(t) => t.get_ref().0,
+        }
+    }
+}
+
+/// Connections accepted from `listener` under the limits above; with
+/// `tls`, each completes its whole TLS handshake within the preface
+/// timeout, in a task of its own (a slow handshake never holds up the
+/// others), with the certificate in force when it arrived.
 pub fn incoming(
     listener: TcpListener,
     max_connections: usize,
     preface_timeout: Duration,
+    tls: Option<Arc<super::tls::ReloadingTls>>,
 ) -> impl Stream<Item = io::Result<Conn>> {
     let slots = Arc::new(Semaphore::new(max_connections));
-    futures::stream::unfold(
-        (listener, 0u64, None),
-        move |(listener, mut refused, mut last_logged)| {
-            let slots = slots.clone();
-            async move {
-                loop {
-                    let (tcp, peer) = match listener.accept().await {
-                        Ok(accepted) => accepted,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "accept failed; accepting again");
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                            continue;
-                        }
-                    };
-                    let Ok(permit) = slots.clone().try_acquire_owned() else {
-                        metrics::counter!("kinbar_connections_refused_total").increment(1);
-                        refused += 1;
-                        // One log line per second at most: a flood must not
-                        // become a flood of logs.
-                        if last_logged.is_none_or(|t: std::time::Instant| {
-                            t.elapsed() >= Duration::from_secs(1)
-                        }) {
-                            tracing::warn!(
-                                target: "kinbar::security",
-                                %peer,
-                                max_connections,
-                                refused,
-                                "connections refused: too many open connections"
-                            );
-                            last_logged = Some(std::time::Instant::now());
-                            refused = 0;
-                        }
-                        drop(tcp);
-                        continue;
-                    };
-                    let _ = tcp.set_nodelay(true);
-                    let conn = Conn {
-                        inner: tcp,
-                        _permit: permit,
-                        deadline: Some(Box::pin(tokio::time::sleep(preface_timeout))),
-                        read: 0,
-                    };
-                    return Some((Ok(conn), (listener, refused, last_logged)));
+    let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<Conn>>(64);
+    tokio::spawn(async move {
+        let mut refused = 0u64;
+        let mut last_logged: Option<std::time::Instant> = None;
+        loop {
+            let accepted = tokio::select! {
+                a = listener.accept() => a,
+                // The server stopped taking connections.
+                _ = tx.closed() => return,
+            };
+            let (tcp, peer) = match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed; accepting again");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
                 }
-            }
-        },
-    )
+            };
+            let Ok(permit) = slots.clone().try_acquire_owned() else {
+                metrics::counter!("kinbar_connections_refused_total").increment(1);
+                refused += 1;
+                // One log line per second at most: a flood must not
+                // become a flood of logs.
+                if last_logged.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                    tracing::warn!(
+                        target: "kinbar::security",
+                        %peer,
+                        max_connections,
+                        refused,
+                        "connections refused: too many open connections"
+                    );
+                    last_logged = Some(std::time::Instant::now());
+                    refused = 0;
+                }
+                drop(tcp);
+                continue;
+            };
+            let _ = tcp.set_nodelay(true);
+            let deadline = tokio::time::Instant::now() + preface_timeout;
+            let Some(tls) = &tls else {
+                let conn = Conn {
+                    inner: Io::Tcp(tcp),
+                    _permit: permit,
+                    deadline: Some(Box::pin(tokio::time::sleep_until(deadline))),
+                    read: 0,
+                };
+                if tx.send(Ok(conn)).await.is_err() {
+                    return;
+                }
+                continue;
+            };
+            let acceptor = tls.acceptor();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
+                    Ok(Ok(stream)) => {
+                        let conn = Conn {
+                            inner: Io::Tls(Box::new(stream)),
+                            _permit: permit,
+                            deadline: Some(Box::pin(tokio::time::sleep_until(deadline))),
+                            read: 0,
+                        };
+                        let _ = tx.send(Ok(conn)).await;
+                    }
+                    Ok(Err(e)) => {
+                        metrics::counter!("kinbar_tls_handshake_failures_total").increment(1);
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    }
+                    Err(_) => {
+                        metrics::counter!("kinbar_connections_preface_timeouts_total").increment(1);
+                        tracing::debug!(%peer, "TLS handshake not completed in time");
+                    }
+                }
+            });
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
 }
 
 impl Connected for Conn {
     type ConnectInfo = TcpConnectInfo;
 
     fn connect_info(&self) -> TcpConnectInfo {
-        self.inner.connect_info()
+        self.inner.tcp().connect_info()
     }
 }
 
@@ -161,5 +213,63 @@ impl AsyncWrite for Conn {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+impl AsyncRead for Io {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Tcp(t) => Pin::new(t).poll_read(cx, buf),
+            Io::Tls(t) => Pin::new(t.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Io {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Io::Tcp(t) => Pin::new(t).poll_write(cx, buf),
+            Io::Tls(t) => Pin::new(t.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Io::Tcp(t) => Pin::new(t).poll_write_vectored(cx, bufs),
+            Io::Tls(t) => Pin::new(t.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Io::Tcp(t) => t.is_write_vectored(),
+            Io::Tls(t) => t.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Tcp(t) => Pin::new(t).poll_flush(cx),
+            Io::Tls(t) => Pin::new(t.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Tcp(t) => Pin::new(t).poll_shutdown(cx),
+            Io::Tls(t) => Pin::new(t.as_mut()).poll_shutdown(cx),
+        }
     }
 }
