@@ -166,7 +166,7 @@ async fn certificates_rotate_under_load_without_a_failed_call() {
             let mut i = 0u32;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 i += 1;
-                let r = if i % 10 == 0 {
+                let r = if i.is_multiple_of(10) {
                     health(endpoint.clone(), Some(tls.clone())).await
                 } else {
                     client
