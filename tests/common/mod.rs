@@ -5,6 +5,8 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
+pub mod recursive;
+
 use kinbar::api::proto::authzed::api::v1 as pb;
 use kinbar::testing::TempPostgres;
 use tonic::transport::Channel;
