@@ -1,0 +1,389 @@
+//! Denial-of-service figures (issue 17's DoS acceptance), printed as the
+//! markdown table BENCHMARKS.md quotes: an in-process `kinbar serve`
+//! (memory datastore, two keys limited to `RATE` requests/s each) is
+//! measured by a well-behaved Check client — key `b`, paced at `PACE`
+//! calls/s from 4 tasks — alone and then while one attack runs:
+//!
+//! - 1,000 idle connections (TCP open, nothing sent);
+//! - 200 slow-preface connections (one byte every 200 ms);
+//! - a rapid-reset flood (an `h2` client opening and cancelling streams);
+//! - a CONTINUATION flood (HEADERS without END_HEADERS, endless
+//!   CONTINUATION frames), reconnecting when cut off;
+//! - key `a` calling as fast as it can from 8 tasks, far over its limit.
+//!
+//! For each: the client's achieved rate and p50/p99 latency, errors, the
+//! ratio of its p99 to the baseline's, and the server's resident memory
+//! (the server is a `kinbar serve` process of its own; client, attackers
+//! and server share the machine's cores). Run: `cargo bench --bench dos`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // benchmark harness
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use kinbar::api::proto::authzed::api::v1 as pb;
+use kinbar::api::proto::authzed::api::v1::permissions_service_client::PermissionsServiceClient;
+use kinbar::api::proto::authzed::api::v1::schema_service_client::SchemaServiceClient;
+use tokio::io::AsyncWriteExt;
+use tonic::transport::Channel;
+
+const RATE: u32 = 1_500;
+const PACE: u64 = 1_000;
+const WINDOW: Duration = Duration::from_secs(4);
+
+/// Resident memory of process `pid`, and its peak so far, in MB.
+fn rss_mb(pid: u32) -> (f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<f64>().ok())
+            .map_or(0.0, |kb| kb / 1024.0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+fn keyed<T>(msg: T, key: &str) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.metadata_mut()
+        .insert("authorization", format!("Bearer {key}").parse().unwrap());
+    r
+}
+
+fn check(token: &pb::ZedToken) -> pb::CheckPermissionRequest {
+    let r: kinbar::Relationship = "doc:1#view@user:a".parse().unwrap();
+    let p = kinbar::api::convert::relationship_pb(&r);
+    pb::CheckPermissionRequest {
+        consistency: Some(pb::Consistency {
+            requirement: Some(pb::consistency::Requirement::AtLeastAsFresh(token.clone())),
+        }),
+        resource: p.resource,
+        permission: "view".into(),
+        subject: p.subject,
+        context: None,
+        with_tracing: false,
+    }
+}
+
+struct Measured {
+    rate: f64,
+    p50: Duration,
+    p99: Duration,
+    errors: u64,
+    rss: (f64, f64),
+}
+
+/// Key `b`'s paced client for one window.
+async fn measure(ch: &Channel, token: &pb::ZedToken, pid: u32) -> Measured {
+    let started = Instant::now();
+    let errors = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for t in 0..4u64 {
+        let mut client = PermissionsServiceClient::new(ch.clone());
+        let errors = errors.clone();
+        let token = token.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let interval = Duration::from_micros(4 * 1_000_000 / PACE);
+            let mut next = tokio::time::Instant::now() + interval * t as u32 / 4;
+            while started.elapsed() < WINDOW {
+                tokio::time::sleep_until(next).await;
+                next += interval;
+                let t0 = Instant::now();
+                match client
+                    .check_permission(keyed(check(&token), "key-b-secret"))
+                    .await
+                {
+                    Ok(_) => lat.push(t0.elapsed()),
+                    Err(_) => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            lat
+        }));
+    }
+    let mut lat = Vec::new();
+    for t in tasks {
+        lat.extend(t.await.unwrap());
+    }
+    lat.sort();
+    let q = |f: f64| {
+        lat.get(((lat.len() as f64 * f) as usize).min(lat.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or_default()
+    };
+    Measured {
+        rate: lat.len() as f64 / started.elapsed().as_secs_f64(),
+        p50: q(0.5),
+        p99: q(0.99),
+        errors: errors.load(Ordering::Relaxed),
+        rss: rss_mb(pid),
+    }
+}
+
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+async fn rapid_reset(addr: std::net::SocketAddr, stop: Arc<AtomicBool>, count: Arc<AtomicU64>) {
+    while !stop.load(Ordering::Relaxed) {
+        let Ok(tcp) = tokio::net::TcpStream::connect(addr).await else {
+            continue;
+        };
+        let Ok((mut h2, connection)) = h2::client::handshake(tcp).await else {
+            continue;
+        };
+        let driver = tokio::spawn(connection);
+        while !stop.load(Ordering::Relaxed) {
+            h2 = match h2.ready().await {
+                Ok(r) => r,
+                Err(_) => break,
+            };
+            let req = http::Request::builder()
+                .method("POST")
+                .uri("http://kinbar/authzed.api.v1.PermissionsService/CheckPermission")
+                .header("content-type", "application/grpc")
+                .header("te", "trailers")
+                .body(())
+                .unwrap();
+            match h2.send_request(req, false) {
+                Ok((_response, mut stream)) => {
+                    stream.send_reset(h2::Reason::CANCEL);
+                    count.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(_) => break,
+            }
+        }
+        driver.abort();
+    }
+}
+
+async fn continuation_flood(
+    addr: std::net::SocketAddr,
+    stop: Arc<AtomicBool>,
+    count: Arc<AtomicU64>,
+) {
+    let mut field = vec![0x10, 0x05];
+    field.extend_from_slice(b"x-pad");
+    field.extend_from_slice(&[0x7f, 0x81, 0x07]);
+    field.extend(std::iter::repeat_n(b'a', 1024));
+    while !stop.load(Ordering::Relaxed) {
+        let Ok(mut tcp) = tokio::net::TcpStream::connect(addr).await else {
+            continue;
+        };
+        let _ = tcp.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await;
+        let _ = tcp.write_all(&frame(0x4, 0, 0, &[])).await;
+        let _ = tcp.write_all(&frame(0x1, 0, 1, &field)).await;
+        while !stop.load(Ordering::Relaxed) {
+            if tcp.write_all(&frame(0x9, 0, 1, &field)).await.is_err() {
+                break;
+            }
+            count.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+struct Serve(std::process::Child);
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("kinbar.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "preshared_keys = [\"a:key-a-secret:admin\", \"b:key-b-secret:admin\"]\nrate_limit_per_key = {RATE}\n"
+        ),
+    )
+    .unwrap();
+    let server = Serve(
+        std::process::Command::new(env!("CARGO_BIN_EXE_kinbar"))
+            .arg("serve")
+            .arg("--config")
+            .arg(&config)
+            .args(["--grpc-addr", &addr.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let pid = server.0.id();
+    let mut ch = None;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if let Ok(c) = Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+        {
+            ch = Some(c);
+            break;
+        }
+    }
+    let ch = ch.expect("kinbar serve came up");
+    SchemaServiceClient::new(ch.clone())
+        .write_schema(keyed(
+            pb::WriteSchemaRequest {
+                schema: "definition user {}\ndefinition doc { relation viewer: user\n permission view = viewer }".into(),
+            },
+            "key-b-secret",
+        ))
+        .await
+        .unwrap();
+    let r: kinbar::Relationship = "doc:1#viewer@user:a".parse().unwrap();
+    let token = PermissionsServiceClient::new(ch.clone())
+        .write_relationships(keyed(
+            pb::WriteRelationshipsRequest {
+                updates: vec![pb::RelationshipUpdate {
+                    operation: pb::relationship_update::Operation::Touch as i32,
+                    relationship: Some(kinbar::api::convert::relationship_pb(&r)),
+                }],
+                optional_preconditions: vec![],
+                optional_transaction_metadata: None,
+            },
+            "key-b-secret",
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .written_at
+        .unwrap();
+
+    println!(
+        "| scenario | client calls/s | p50 | p99 | p99 × baseline | client errors | server resident MB | attack |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    let baseline = measure(&ch, &token, pid).await;
+    let row = |name: &str, m: &Measured, attack: String| {
+        println!(
+            "| {name} | {:.0} | {:.2} ms | {:.2} ms | {:.2} | {} | {:.1} (peak {:.1}) | {attack} |",
+            m.rate,
+            m.p50.as_secs_f64() * 1e3,
+            m.p99.as_secs_f64() * 1e3,
+            m.p99.as_secs_f64() / baseline.p99.as_secs_f64().max(1e-9),
+            m.errors,
+            m.rss.0,
+            m.rss.1
+        );
+    };
+    row("baseline", &baseline, "—".into());
+
+    // 1,000 idle connections.
+    let mut idle = Vec::new();
+    for _ in 0..1_000 {
+        if let Ok(c) = tokio::net::TcpStream::connect(addr).await {
+            idle.push(c);
+        }
+    }
+    let opened = idle.len();
+    let m = measure(&ch, &token, pid).await;
+    row("1,000 idle connections", &m, format!("{opened} opened"));
+    drop(idle);
+
+    // 200 slow-preface connections.
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut slow = Vec::new();
+    for _ in 0..200 {
+        let stop = stop.clone();
+        slow.push(tokio::spawn(async move {
+            let Ok(mut c) = tokio::net::TcpStream::connect(addr).await else {
+                return;
+            };
+            for b in b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" {
+                if stop.load(Ordering::Relaxed) || c.write_all(&[*b]).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }));
+    }
+    let m = measure(&ch, &token, pid).await;
+    stop.store(true, Ordering::Relaxed);
+    for s in slow {
+        let _ = s.await;
+    }
+    row("200 slow-preface connections", &m, "1 byte / 200 ms".into());
+
+    // Rapid reset.
+    let stop = Arc::new(AtomicBool::new(false));
+    let count = Arc::new(AtomicU64::new(0));
+    let attacker = tokio::spawn(rapid_reset(addr, stop.clone(), count.clone()));
+    let m = measure(&ch, &token, pid).await;
+    stop.store(true, Ordering::Relaxed);
+    let _ = attacker.await;
+    row(
+        "rapid-reset flood",
+        &m,
+        format!("{} streams opened and reset", count.load(Ordering::Relaxed)),
+    );
+
+    // CONTINUATION flood.
+    let stop = Arc::new(AtomicBool::new(false));
+    let count = Arc::new(AtomicU64::new(0));
+    let attacker = tokio::spawn(continuation_flood(addr, stop.clone(), count.clone()));
+    let m = measure(&ch, &token, pid).await;
+    stop.store(true, Ordering::Relaxed);
+    let _ = attacker.await;
+    row(
+        "CONTINUATION flood",
+        &m,
+        format!("{} 1 KiB frames sent", count.load(Ordering::Relaxed)),
+    );
+
+    // Key a far over its limit.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, refused) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let mut flood = Vec::new();
+    for _ in 0..8 {
+        let mut client = PermissionsServiceClient::new(ch.clone());
+        let (stop, ok, refused) = (stop.clone(), ok.clone(), refused.clone());
+        let token = token.clone();
+        flood.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                match client
+                    .check_permission(keyed(check(&token), "key-a-secret"))
+                    .await
+                {
+                    Ok(_) => ok.fetch_add(1, Ordering::Relaxed),
+                    Err(s) if s.code() == tonic::Code::ResourceExhausted => {
+                        refused.fetch_add(1, Ordering::Relaxed)
+                    }
+                    Err(_) => 0,
+                };
+            }
+        }));
+    }
+    let m = measure(&ch, &token, pid).await;
+    stop.store(true, Ordering::Relaxed);
+    for f in flood {
+        let _ = f.await;
+    }
+    row(
+        "key a over its limit",
+        &m,
+        format!(
+            "key a: {} answered, {} RESOURCE_EXHAUSTED; key b at {:.0}% of its baseline rate",
+            ok.load(Ordering::Relaxed),
+            refused.load(Ordering::Relaxed),
+            100.0 * m.rate / baseline.rate
+        ),
+    );
+}
