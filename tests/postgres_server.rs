@@ -547,3 +547,67 @@ async fn migrate_command_and_serve_refusal() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// The datastore password can stay out of the URL, the environment and
+/// the process list: with none in the URL, Postgres's password file
+/// (`PGPASSFILE`, else `~/.pgpass`, mode 0600) supplies it. Here a role
+/// whose logins need a password (scram-sha-256) migrates its database with
+/// the password in a file only; without the file it is refused, and the
+/// password appears in no output.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_password_can_come_from_pgpassfile() {
+    use std::os::unix::fs::PermissionsExt as _;
+    skip_without_postgres!();
+    let admin_url = database().await;
+    let admin = sqlx::PgPool::connect(&admin_url).await.unwrap();
+    let role = format!("kinbar_pw_{:08x}", rand::random::<u32>());
+    let password = format!("pw-{:016x}", rand::random::<u64>());
+    for sql in [
+        format!("CREATE ROLE {role} LOGIN PASSWORD '{password}'"),
+        format!("CREATE DATABASE {role} OWNER {role}"),
+    ] {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(&admin)
+            .await
+            .unwrap();
+    }
+    // This role's socket logins need its password (first matching line).
+    let hba: String = sqlx::query_scalar("SHOW hba_file")
+        .fetch_one(&admin)
+        .await
+        .unwrap();
+    let lines = std::fs::read_to_string(&hba).unwrap();
+    std::fs::write(&hba, format!("local all {role} scram-sha-256\n{lines}")).unwrap();
+    sqlx::query("SELECT pg_reload_conf()")
+        .execute(&admin)
+        .await
+        .unwrap();
+    let host = admin_url.split("host=").nth(1).unwrap().to_string();
+    let url = format!("postgres://{role}@localhost/{role}?host={host}");
+    let migrate = |passfile: Option<&std::path::Path>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kinbar"));
+        cmd.args(["migrate", "--datastore", &url]);
+        cmd.env_remove("PGPASSWORD");
+        match passfile {
+            Some(p) => cmd.env("PGPASSFILE", p),
+            None => cmd.env("PGPASSFILE", "/nonexistent/pgpass"),
+        };
+        let out = cmd.output().unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!text.contains(&password), "the password leaked: {text}");
+        (out.status.code(), text)
+    };
+    let (code, text) = migrate(None);
+    assert_ne!(code, Some(0), "no password, yet connected: {text}");
+    let dir = tempfile::tempdir().unwrap();
+    let passfile = dir.path().join("pgpass");
+    std::fs::write(&passfile, format!("*:*:{role}:{role}:{password}\n")).unwrap();
+    std::fs::set_permissions(&passfile, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let (code, text) = migrate(Some(&passfile));
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("applied migration"), "{text}");
+}
