@@ -595,3 +595,32 @@ mod tests {
         assert!(found[1].contains("transaction 10 deletes a relationship the audit never created"));
     }
 }
+
+/// A call Kinbar refused (SECURITY.md "Security events"): who (a key's
+/// name, or `anonymous` when no valid key was presented), from where, which
+/// method, the status code and its message — never the presented token.
+/// `count` > 1: the refusals without a valid key from one peer in one
+/// minute, aggregated.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SecurityEvent {
+    /// Milliseconds since the Unix epoch (the latest, when aggregated).
+    pub at_ms: u64,
+    pub key: String,
+    pub peer: String,
+    pub method: String,
+    pub code: String,
+    pub reason: String,
+    pub count: u64,
+    /// Set on aggregated events: `peer|minute`; events with the same
+    /// aggregate are one row whose count adds up.
+    #[serde(skip)]
+    pub aggregate: Option<String>,
+}
+
+/// A stored [`SecurityEvent`] and its place in the table.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct StoredSecurityEvent {
+    pub id: u64,
+    #[serde(flatten)]
+    pub event: SecurityEvent,
+}

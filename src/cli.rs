@@ -180,6 +180,10 @@ pub struct AuditFilterArgs {
     pub subject: Option<String>,
     #[arg(long)]
     pub json: bool,
+    /// Print the security events instead: calls Kinbar refused (a key's
+    /// refusals one by one, calls without a valid key per peer and minute).
+    #[arg(long, conflicts_with_all = ["actor", "object", "relation", "subject"])]
+    pub security: bool,
 }
 
 #[derive(Debug, Subcommand)]

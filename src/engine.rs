@@ -568,6 +568,23 @@ impl Engine {
         Ok(self.store.read_audit(after, filter, limit).await?)
     }
 
+    /// Stores refused calls (see [`crate::audit::SecurityEvent`]).
+    pub async fn record_security_events(
+        &self,
+        events: &[crate::audit::SecurityEvent],
+    ) -> Result<(), Error> {
+        Ok(self.store.record_security_events(events).await?)
+    }
+
+    /// Stored security events after id `after`, oldest first.
+    pub async fn read_security_events(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<crate::audit::StoredSecurityEvent>, Error> {
+        Ok(self.store.read_security_events(after, limit).await?)
+    }
+
     /// Where the store's retained audit chain starts, if it pruned older
     /// records.
     pub async fn audit_horizon(&self) -> Result<Option<crate::audit::AuditHorizon>, Error> {

@@ -177,6 +177,29 @@ fn parse_keys(texts: &[String]) -> Result<Vec<PresharedKey>, String> {
     texts.iter().map(|k| PresharedKey::parse(k)).collect()
 }
 
+/// Stores the refused calls recorded since the last pass, every second.
+/// A datastore error drops that batch (logged, counted): security events
+/// are also structured logs, so nothing depends on this table alone.
+async fn store_security_events(
+    engine: Arc<crate::engine::Engine>,
+    log: crate::api::auth::SecurityLog,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let events = log.drain();
+        if events.is_empty() {
+            continue;
+        }
+        if let Err(e) = engine.record_security_events(&events).await {
+            metrics::counter!("kinbar_security_events_dropped_total")
+                .increment(events.len() as u64);
+            tracing::warn!(error = %e, events = events.len(), "could not store security events");
+        }
+    }
+}
+
 /// Re-reads the keys file every second and on SIGHUP; a changed, valid,
 /// non-empty set replaces the keys atomically (new calls see it at once).
 /// A broken or empty file keeps the current set, logs and is counted.
@@ -357,6 +380,10 @@ pub async fn serve(
     ));
     let _stop_probe = AbortOnDrop(probe);
     let _reload_keys = AbortOnDrop(tokio::spawn(reload_keys(config.clone(), api.auth.clone())));
+    let _security_events = AbortOnDrop(tokio::spawn(store_security_events(
+        api.engine.clone(),
+        api.auth.security_log(),
+    )));
     let _metrics = match config.metrics_addr {
         Some(addr) => Some(AbortOnDrop(
             ops::serve_http(addr, readiness.clone()).await?.1,

@@ -243,6 +243,21 @@ pub trait Datastore: Send + Sync + 'static {
         page: &Page,
     ) -> Result<Vec<Relationship>, StoreError>;
 
+    /// Stores refused calls (security events): one row each, except that
+    /// events with the same `aggregate` add up in one row.
+    async fn record_security_events(
+        &self,
+        events: &[crate::audit::SecurityEvent],
+    ) -> Result<(), StoreError>;
+
+    /// Security events with an id above `after`, oldest first, at most
+    /// `limit`.
+    async fn read_security_events(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<crate::audit::StoredSecurityEvent>, StoreError>;
+
     /// Whether every [`Datastore::query`] is a round trip worth saving: the
     /// engine then asks the reads of one evaluation step together through
     /// [`Datastore::query_many`] (Postgres). The memory store answers a

@@ -740,3 +740,118 @@ fn first_watched_change(endpoint: &str, extra: &[&str], write: impl Fn(usize)) -
     watcher.wait().unwrap();
     seen.expect("watch printed a change")
 }
+
+/// Security events are stored (issue 17 item 8): an authenticated key's
+/// refusals one by one, calls without a valid key aggregated per peer and
+/// minute, readable with `kinbar audit read --security` (admin scope) and
+/// never holding a presented token.
+#[test]
+fn refused_calls_are_stored_as_security_events() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut server = Command::new(env!("CARGO_BIN_EXE_kinbar"))
+        .args([
+            "serve",
+            "--grpc-addr",
+            &format!("127.0.0.1:{port}"),
+            "--preshared-key",
+            "crm-reader:ReaderKey123:check",
+            "--preshared-key",
+            "root:RootKey123456:admin",
+        ])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let run = |token: &str, args: &[&str]| {
+        let mut all = vec!["--endpoint", endpoint.as_str(), "--token", token];
+        all.extend_from_slice(args);
+        kinbar(&all)
+    };
+    for i in 0..3 {
+        let (code, _, err) = run(
+            "ReaderKey123",
+            &["rel", "touch", &format!("doc:{i}#viewer@user:a")],
+        );
+        assert_eq!(code, 2, "{err}");
+    }
+    for _ in 0..12 {
+        let (code, _, err) = run("WrongKey456789", &["schema", "read"]);
+        assert_eq!(code, 2, "{err}");
+    }
+    // Reading them needs the admin scope (and that refusal is one more).
+    let (code, _, err) = run("ReaderKey123", &["audit", "read", "--security"]);
+    assert_eq!(code, 2, "{err}");
+    // Stored within a second or two.
+    let mut events: Vec<serde_json::Value> = Vec::new();
+    for _ in 0..50 {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let (code, out, err) = run("RootKey123456", &["audit", "read", "--security", "--json"]);
+        assert_eq!(code, 0, "{err}");
+        assert!(
+            !out.contains("ReaderKey123") && !out.contains("WrongKey456789"),
+            "{out}"
+        );
+        events = out
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let anonymous: u64 = events
+            .iter()
+            .filter(|e| e["key"] == "anonymous")
+            .map(|e| e["count"].as_u64().unwrap())
+            .sum();
+        if events.iter().filter(|e| e["key"] == "crm-reader").count() == 4 && anonymous == 12 {
+            break;
+        }
+    }
+    let reader: Vec<&serde_json::Value> =
+        events.iter().filter(|e| e["key"] == "crm-reader").collect();
+    assert_eq!(reader.len(), 4, "{events:?}");
+    assert!(
+        reader[..3].iter().all(|e| e["method"]
+            .as_str()
+            .unwrap()
+            .ends_with("/WriteRelationships")
+            && e["code"] == "PermissionDenied"
+            && e["count"] == 1),
+        "{events:?}"
+    );
+    assert!(
+        reader[3]["method"]
+            .as_str()
+            .unwrap()
+            .ends_with("/ReadSecurityEvents")
+    );
+    let anonymous: Vec<&serde_json::Value> =
+        events.iter().filter(|e| e["key"] == "anonymous").collect();
+    // One row per peer and minute (two if the calls straddled a minute).
+    assert!(matches!(anonymous.len(), 1 | 2), "{events:?}");
+    assert_eq!(
+        anonymous
+            .iter()
+            .map(|e| e["count"].as_u64().unwrap())
+            .sum::<u64>(),
+        12,
+        "{events:?}"
+    );
+    assert!(
+        anonymous
+            .iter()
+            .all(|e| e["peer"] == "127.0.0.1" && e["code"] == "Unauthenticated")
+    );
+    let (code, text, err) = run("RootKey123456", &["audit", "read", "--security"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(text.contains("anonymous from 127.0.0.1"), "{text}");
+    server.kill().unwrap();
+    server.wait().unwrap();
+}

@@ -485,6 +485,37 @@ async fn least_privilege_runtime_role() {
     let (code, out) = kinbar_cli(port, &["audit", "verify", "--complete"]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("3 audit transactions verified"), "{out}");
+    // The runtime role stores security events (aggregated ones add up).
+    let store = kinbar::store::postgres::PostgresStore::open(
+        &runtime_url,
+        kinbar::store::postgres::PostgresOptions {
+            seal_interval: None,
+            gc_interval: None,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let refused = kinbar::audit::SecurityEvent {
+        at_ms: 1,
+        key: "anonymous".into(),
+        peer: "10.1.2.3".into(),
+        method: "/authzed.api.v1.SchemaService/ReadSchema".into(),
+        code: "Unauthenticated".into(),
+        reason: "unknown preshared key".into(),
+        count: 1,
+        aggregate: Some("anonymous|10.1.2.3|0".into()),
+    };
+    use kinbar::store::Datastore as _;
+    for _ in 0..2 {
+        store
+            .record_security_events(std::slice::from_ref(&refused))
+            .await
+            .unwrap();
+    }
+    let stored = store.read_security_events(0, 10).await.unwrap();
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].event.count, 2);
     // As the runtime role, audit rows cannot be changed or removed.
     let runtime = sqlx::PgPool::connect(&runtime_url).await.unwrap();
     for sql in [
@@ -534,7 +565,7 @@ async fn migrate_command_and_serve_refusal() {
         migrate(),
         (
             Some(0),
-            "applied migration 1\napplied migration 2\n".to_string()
+            "applied migration 1\napplied migration 2\napplied migration 3\n".to_string()
         )
     );
     assert_eq!(

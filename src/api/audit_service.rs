@@ -84,6 +84,76 @@ fn tenant_view(
 impl AuditService for AuditApi {
     type ReadAuditStream =
         Pin<Box<dyn Stream<Item = Result<kpb::ReadAuditResponse, Status>> + Send + 'static>>;
+    type ReadSecurityEventsStream = Pin<
+        Box<dyn Stream<Item = Result<kpb::ReadSecurityEventsResponse, Status>> + Send + 'static>,
+    >;
+
+    async fn read_security_events(
+        &self,
+        request: Request<kpb::ReadSecurityEventsRequest>,
+    ) -> Result<Response<Self::ReadSecurityEventsStream>, Status> {
+        let caller = self.0.authorize(&request, Scope::Admin)?;
+        if caller.tenant.is_confined() {
+            return Err(caller.refuse(format!(
+                "security events cover every tenant's keys; key `{}` is confined to {}",
+                caller.actor,
+                caller.tenant.describe()
+            )));
+        }
+        let req = request.into_inner();
+        let mut after: u64 = match req.optional_cursor.as_str() {
+            "" => 0,
+            c => c
+                .parse()
+                .map_err(|_| Status::invalid_argument("invalid security event cursor"))?,
+        };
+        let mut remaining = match req.optional_limit {
+            0 => usize::MAX,
+            n => n as usize,
+        };
+        let engine = self.0.engine.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        tokio::spawn(async move {
+            while remaining > 0 {
+                let batch = match engine.read_security_events(after, remaining.min(500)).await {
+                    Ok(b) => b,
+                    Err(e) => {
+                        let _ = tx.send(Err(status::from_engine(e))).await;
+                        return;
+                    }
+                };
+                if batch.is_empty() {
+                    return;
+                }
+                for e in batch {
+                    after = e.id;
+                    remaining -= 1;
+                    let item = kpb::ReadSecurityEventsResponse {
+                        after_result_cursor: e.id.to_string(),
+                        event: Some(kpb::SecurityEvent {
+                            id: e.id,
+                            at: Some(prost_types::Timestamp {
+                                seconds: (e.event.at_ms / 1000) as i64,
+                                nanos: ((e.event.at_ms % 1000) * 1_000_000) as i32,
+                            }),
+                            key: e.event.key,
+                            peer: e.event.peer,
+                            method: e.event.method,
+                            code: e.event.code,
+                            reason: e.event.reason,
+                            count: e.event.count,
+                        }),
+                    };
+                    if tx.send(Ok(item)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
 
     async fn read_audit(
         &self,

@@ -166,6 +166,84 @@ type KeyedLimiter = governor::RateLimiter<
     governor::clock::DefaultClock,
 >;
 
+/// Refused calls waiting to be stored as security events (the server
+/// flushes them to the datastore every second). An authenticated key's
+/// refusals are kept one by one; refusals without a valid key add up per
+/// peer (address without port) and minute, so a flood is a handful of
+/// events, not one per call. Bounded: past [`MAX_PENDING_EVENTS`] events
+/// (or aggregates) more are dropped and counted.
+#[derive(Clone, Default)]
+pub struct SecurityLog(std::sync::Arc<std::sync::Mutex<PendingEvents>>);
+
+#[derive(Default)]
+struct PendingEvents {
+    events: Vec<crate::audit::SecurityEvent>,
+    anonymous: std::collections::HashMap<String, crate::audit::SecurityEvent>,
+}
+
+/// The most events (and anonymous aggregates) waiting between flushes.
+const MAX_PENDING_EVENTS: usize = 10_000;
+
+impl SecurityLog {
+    fn record(&self, key: Option<&str>, peer: &str, method: &str, status: &Status) {
+        let at_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let mut p = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let event =
+            |key: &str, peer: &str, aggregate: Option<String>| crate::audit::SecurityEvent {
+                at_ms,
+                key: key.to_string(),
+                peer: peer.to_string(),
+                method: method.to_string(),
+                code: format!("{:?}", status.code()),
+                reason: status.message().chars().take(512).collect(),
+                count: 1,
+                aggregate,
+            };
+        match key {
+            Some(key) => {
+                if p.events.len() >= MAX_PENDING_EVENTS {
+                    metrics::counter!("kinbar_security_events_dropped_total").increment(1);
+                    return;
+                }
+                p.events.push(event(key, peer, None));
+            }
+            None => {
+                let host = peer
+                    .rsplit_once(':')
+                    .map_or(peer, |(host, _port)| host)
+                    .trim_start_matches('[')
+                    .trim_end_matches(']');
+                let host = if p.anonymous.len() >= MAX_PENDING_EVENTS {
+                    "*"
+                } else {
+                    host
+                };
+                let aggregate = format!("anonymous|{host}|{}", at_ms / 60_000);
+                match p.anonymous.get_mut(&aggregate) {
+                    Some(e) => {
+                        e.count += 1;
+                        e.at_ms = at_ms;
+                    }
+                    None => {
+                        let e = event("anonymous", host, Some(aggregate.clone()));
+                        p.anonymous.insert(aggregate, e);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The events recorded since the last drain.
+    pub fn drain(&self) -> Vec<crate::audit::SecurityEvent> {
+        let mut p = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out = std::mem::take(&mut p.events);
+        out.extend(p.anonymous.drain().map(|(_, e)| e));
+        out
+    }
+}
+
 /// The configured keys; empty means unauthenticated (loopback or explicit opt-in).
 #[derive(Clone, Default)]
 pub struct Authenticator {
@@ -178,6 +256,7 @@ pub struct Authenticator {
     /// configured keys, never by what callers send.
     limiter: Option<std::sync::Arc<KeyedLimiter>>,
     limits: RateLimits,
+    security: SecurityLog,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -278,19 +357,25 @@ impl Authenticator {
         self.open
     }
 
+    /// Where refused calls are recorded until the server stores them.
+    pub fn security_log(&self) -> SecurityLog {
+        self.security.clone()
+    }
+
     /// The caller of a request needing `scope`, or the status to return.
     /// Every refusal is also a security event (see [`refused`]).
     pub fn authorize<T>(&self, request: &Request<T>, scope: Scope) -> Result<Caller, Status> {
         let (actor, tenant) = self
             .check(request, scope)
-            .map_err(|(key, status)| refused(request, key.as_deref(), status))?;
+            .map_err(|(key, status)| self.refused(request, key.as_deref(), status))?;
         self.take_tokens(request, &actor)
-            .map_err(|status| refused(request, Some(&actor), status))?;
+            .map_err(|status| self.refused(request, Some(&actor), status))?;
         Ok(Caller {
             actor,
             tenant,
             peer: peer(request),
             method: method(request),
+            security: self.security.clone(),
         })
     }
 
@@ -353,12 +438,13 @@ impl Authenticator {
 
 /// Who is calling: the key's name (the audit actor) and the types it may
 /// name, with the peer and method for security events.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Caller {
     pub actor: String,
     pub tenant: Tenant,
     peer: String,
     method: String,
+    security: SecurityLog,
 }
 
 impl Caller {
@@ -412,6 +498,7 @@ impl Caller {
     /// security event.
     pub fn refuse(&self, message: String) -> Status {
         security_event(
+            &self.security,
             Some(&self.actor),
             &self.peer,
             &self.method,
@@ -443,11 +530,26 @@ pub struct CallPath(pub String);
 /// Logs a refused call as a structured security event (target
 /// `kinbar::security`): the key's name or `anonymous`, the peer, the
 /// method and the reason — never the presented token.
-fn refused<T>(request: &Request<T>, key: Option<&str>, status: Status) -> Status {
-    security_event(key, &peer(request), &method(request), status)
+impl Authenticator {
+    fn refused<T>(&self, request: &Request<T>, key: Option<&str>, status: Status) -> Status {
+        security_event(
+            &self.security,
+            key,
+            &peer(request),
+            &method(request),
+            status,
+        )
+    }
 }
 
-fn security_event(key: Option<&str>, peer: &str, method: &str, status: Status) -> Status {
+fn security_event(
+    log: &SecurityLog,
+    key: Option<&str>,
+    peer: &str,
+    method: &str,
+    status: Status,
+) -> Status {
+    log.record(key, peer, method, &status);
     metrics::counter!(
         "kinbar_security_events_total",
         "code" => format!("{:?}", status.code()),

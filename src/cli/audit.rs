@@ -47,6 +47,12 @@ pub(super) async fn audit(conn: &Connection, command: AuditCommand) -> CliResult
                 no()
             };
         }
+        AuditCommand::Read(a) if a.security => return security_events(&mut c, a.json).await,
+        AuditCommand::Tail(a) if a.security => {
+            return Err(super::CliError::Message(
+                "`audit tail --security` is not supported; use `audit read --security`".into(),
+            ));
+        }
         AuditCommand::Read(a) => (a, false),
         AuditCommand::Tail(a) => (a, true),
     };
@@ -97,6 +103,46 @@ pub(super) async fn audit(conn: &Connection, command: AuditCommand) -> CliResult
             for ch in &changes {
                 println!("    {ch}");
             }
+        }
+        Ok(())
+    })
+    .await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `kinbar audit read --security`: the refused calls, oldest first.
+async fn security_events(c: &mut super::client::Client, json: bool) -> CliResult {
+    let stream = c
+        .audit
+        .read_security_events(kpb::ReadSecurityEventsRequest::default())
+        .await?
+        .into_inner();
+    super::client::drain(stream, |r| {
+        let Some(e) = r.event else {
+            return Ok(());
+        };
+        let at_ms =
+            e.at.map(|ts| ts.seconds * 1000 + i64::from(ts.nanos) / 1_000_000)
+                .unwrap_or_default();
+        if json {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "id": e.id, "at_ms": at_ms, "key": e.key, "peer": e.peer,
+                    "method": e.method, "code": e.code, "reason": e.reason, "count": e.count,
+                })
+            );
+        } else {
+            let when = crate::audit::rfc3339(u64::try_from(at_ms).unwrap_or(0));
+            let times = if e.count > 1 {
+                format!(" ×{}", e.count)
+            } else {
+                String::new()
+            };
+            println!(
+                "#{} {when} {} from {} {} {}{times}: {}",
+                e.id, e.key, e.peer, e.method, e.code, e.reason
+            );
         }
         Ok(())
     })

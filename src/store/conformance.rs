@@ -394,6 +394,64 @@ pub async fn large_and_odd_writes(store: Arc<dyn Datastore>) {
 /// fails it whole; its audit record verifies (the memory store seals it
 /// from interned keys, readers rebuild it from strings) and lists every
 /// relationship once.
+/// Security events: one row each, except that events with the same
+/// aggregate add up in one row (its time the latest); read in id order
+/// after a cursor.
+pub async fn security_events(store: Arc<dyn Datastore>) {
+    use crate::audit::SecurityEvent;
+    let event = |at_ms: u64, key: &str, aggregate: Option<&str>| SecurityEvent {
+        at_ms,
+        key: key.to_string(),
+        peer: "10.0.0.7".to_string(),
+        method: "/authzed.api.v1.PermissionsService/WriteRelationships".to_string(),
+        code: "PermissionDenied".to_string(),
+        reason: "key `reader` lacks the `write` scope".to_string(),
+        count: 1,
+        aggregate: aggregate.map(str::to_string),
+    };
+    let batches = [
+        vec![event(1, "reader", None), event(2, "anonymous", Some("a|1"))],
+        vec![event(3, "anonymous", Some("a|1")), event(4, "reader", None)],
+        vec![SecurityEvent {
+            count: 40,
+            ..event(5, "anonymous", Some("a|1"))
+        }],
+    ];
+    for b in &batches {
+        store
+            .record_security_events(b)
+            .await
+            .unwrap_or_else(|e| panic!("record_security_events failed: {e}"));
+    }
+    let all = store
+        .read_security_events(0, 100)
+        .await
+        .unwrap_or_else(|e| panic!("read_security_events failed: {e}"));
+    let seen: Vec<(String, u64, u64)> = all
+        .iter()
+        .map(|e| (e.event.key.clone(), e.event.count, e.event.at_ms))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("reader".to_string(), 1, 1),
+            ("anonymous".to_string(), 42, 5),
+            ("reader".to_string(), 1, 4)
+        ],
+        "security events"
+    );
+    assert!(all.windows(2).all(|w| w[0].id < w[1].id), "ids increase");
+    let later = store
+        .read_security_events(all[1].id, 100)
+        .await
+        .unwrap_or_else(|e| panic!("read_security_events failed: {e}"));
+    assert_eq!(later.len(), 1, "after a cursor");
+    assert_eq!(
+        later[0].event.reason,
+        "key `reader` lacks the `write` scope"
+    );
+}
+
 pub async fn imports(store: Arc<dyn Datastore>) {
     let schema = write(
         &*store,
@@ -718,6 +776,7 @@ macro_rules! datastore_conformance_tests {
             paging,
             large_and_odd_writes,
             imports,
+            security_events,
             concurrent_writers_and_changes,
             schema_versions,
             optimized_revisions,

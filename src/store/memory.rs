@@ -114,7 +114,20 @@ pub struct MemoryStore {
     /// `(window start, quantum, revision)` of the last optimized revision:
     /// every request in the same window shares it without scanning.
     optimized: Mutex<Option<(u64, u64, u64)>>,
+    security: Mutex<SecurityEvents>,
 }
+
+/// The memory store's security events: the newest
+/// [`MAX_SECURITY_EVENTS`], with the aggregated ones findable by key.
+#[derive(Default)]
+struct SecurityEvents {
+    events: VecDeque<crate::audit::StoredSecurityEvent>,
+    next_id: u64,
+    aggregates: std::collections::HashMap<String, u64>,
+}
+
+/// Security events the memory store keeps (the oldest are dropped).
+const MAX_SECURITY_EVENTS: usize = 100_000;
 
 impl Default for MemoryStore {
     fn default() -> Self {
@@ -963,6 +976,7 @@ impl MemoryStore {
             options,
             state: RwLock::new(State::new()),
             optimized: Mutex::new(None),
+            security: Mutex::new(SecurityEvents::default()),
         }
     }
 
@@ -1270,6 +1284,56 @@ impl Datastore for MemoryStore {
             committed_at_ms: kept.committed_at_ms,
             count: kept.changes.len(),
         })
+    }
+
+    async fn record_security_events(
+        &self,
+        events: &[crate::audit::SecurityEvent],
+    ) -> Result<(), StoreError> {
+        let mut s = self.security.lock().map_err(|_| poisoned())?;
+        for e in events {
+            if let Some(agg) = &e.aggregate
+                && let Some(&id) = s.aggregates.get(agg)
+                && let Some(first) = s.events.front().map(|f| f.id)
+                && id >= first
+                && let Some(stored) = s.events.get_mut((id - first) as usize)
+            {
+                stored.event.count += e.count;
+                stored.event.at_ms = e.at_ms;
+                continue;
+            }
+            s.next_id += 1;
+            let id = s.next_id;
+            if let Some(agg) = &e.aggregate {
+                s.aggregates.insert(agg.clone(), id);
+            }
+            s.events.push_back(crate::audit::StoredSecurityEvent {
+                id,
+                event: e.clone(),
+            });
+            while s.events.len() > MAX_SECURITY_EVENTS {
+                if let Some(old) = s.events.pop_front()
+                    && let Some(agg) = &old.event.aggregate
+                {
+                    s.aggregates.remove(agg);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn read_security_events(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<crate::audit::StoredSecurityEvent>, StoreError> {
+        let s = self.security.lock().map_err(|_| poisoned())?;
+        Ok(s.events
+            .iter()
+            .filter(|e| e.id > after)
+            .take(limit)
+            .cloned()
+            .collect())
     }
 
     async fn read_audit(

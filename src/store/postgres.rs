@@ -257,7 +257,10 @@ impl PostgresStore {
              GRANT SELECT, INSERT, DELETE ON relationships, schema_versions TO {role};\n\
              GRANT UPDATE (deleted_xid) ON relationships, schema_versions TO {role};\n\
              GRANT SELECT, INSERT ON transactions, audit_changes TO {role};\n\
-             GRANT UPDATE (audit_seq, previous_hash, hash) ON transactions TO {role};\n"
+             GRANT UPDATE (audit_seq, previous_hash, hash) ON transactions TO {role};\n\
+             GRANT SELECT, INSERT ON security_events TO {role};\n\
+             GRANT UPDATE (at_ms, method, code, reason, count) ON security_events TO {role};\n\
+             GRANT USAGE ON SEQUENCE security_events_id_seq TO {role};\n"
         ))
     }
 

@@ -149,6 +149,73 @@ impl Datastore for PostgresStore {
         true
     }
 
+    async fn record_security_events(
+        &self,
+        events: &[crate::audit::SecurityEvent],
+    ) -> Result<(), StoreError> {
+        for e in events {
+            sqlx::query(
+                "INSERT INTO security_events \
+                   (at_ms, key_name, peer, method, code, reason, count, aggregate) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+                 ON CONFLICT (aggregate) DO UPDATE SET \
+                   count = security_events.count + EXCLUDED.count, \
+                   at_ms = EXCLUDED.at_ms, method = EXCLUDED.method, \
+                   code = EXCLUDED.code, reason = EXCLUDED.reason",
+            )
+            .bind(i64::try_from(e.at_ms).unwrap_or(i64::MAX))
+            .bind(&e.key)
+            .bind(&e.peer)
+            .bind(&e.method)
+            .bind(&e.code)
+            .bind(&e.reason)
+            .bind(i64::try_from(e.count).unwrap_or(i64::MAX))
+            .bind(&e.aggregate)
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?;
+        }
+        Ok(())
+    }
+
+    async fn read_security_events(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<crate::audit::StoredSecurityEvent>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, at_ms, key_name, peer, method, code, reason, count, aggregate \
+             FROM security_events WHERE id > $1 ORDER BY id LIMIT $2",
+        )
+        .bind(i64::try_from(after).unwrap_or(i64::MAX))
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?;
+        rows.iter()
+            .map(|r| {
+                let n = |i: usize| -> Result<u64, StoreError> {
+                    let v: i64 = r.try_get(i).map_err(db_err)?;
+                    Ok(u64::try_from(v).unwrap_or_default())
+                };
+                let t = |i: usize| -> Result<String, StoreError> { r.try_get(i).map_err(db_err) };
+                Ok(crate::audit::StoredSecurityEvent {
+                    id: n(0)?,
+                    event: crate::audit::SecurityEvent {
+                        at_ms: n(1)?,
+                        key: t(2)?,
+                        peer: t(3)?,
+                        method: t(4)?,
+                        code: t(5)?,
+                        reason: t(6)?,
+                        count: n(7)?,
+                        aggregate: r.try_get(8).map_err(db_err)?,
+                    },
+                })
+            })
+            .collect()
+    }
+
     /// One statement per [`QUERY_MANY_CHUNK`] filters: a `UNION ALL` of
     /// each filter's own query (scalar binds, so each branch seeks its
     /// index like a single read does), its rows tagged with its position.
