@@ -16,6 +16,37 @@ fn kinbar(args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// `kinbar serve` on a free loopback port with `args`, once it accepts
+/// connections, and its endpoint.
+fn serve_with(args: &[&str], stderr: std::process::Stdio) -> (std::process::Child, String) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let server = Command::new(env!("CARGO_BIN_EXE_kinbar"))
+        .args(["serve", "--grpc-addr", &format!("127.0.0.1:{port}")])
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stderr(stderr)
+        .spawn()
+        .unwrap();
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    (server, format!("http://127.0.0.1:{port}"))
+}
+
+/// The CLI against `endpoint` with `--token token`.
+fn as_key(endpoint: &str, token: &str, args: &[&str]) -> (i32, String, String) {
+    let mut all = vec!["--endpoint", endpoint, "--token", token];
+    all.extend_from_slice(args);
+    kinbar(&all)
+}
+
 #[test]
 fn our_validation_files_pass_exhaustively() {
     let mut files: Vec<String> =
@@ -520,37 +551,16 @@ fn spicedb_phase1_corpus_passes_exhaustively() {
 /// presented token never appears in any output.
 #[test]
 fn refused_calls_are_logged_as_security_events_without_tokens() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let server = Command::new(env!("CARGO_BIN_EXE_kinbar"))
-        .args([
-            "serve",
-            "--grpc-addr",
-            &format!("127.0.0.1:{port}"),
+    let (server, endpoint) = serve_with(
+        &[
             "--log-format",
             "json",
             "--preshared-key",
             "crm-reader:ReaderKey123:check",
-        ])
-        .env("RUST_LOG", "info")
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    for _ in 0..100 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    let endpoint = format!("http://127.0.0.1:{port}");
-    let run = |token: &str, args: &[&str]| {
-        let mut all = vec!["--endpoint", endpoint.as_str(), "--token", token];
-        all.extend_from_slice(args);
-        kinbar(&all)
-    };
+        ],
+        std::process::Stdio::piped(),
+    );
+    let run = |token: &str, args: &[&str]| as_key(&endpoint, token, args);
     // An unknown key, then a known key without the scope.
     let (code, _, err) = run("WrongKey456789", &["schema", "read"]);
     assert_eq!(code, 2, "{err}");
@@ -747,36 +757,16 @@ fn first_watched_change(endpoint: &str, extra: &[&str], write: impl Fn(usize)) -
 /// never holding a presented token.
 #[test]
 fn refused_calls_are_stored_as_security_events() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut server = Command::new(env!("CARGO_BIN_EXE_kinbar"))
-        .args([
-            "serve",
-            "--grpc-addr",
-            &format!("127.0.0.1:{port}"),
+    let (mut server, endpoint) = serve_with(
+        &[
             "--preshared-key",
             "crm-reader:ReaderKey123:check",
             "--preshared-key",
             "root:RootKey123456:admin",
-        ])
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    for _ in 0..100 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    let endpoint = format!("http://127.0.0.1:{port}");
-    let run = |token: &str, args: &[&str]| {
-        let mut all = vec!["--endpoint", endpoint.as_str(), "--token", token];
-        all.extend_from_slice(args);
-        kinbar(&all)
-    };
+        ],
+        std::process::Stdio::null(),
+    );
+    let run = |token: &str, args: &[&str]| as_key(&endpoint, token, args);
     for i in 0..3 {
         let (code, _, err) = run(
             "ReaderKey123",

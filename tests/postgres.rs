@@ -39,7 +39,7 @@ async fn refuses_unmigrated_and_newer_databases() {
     let err = PostgresStore::open(&url, quiet()).await.err().unwrap();
     assert!(err.to_string().contains("kinbar migrate"), "{err}");
     let applied = PostgresStore::migrate(&url).await.unwrap();
-    assert_eq!(applied, vec![1, 2]);
+    assert_eq!(applied, vec![1, 2, 3]);
     assert!(
         PostgresStore::migrate(&url).await.unwrap().is_empty(),
         "idempotent"
