@@ -27,6 +27,10 @@ pub struct Config {
     pub tls_key: Option<PathBuf>,
     /// Require client certificates signed by this CA (mTLS).
     pub tls_client_ca: Option<PathBuf>,
+    /// `NAME:SCOPES[:PREFIXES]`: a client certificate naming NAME (a DNS
+    /// subject alternative name), verified by the client CA, authenticates
+    /// a call that carries no key, with these scopes; NAME is its actor.
+    pub tls_client_identities: Vec<String>,
     /// Largest accepted request message.
     pub max_message_bytes: usize,
     pub max_updates_per_write: usize,
@@ -122,6 +126,7 @@ impl Default for Config {
             tls_cert: None,
             tls_key: None,
             tls_client_ca: None,
+            tls_client_identities: Vec::new(),
             max_message_bytes: 4 * 1024 * 1024,
             max_updates_per_write: engine.max_updates_per_write,
             max_checks_per_bulk: api.max_checks_per_bulk,
@@ -206,6 +211,15 @@ pub struct ServeArgs {
     pub tls_key: Option<PathBuf>,
     #[arg(long, env = "KINBAR_TLS_CLIENT_CA")]
     pub tls_client_ca: Option<PathBuf>,
+    /// NAME:SCOPES[:PREFIXES]: calls without a key from a client whose
+    /// verified certificate names NAME (mTLS) get these scopes, with NAME
+    /// as their audit actor; repeatable.
+    #[arg(
+        long = "tls-client-identity",
+        env = "KINBAR_TLS_CLIENT_IDENTITY",
+        value_delimiter = ';'
+    )]
+    pub tls_client_identities: Vec<String>,
     #[arg(long, env = "KINBAR_MAX_UPDATES_PER_WRITE")]
     pub max_updates_per_write: Option<usize>,
     #[arg(long, env = "KINBAR_MAX_DEPTH")]
@@ -293,6 +307,9 @@ impl Config {
         if args.tls_client_ca.is_some() {
             c.tls_client_ca = args.tls_client_ca.clone();
         }
+        if !args.tls_client_identities.is_empty() {
+            c.tls_client_identities = args.tls_client_identities.clone();
+        }
         if let Some(v) = args.max_updates_per_write {
             c.max_updates_per_write = v;
         }
@@ -337,6 +354,12 @@ impl Config {
         }
         if self.tls_client_ca.is_some() && self.tls_cert.is_none() {
             return Err("--tls-client-ca (mTLS) needs --tls-cert and --tls-key".into());
+        }
+        if !self.tls_client_identities.is_empty() && self.tls_client_ca.is_none() {
+            return Err(
+                "--tls-client-identity needs --tls-client-ca: only certificates signed by it are verified"
+                    .into(),
+            );
         }
         if self.gc_interval_secs == 0 || self.postgres_max_connections == 0 {
             return Err("gc_interval_secs and postgres_max_connections must be positive".into());

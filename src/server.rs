@@ -285,11 +285,20 @@ pub fn build_api(config: &Config, store: Arc<dyn Datastore>) -> Result<Api, Serv
     );
     Ok(Api::new(
         Arc::new(engine),
-        Authenticator::new(keys).with_rate_limits(crate::api::auth::RateLimits {
-            per_second: config.rate_limit_per_key,
-            burst: config.rate_limit_burst,
-            expensive_cost: config.rate_limit_expensive_cost,
-        }),
+        Authenticator::new(keys)
+            .with_rate_limits(crate::api::auth::RateLimits {
+                per_second: config.rate_limit_per_key,
+                burst: config.rate_limit_burst,
+                expensive_cost: config.rate_limit_expensive_cost,
+            })
+            .with_client_identities(
+                config
+                    .tls_client_identities
+                    .iter()
+                    .map(|t| crate::api::auth::ClientIdentity::parse(t))
+                    .collect::<Result<_, _>>()
+                    .map_err(ServerError::Config)?,
+            ),
         ApiLimits {
             max_checks_per_bulk: config.max_checks_per_bulk,
             max_preconditions: config.max_preconditions,
@@ -312,6 +321,7 @@ pub async fn run(
         .all_preshared_keys()
         .map_err(ServerError::Config)?
         .is_empty()
+        && config.tls_client_identities.is_empty()
         && !config.insecure_allow_unauthenticated
         && !local.ip().is_loopback()
     {

@@ -270,6 +270,111 @@ async fn a_stalled_tls_handshake_is_cut_off() {
     assert_eq!(health(format!("https://{addr}"), Some(ca)).await, Ok(1));
 }
 
+/// mTLS identities (DESIGN.md §9: the actor is the key name or the mTLS
+/// identity): a call without a key from a client whose verified
+/// certificate names a configured identity gets that identity's scopes,
+/// and its changes are audited under that name; a key still wins when
+/// both are presented; an unmapped certificate is unauthenticated.
+#[tokio::test]
+async fn a_client_certificate_identity_is_the_caller_and_the_audit_actor() {
+    use kinbar::api::proto::authzed::api::v1 as pb;
+    use kinbar::api::proto::authzed::api::v1::permissions_service_client::PermissionsServiceClient;
+    use kinbar::api::proto::authzed::api::v1::schema_service_client::SchemaServiceClient;
+    use kinbar::api::proto::kinbar::v1 as kpb;
+    use kinbar::api::proto::kinbar::v1::audit_service_client::AuditServiceClient;
+    let p = pki();
+    let path = |f: &str| Some(p.dir.path().join(f));
+    let (addr, _stop) = start(Config {
+        tls_cert: path("server.pem"),
+        tls_key: path("server.key"),
+        tls_client_ca: path("ca.pem"),
+        tls_client_identities: vec!["crm-service:check,write".into()],
+        preshared_keys: vec!["root:root-secret-1:admin".into()],
+        ..Config::default()
+    })
+    .await;
+    let tls = ClientTlsConfig::new()
+        .domain_name("localhost")
+        .ca_certificate(Certificate::from_pem(&p.ca_pem))
+        .identity(Identity::from_pem(&p.client_cert, &p.client_key));
+    let ch = Channel::from_shared(format!("https://{addr}"))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    fn keyed<T>(mut r: tonic::Request<T>) -> tonic::Request<T> {
+        r.metadata_mut()
+            .insert("authorization", "Bearer root-secret-1".parse().unwrap());
+        r
+    }
+    SchemaServiceClient::new(ch.clone())
+        .write_schema(keyed(tonic::Request::new(pb::WriteSchemaRequest {
+            schema: "definition user {}\ndefinition doc { relation viewer: user\n permission view = viewer }".into(),
+        })))
+        .await
+        .unwrap();
+    // The certificate alone: check and write scopes, not admin.
+    let denied = SchemaServiceClient::new(ch.clone())
+        .write_schema(pb::WriteSchemaRequest {
+            schema: "definition user {}".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied, "{denied:?}");
+    assert!(denied.message().contains("crm-service"), "{denied:?}");
+    let r: kinbar::Relationship = "doc:1#viewer@user:anna".parse().unwrap();
+    let mut perms = PermissionsServiceClient::new(ch.clone());
+    perms
+        .write_relationships(pb::WriteRelationshipsRequest {
+            updates: vec![pb::RelationshipUpdate {
+                operation: pb::relationship_update::Operation::Touch as i32,
+                relationship: Some(kinbar::api::convert::relationship_pb(&r)),
+            }],
+            optional_preconditions: vec![],
+            optional_transaction_metadata: None,
+        })
+        .await
+        .unwrap();
+    let mut stream = AuditServiceClient::new(ch.clone())
+        .read_audit(keyed(tonic::Request::new(kpb::ReadAuditRequest::default())))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut actors = Vec::new();
+    while let Some(r) = stream.message().await.unwrap() {
+        actors.push(r.transaction.unwrap().actor);
+    }
+    assert_eq!(actors, ["root", "crm-service"]);
+
+    // A certificate naming no configured identity, without a key.
+    let (addr2, _stop2) = start(Config {
+        tls_cert: path("server.pem"),
+        tls_key: path("server.key"),
+        tls_client_ca: path("ca.pem"),
+        tls_client_identities: vec!["billing-service:check".into()],
+        ..Config::default()
+    })
+    .await;
+    let tls = ClientTlsConfig::new()
+        .domain_name("localhost")
+        .ca_certificate(Certificate::from_pem(&p.ca_pem))
+        .identity(Identity::from_pem(&p.client_cert, &p.client_key));
+    let ch2 = Channel::from_shared(format!("https://{addr2}"))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let e = SchemaServiceClient::new(ch2)
+        .read_schema(pb::ReadSchemaRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e:?}");
+}
+
 #[test]
 fn config_precedence_and_validation() {
     let dir = tempfile::tempdir().unwrap();

@@ -52,6 +52,51 @@ impl std::fmt::Debug for PresharedKey {
     }
 }
 
+/// A client certificate identity (mTLS): calls without a key from a client
+/// whose verified certificate names `name` get `scopes` (and `tenant`),
+/// with `name` as the audit actor.
+#[derive(Debug, Clone)]
+pub struct ClientIdentity {
+    pub name: String,
+    pub scopes: Vec<Scope>,
+    pub tenant: Tenant,
+}
+
+impl ClientIdentity {
+    /// Parses `NAME:SCOPES[:PREFIXES]`.
+    pub fn parse(text: &str) -> Result<ClientIdentity, String> {
+        let mut parts = text.splitn(3, ':');
+        let (Some(name), Some(scopes)) = (parts.next(), parts.next()) else {
+            return Err(format!(
+                "a client identity is NAME:SCOPES[:PREFIXES], e.g. crm-service:check, not `{text}`"
+            ));
+        };
+        if name.is_empty() {
+            return Err("a client identity needs a name (the certificate's DNS name)".into());
+        }
+        let scopes = scopes
+            .split(',')
+            .map(|s| Scope::parse(s.trim()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let tenant = Tenant::parse(parts.next().unwrap_or(""))
+            .map_err(|e| format!("client identity `{name}`: {e}"))?;
+        Ok(ClientIdentity {
+            name: name.to_string(),
+            scopes,
+            tenant,
+        })
+    }
+}
+
+/// What the server knows of a call's connection: the peer address and the
+/// DNS names of the client certificate its TLS handshake verified (empty
+/// without mTLS). Put in every request's extensions by `server/conn.rs`.
+#[derive(Debug, Clone)]
+pub struct PeerInfo {
+    pub remote: Option<std::net::SocketAddr>,
+    pub client_names: std::sync::Arc<[String]>,
+}
+
 /// The type-name prefixes a key is confined to (`acme/`): several CRM
 /// tenants in one Kinbar, each seeing and naming only its own types.
 /// Unconfined (no prefixes): every type.
@@ -257,6 +302,7 @@ pub struct Authenticator {
     limiter: Option<std::sync::Arc<KeyedLimiter>>,
     limits: RateLimits,
     security: SecurityLog,
+    identities: Vec<ClientIdentity>,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -357,6 +403,16 @@ impl Authenticator {
         self.open
     }
 
+    /// Adds mTLS client identities (calls without a key authenticate by
+    /// their verified certificate). A server with identities is not open.
+    pub fn with_client_identities(mut self, identities: Vec<ClientIdentity>) -> Self {
+        if !identities.is_empty() {
+            self.open = false;
+        }
+        self.identities = identities;
+        self
+    }
+
     /// Where refused calls are recorded until the server stores them.
     pub fn security_log(&self) -> SecurityLog {
         self.security.clone()
@@ -388,11 +444,9 @@ impl Authenticator {
             return Ok(("anonymous".to_string(), Tenant::all()));
         }
         let anonymous = |s: Status| (None, s);
-        let header = request.metadata().get("authorization").ok_or_else(|| {
-            anonymous(Status::unauthenticated(
-                "missing `authorization: Bearer <key>` metadata",
-            ))
-        })?;
+        let Some(header) = request.metadata().get("authorization") else {
+            return self.check_identity(request, scope);
+        };
         let value = header
             .to_str()
             .map_err(|_| anonymous(Status::unauthenticated("malformed authorization metadata")))?;
@@ -433,6 +487,49 @@ impl Authenticator {
             ));
         }
         Ok((key.name.clone(), key.tenant.clone()))
+    }
+}
+
+impl Authenticator {
+    /// A call without a key: authenticated by its verified client
+    /// certificate if one of its DNS names is a configured identity.
+    fn check_identity<T>(
+        &self,
+        request: &Request<T>,
+        scope: Scope,
+    ) -> Result<(String, Tenant), (Option<String>, Status)> {
+        let names = request
+            .extensions()
+            .get::<PeerInfo>()
+            .map(|p| p.client_names.clone())
+            .unwrap_or_else(|| std::sync::Arc::from([]));
+        let Some(identity) = self.identities.iter().find(|i| names.contains(&i.name)) else {
+            let hint = if names.is_empty() || self.identities.is_empty() {
+                "missing `authorization: Bearer <key>` metadata"
+            } else {
+                "missing `authorization: Bearer <key>` metadata, and the client certificate names no configured identity"
+            };
+            return Err((None, Status::unauthenticated(hint)));
+        };
+        let allowed = identity
+            .scopes
+            .iter()
+            .any(|s| *s == scope || *s == Scope::Admin);
+        if !allowed {
+            return Err((
+                Some(identity.name.clone()),
+                Status::permission_denied(format!(
+                    "client identity `{}` lacks the `{}` scope needed for this method",
+                    identity.name,
+                    match scope {
+                        Scope::Check => "check",
+                        Scope::Write => "write",
+                        Scope::Admin => "admin",
+                    }
+                )),
+            ));
+        }
+        Ok((identity.name.clone(), identity.tenant.clone()))
     }
 }
 
@@ -509,7 +606,10 @@ impl Caller {
 
 fn peer<T>(request: &Request<T>) -> String {
     request
-        .remote_addr()
+        .extensions()
+        .get::<PeerInfo>()
+        .and_then(|p| p.remote)
+        .or_else(|| request.remote_addr())
         .map(|a| a.to_string())
         .unwrap_or_else(|| "unknown".into())
 }

@@ -36,6 +36,9 @@ pub struct Conn {
     /// Until the first [`PREFACE_BYTES`] arrive.
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
     read: usize,
+    /// The DNS names of the client certificate the TLS handshake verified
+    /// (mTLS), empty otherwise.
+    client_names: Arc<[String]>,
 }
 
 /// Plaintext, or TLS terminated by Kinbar (`tls.rs`).
@@ -109,6 +112,7 @@ pub fn incoming(
                     _permit: permit,
                     deadline: Some(Box::pin(tokio::time::sleep_until(deadline))),
                     read: 0,
+                    client_names: Arc::from([]),
                 };
                 if tx.send(Ok(conn)).await.is_err() {
                     return;
@@ -120,11 +124,13 @@ pub fn incoming(
             tokio::spawn(async move {
                 match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => {
+                        let client_names = client_names(&stream);
                         let conn = Conn {
                             inner: Io::Tls(Box::new(stream)),
                             _permit: permit,
                             deadline: Some(Box::pin(tokio::time::sleep_until(deadline))),
                             read: 0,
+                            client_names,
                         };
                         let _ = tx.send(Ok(conn)).await;
                     }
@@ -143,11 +149,32 @@ pub fn incoming(
     tokio_stream::wrappers::ReceiverStream::new(rx)
 }
 
-impl Connected for Conn {
-    type ConnectInfo = TcpConnectInfo;
+/// The DNS names (subject alternative names) of the verified client
+/// certificate, if the client presented one.
+fn client_names(stream: &tokio_rustls::server::TlsStream<TcpStream>) -> Arc<[String]> {
+    let Some(leaf) = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+    else {
+        return Arc::from([]);
+    };
+    match webpki::EndEntityCert::try_from(leaf) {
+        Ok(cert) => cert.valid_dns_names().map(str::to_string).collect(),
+        Err(_) => Arc::from([]),
+    }
+}
 
-    fn connect_info(&self) -> TcpConnectInfo {
-        self.inner.tcp().connect_info()
+impl Connected for Conn {
+    type ConnectInfo = crate::api::auth::PeerInfo;
+
+    fn connect_info(&self) -> crate::api::auth::PeerInfo {
+        let tcp: TcpConnectInfo = self.inner.tcp().connect_info();
+        crate::api::auth::PeerInfo {
+            remote: tcp.remote_addr(),
+            client_names: self.client_names.clone(),
+        }
     }
 }
 
