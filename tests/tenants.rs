@@ -401,6 +401,16 @@ async fn tenants_see_and_name_only_their_own_types() {
         .unwrap()
         .into_inner();
     written(&mut perms, GLOBEX, &["globex/doc:3#viewer@globex/user:bob"]).await;
+    // globex changes its own definitions: not news for acme.
+    schemas
+        .write_schema(with_token(
+            pb::WriteSchemaRequest {
+                schema: schema("globex").replace("viewer + owner", "owner + viewer"),
+            },
+            GLOBEX,
+        ))
+        .await
+        .unwrap();
     written(&mut perms, ACME, &["acme/doc:3#viewer@acme/user:anna"]).await;
     let next = tokio::time::timeout(Duration::from_secs(5), stream.message())
         .await
@@ -413,6 +423,7 @@ async fn tenants_see_and_name_only_their_own_types() {
         .map(|u| format!("{:?}", u.relationship))
         .collect();
     assert_eq!(next.updates.len(), 1, "{names:?}");
+    assert!(!next.schema_updated, "another tenant's schema change");
     assert!(
         names[0].contains("acme/doc") && names[0].contains("\"3\""),
         "{names:?}"

@@ -92,7 +92,11 @@ impl WatchService for WatchApi {
                         // definitions only.
                         Some((old, new)) if tenant.is_confined() => {
                             let limits = &engine.config().schema_limits;
-                            let own = |t: &str| super::tenant::own_text(t, &tenant, limits).ok();
+                            let own = |t: &str| {
+                                super::tenant::own_text(t, &tenant, limits)
+                                    .map(|o| o.trim().to_string())
+                                    .ok()
+                            };
                             old.as_deref().map_or(Some(String::new()), own) != own(new)
                         }
                         Some(_) => true,
