@@ -284,6 +284,22 @@ async fn a_client_certificate_identity_is_the_caller_and_the_audit_actor() {
     use kinbar::api::proto::kinbar::v1::audit_service_client::AuditServiceClient;
     let p = pki();
     let path = |f: &str| Some(p.dir.path().join(f));
+    // A channel presenting the client certificate (DNS name crm-service).
+    let with_certificate = |addr: std::net::SocketAddr| {
+        let tls = ClientTlsConfig::new()
+            .domain_name("localhost")
+            .ca_certificate(Certificate::from_pem(&p.ca_pem))
+            .identity(Identity::from_pem(&p.client_cert, &p.client_key));
+        async move {
+            Channel::from_shared(format!("https://{addr}"))
+                .unwrap()
+                .tls_config(tls)
+                .unwrap()
+                .connect()
+                .await
+                .unwrap()
+        }
+    };
     let (addr, _stop) = start(Config {
         tls_cert: path("server.pem"),
         tls_key: path("server.key"),
@@ -293,17 +309,7 @@ async fn a_client_certificate_identity_is_the_caller_and_the_audit_actor() {
         ..Config::default()
     })
     .await;
-    let tls = ClientTlsConfig::new()
-        .domain_name("localhost")
-        .ca_certificate(Certificate::from_pem(&p.ca_pem))
-        .identity(Identity::from_pem(&p.client_cert, &p.client_key));
-    let ch = Channel::from_shared(format!("https://{addr}"))
-        .unwrap()
-        .tls_config(tls)
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let ch = with_certificate(addr).await;
     fn keyed<T>(mut r: tonic::Request<T>) -> tonic::Request<T> {
         r.metadata_mut()
             .insert("authorization", "Bearer root-secret-1".parse().unwrap());
@@ -357,17 +363,7 @@ async fn a_client_certificate_identity_is_the_caller_and_the_audit_actor() {
         ..Config::default()
     })
     .await;
-    let tls = ClientTlsConfig::new()
-        .domain_name("localhost")
-        .ca_certificate(Certificate::from_pem(&p.ca_pem))
-        .identity(Identity::from_pem(&p.client_cert, &p.client_key));
-    let ch2 = Channel::from_shared(format!("https://{addr2}"))
-        .unwrap()
-        .tls_config(tls)
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let ch2 = with_certificate(addr2).await;
     let e = SchemaServiceClient::new(ch2)
         .read_schema(pb::ReadSchemaRequest {})
         .await

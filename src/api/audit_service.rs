@@ -92,14 +92,9 @@ impl AuditService for AuditApi {
         &self,
         request: Request<kpb::ReadSecurityEventsRequest>,
     ) -> Result<Response<Self::ReadSecurityEventsStream>, Status> {
-        let caller = self.0.authorize(&request, Scope::Admin)?;
-        if caller.tenant.is_confined() {
-            return Err(caller.refuse(format!(
-                "security events cover every tenant's keys; key `{}` is confined to {}",
-                caller.actor,
-                caller.tenant.describe()
-            )));
-        }
+        self.0
+            .authorize(&request, Scope::Admin)?
+            .require_unconfined("security events cover every tenant's keys")?;
         let req = request.into_inner();
         let mut after: u64 = match req.optional_cursor.as_str() {
             "" => 0,
@@ -241,14 +236,9 @@ impl AuditService for AuditApi {
         &self,
         request: Request<kpb::VerifyAuditRequest>,
     ) -> Result<Response<kpb::VerifyAuditResponse>, Status> {
-        let caller = self.0.authorize(&request, Scope::Admin)?;
-        if caller.tenant.is_confined() {
-            return Err(caller.refuse(format!(
-                "the audit chain covers every tenant's transactions; key `{}` is confined to {}: verify with an unconfined admin key",
-                caller.actor,
-                caller.tenant.describe()
-            )));
-        }
+        self.0
+            .authorize(&request, Scope::Admin)?
+            .require_unconfined("the audit chain covers every tenant's transactions")?;
         let complete = request.get_ref().complete;
         let engine = &self.0.engine;
         // A store that pruned its oldest records (the memory store's

@@ -31,6 +31,36 @@ impl Scope {
             )),
         }
     }
+
+    /// Comma-separated scopes (`check,write`).
+    fn parse_list(s: &str) -> Result<Vec<Scope>, String> {
+        s.split(',').map(|s| Scope::parse(s.trim())).collect()
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Scope::Check => "check",
+            Scope::Write => "write",
+            Scope::Admin => "admin",
+        }
+    }
+
+    /// Whether `held` grants `self` (`admin` grants every scope).
+    fn granted_by(self, held: &[Scope]) -> bool {
+        held.iter().any(|s| *s == self || *s == Scope::Admin)
+    }
+}
+
+/// The refusal of a call whose credential (`what`: a key or a client
+/// identity) lacks `scope`; the credential's name goes with it.
+fn lacks_scope(what: &str, name: &str, scope: Scope) -> (Option<String>, Status) {
+    (
+        Some(name.to_string()),
+        Status::permission_denied(format!(
+            "{what} `{name}` lacks the `{}` scope needed for this method",
+            scope.name()
+        )),
+    )
 }
 
 #[derive(Clone)]
@@ -74,10 +104,7 @@ impl ClientIdentity {
         if name.is_empty() {
             return Err("a client identity needs a name (the certificate's DNS name)".into());
         }
-        let scopes = scopes
-            .split(',')
-            .map(|s| Scope::parse(s.trim()))
-            .collect::<Result<Vec<_>, _>>()?;
+        let scopes = Scope::parse_list(scopes)?;
         let tenant = Tenant::parse(parts.next().unwrap_or(""))
             .map_err(|e| format!("client identity `{name}`: {e}"))?;
         Ok(ClientIdentity {
@@ -176,22 +203,13 @@ impl PresharedKey {
                 "preshared key `{name}` is shorter than 8 characters"
             ));
         }
-        let scopes = scopes
-            .split(',')
-            .map(|s| Scope::parse(s.trim()))
-            .collect::<Result<Vec<_>, _>>()?;
+        let scopes = Scope::parse_list(scopes)?;
         Ok(PresharedKey {
             name: name.to_string(),
             digest: digest(key),
             scopes,
             tenant,
         })
-    }
-
-    fn allows(&self, scope: Scope) -> bool {
-        self.scopes
-            .iter()
-            .any(|s| *s == scope || *s == Scope::Admin)
     }
 }
 
@@ -472,19 +490,8 @@ impl Authenticator {
         }
         let key =
             found.ok_or_else(|| anonymous(Status::unauthenticated("unknown preshared key")))?;
-        if !key.allows(scope) {
-            return Err((
-                Some(key.name.clone()),
-                Status::permission_denied(format!(
-                    "key `{}` lacks the `{}` scope needed for this method",
-                    key.name,
-                    match scope {
-                        Scope::Check => "check",
-                        Scope::Write => "write",
-                        Scope::Admin => "admin",
-                    }
-                )),
-            ));
+        if !scope.granted_by(&key.scopes) {
+            return Err(lacks_scope("key", &key.name, scope));
         }
         Ok((key.name.clone(), key.tenant.clone()))
     }
@@ -511,23 +518,8 @@ impl Authenticator {
             };
             return Err((None, Status::unauthenticated(hint)));
         };
-        let allowed = identity
-            .scopes
-            .iter()
-            .any(|s| *s == scope || *s == Scope::Admin);
-        if !allowed {
-            return Err((
-                Some(identity.name.clone()),
-                Status::permission_denied(format!(
-                    "client identity `{}` lacks the `{}` scope needed for this method",
-                    identity.name,
-                    match scope {
-                        Scope::Check => "check",
-                        Scope::Write => "write",
-                        Scope::Admin => "admin",
-                    }
-                )),
-            ));
+        if !scope.granted_by(&identity.scopes) {
+            return Err(lacks_scope("client identity", &identity.name, scope));
         }
         Ok((identity.name.clone(), identity.tenant.clone()))
     }
@@ -589,6 +581,19 @@ impl Caller {
                 .into_iter()
                 .chain(filter.subject.as_ref().map(|s| s.subject_type.as_str())),
         )
+    }
+
+    /// Refuses a confined key (PERMISSION_DENIED, a security event) a
+    /// method that spans every tenant: `spans` says what it covers.
+    pub fn require_unconfined(&self, spans: &str) -> Result<(), Status> {
+        if !self.tenant.is_confined() {
+            return Ok(());
+        }
+        Err(self.refuse(format!(
+            "{spans}; key `{}` is confined to {}: use an unconfined admin key",
+            self.actor,
+            self.tenant.describe()
+        )))
     }
 
     /// A PERMISSION_DENIED for this caller, logged and counted as a
