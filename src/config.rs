@@ -69,6 +69,12 @@ pub struct Config {
     /// Open client connections in all; a connection over the limit is
     /// closed as soon as it is accepted (counted, logged).
     pub max_connections: usize,
+    /// Connections one client address (IPv6: its /64) may have ended by
+    /// HTTP/2 protocol errors (GOAWAY with an error code: CONTINUATION or
+    /// reset floods, oversized headers, bad frames), refilled one per
+    /// second; past it, its new connections are closed as soon as they are
+    /// accepted. Well-behaved clients never cause one. 0: no limit.
+    pub protocol_errors_per_peer: u32,
     /// A new connection must send its first bytes (the HTTP/2 preface or a
     /// TLS ClientHello: 24 bytes) within this many seconds, else it is
     /// closed: idle and slow-preface connections cannot hold slots.
@@ -147,6 +153,7 @@ impl Default for Config {
             max_concurrent_per_key: 0,
             max_connection_age_secs: 0,
             max_connections: 4_096,
+            protocol_errors_per_peer: 10,
             connection_preface_timeout_secs: 10,
             memory_watermark_bytes: 0,
             rate_limit_per_key: 0,

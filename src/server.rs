@@ -5,6 +5,7 @@
 mod conn;
 mod edge;
 pub mod ops;
+mod penalty;
 mod tls;
 
 use std::future::Future;
@@ -488,8 +489,11 @@ pub async fn serve(
         .serve_with_incoming_shutdown(
             conn::incoming(
                 listener,
-                config.max_connections,
-                Duration::from_secs(config.connection_preface_timeout_secs),
+                conn::Limits {
+                    max_connections: config.max_connections,
+                    protocol_errors_per_peer: config.protocol_errors_per_peer,
+                    preface_timeout: Duration::from_secs(config.connection_preface_timeout_secs),
+                },
                 tls,
             ),
             shutdown,

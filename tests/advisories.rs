@@ -464,23 +464,36 @@ async fn rustsec_2023_0034_rapid_reset_does_not_starve_others() {
     server.stop().await;
 }
 
-/// RUSTSEC-2024-0332 (CONTINUATION flood): HEADERS without END_HEADERS
-/// followed by endless CONTINUATION frames. The server bounds the header
-/// list (16 KiB) and drops the connection long before the flood ends; other
-/// clients are unaffected.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rustsec_2024_0332_continuation_flood_is_cut_off() {
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// A new connection sends the preface and an empty SETTINGS frame: the
+/// type of the first frame the server answers with, or None if it closed
+/// the connection without one.
+async fn first_frame(addr: std::net::SocketAddr) -> Option<u8> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let (server, mut client) = server().await;
-    let token = write(&mut client, &["doc:1#viewer@user:a".to_string()]).await;
-    let mut tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-        let len = payload.len() as u32;
-        let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
-        f.extend_from_slice(&stream.to_be_bytes());
-        f.extend_from_slice(payload);
-        f
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let _ = tcp.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await;
+    let _ = tcp.write_all(&frame(0x4, 0, 0, &[])).await;
+    let mut header = [0u8; 9];
+    match tokio::time::timeout(Duration::from_secs(5), tcp.read_exact(&mut header)).await {
+        Ok(Ok(_)) => Some(header[3]),
+        _ => None,
     }
+}
+
+/// One CONTINUATION flood on a new connection: HEADERS without
+/// END_HEADERS, then up to 10,000 CONTINUATION frames of 1 KiB. Returns
+/// the frames written and whether the server closed the connection within
+/// 10 s.
+async fn continuation_flood(addr: std::net::SocketAddr) -> (usize, bool) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     // Preface and an empty SETTINGS frame.
     tcp.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
         .await
@@ -493,7 +506,7 @@ async fn rustsec_2024_0332_continuation_flood_is_cut_off() {
     field.push(0x81);
     field.push(0x07); // 127 + 1 + 7*128 = 1,024
     field.extend(std::iter::repeat_n(b'a', 1024));
-    tcp.write_all(&frame(0x1, 0x0, 1, &field)).await.unwrap();
+    let _ = tcp.write_all(&frame(0x1, 0x0, 1, &field)).await;
     let mut sent = 0usize;
     for _ in 0..10_000 {
         if tcp.write_all(&frame(0x9, 0x0, 1, &field)).await.is_err() {
@@ -514,11 +527,62 @@ async fn rustsec_2024_0332_continuation_flood_is_cut_off() {
     })
     .await
     .unwrap_or(false);
+    (sent, closed)
+}
+
+/// RUSTSEC-2024-0332 (CONTINUATION flood): HEADERS without END_HEADERS
+/// followed by endless CONTINUATION frames. The server bounds the header
+/// list (16 KiB) and drops the connection long before the flood ends; other
+/// clients are unaffected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rustsec_2024_0332_continuation_flood_is_cut_off() {
+    let (server, mut client) = server().await;
+    let token = write(&mut client, &["doc:1#viewer@user:a".to_string()]).await;
+    let (sent, closed) = continuation_flood(server.addr).await;
     assert!(
         closed,
         "connection still open after {sent} CONTINUATION frames"
     );
     eprintln!("CONTINUATION flood: cut off after {sent} frames");
     still_answers(&mut client, &token).await;
+    server.stop().await;
+}
+
+/// A flood that `h2` cuts off cannot simply reconnect: once a client
+/// address has had `protocol_errors_per_peer` connections ended by
+/// protocol errors, its new connections are closed on accept (no SETTINGS
+/// frame, no HTTP/2 setup), its open connection keeps working, and a
+/// second later (one error refilled) it is served again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn floods_that_reconnect_are_refused_on_accept() {
+    let config = Config {
+        protocol_errors_per_peer: 2,
+        ..Config::default()
+    };
+    let (server, ch) = Server::with_schema(config, SCHEMA).await;
+    let mut client = PermissionsServiceClient::new(ch);
+    let token = write(&mut client, &["doc:1#viewer@user:a".to_string()]).await;
+    assert_eq!(
+        first_frame(server.addr).await,
+        Some(0x4),
+        "served: SETTINGS first"
+    );
+    for round in 0..2 {
+        let (sent, closed) = continuation_flood(server.addr).await;
+        assert!(closed, "flood {round} not cut off after {sent} frames");
+    }
+    assert_eq!(
+        first_frame(server.addr).await,
+        None,
+        "two protocol errors spent the budget: closed on accept"
+    );
+    // The client's open connection (same address) is untouched.
+    still_answers(&mut client, &token).await;
+    tokio::time::sleep(Duration::from_millis(1_300)).await;
+    assert_eq!(
+        first_frame(server.addr).await,
+        Some(0x4),
+        "a second later, one error is forgiven"
+    );
     server.stop().await;
 }

@@ -5,6 +5,11 @@
 //! - closes a connection at once when `max_connections` are already open
 //!   (a permit is held for each connection's life), counted in
 //!   `kinbar_connections_refused_total`;
+//! - closes a connection at once when its client address has spent its
+//!   budget of HTTP/2 protocol errors (`penalty.rs`), counted in
+//!   `kinbar_connections_penalized_total`: a flood that `h2` cuts off
+//!   (CONTINUATION, rapid reset) and that reconnects as fast as it can
+//!   then costs an accept and a close, not an HTTP/2 setup each time;
 //! - closes a connection that has not sent its first 24 bytes (the HTTP/2
 //!   preface, or a TLS ClientHello) within the preface timeout, so idle and
 //!   slow-preface connections cannot hold slots;
@@ -26,6 +31,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
+use super::penalty::{FrameScan, PeerPenalties, peer_key};
+
 /// Bytes a client must send before the deadline: the HTTP/2 preface.
 const PREFACE_BYTES: usize = 24;
 
@@ -39,6 +46,10 @@ pub struct Conn {
     /// The DNS names of the client certificate the TLS handshake verified
     /// (mTLS), empty otherwise.
     client_names: Arc<[String]>,
+    /// Where a GOAWAY with an error code is charged, and the frames
+    /// written so far (`penalty.rs`).
+    charged: Option<(Arc<PeerPenalties>, std::net::IpAddr)>,
+    frames: FrameScan,
 }
 
 /// Plaintext, or TLS terminated by Kinbar (`tls.rs`).
@@ -56,21 +67,70 @@ impl Io {
     }
 }
 
+/// The connection limits [`incoming`] applies.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Open connections in all.
+    pub max_connections: usize,
+    /// HTTP/2 protocol errors a client address may cause (refilled one
+    /// per second) before its new connections are refused; 0: no limit.
+    pub protocol_errors_per_peer: u32,
+    /// Time to send the first 24 bytes (and, with TLS, to finish the
+    /// handshake).
+    pub preface_timeout: Duration,
+}
+
+/// One warning per second at most for refusals of one kind: a flood must
+/// not become a flood of logs.
+struct Throttled {
+    refused: u64,
+    last_logged: Option<std::time::Instant>,
+}
+
+impl Throttled {
+    fn new() -> Self {
+        Throttled {
+            refused: 0,
+            last_logged: None,
+        }
+    }
+
+    /// Counts one refusal; returns how many to report if it is time to log.
+    fn count(&mut self) -> Option<u64> {
+        self.refused += 1;
+        if self
+            .last_logged
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
+        {
+            self.last_logged = Some(std::time::Instant::now());
+            return Some(std::mem::take(&mut self.refused));
+        }
+        None
+    }
+}
+
 /// Connections accepted from `listener` under the limits above; with
 /// `tls`, each completes its whole TLS handshake within the preface
 /// timeout, in a task of its own (a slow handshake never holds up the
 /// others), with the certificate in force when it arrived.
 pub fn incoming(
     listener: TcpListener,
-    max_connections: usize,
-    preface_timeout: Duration,
+    limits: Limits,
     tls: Option<Arc<super::tls::ReloadingTls>>,
 ) -> impl Stream<Item = io::Result<Conn>> {
+    let Limits {
+        max_connections,
+        protocol_errors_per_peer,
+        preface_timeout,
+    } = limits;
     let slots = Arc::new(Semaphore::new(max_connections));
+    let penalties = (protocol_errors_per_peer > 0)
+        .then(|| Arc::new(PeerPenalties::new(protocol_errors_per_peer)));
     let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<Conn>>(64);
     tokio::spawn(async move {
-        let mut refused = 0u64;
-        let mut last_logged: Option<std::time::Instant> = None;
+        let mut over_limit = Throttled::new();
+        let mut penalized = Throttled::new();
+        let mut last_pruned = std::time::Instant::now();
         loop {
             let accepted = tokio::select! {
                 a = listener.accept() => a,
@@ -85,12 +145,30 @@ pub fn incoming(
                     continue;
                 }
             };
+            let charged = penalties.as_ref().map(|p| (p.clone(), peer_key(peer)));
+            if let Some((penalties, key)) = &charged {
+                if last_pruned.elapsed() >= PeerPenalties::PRUNE_EVERY {
+                    penalties.prune();
+                    last_pruned = std::time::Instant::now();
+                }
+                if !penalties.allows(*key) {
+                    metrics::counter!("kinbar_connections_penalized_total").increment(1);
+                    if let Some(refused) = penalized.count() {
+                        tracing::warn!(
+                            target: "kinbar::security",
+                            %peer,
+                            protocol_errors_per_peer,
+                            refused,
+                            "connections refused: this address keeps breaking HTTP/2 (its connections end in protocol errors)"
+                        );
+                    }
+                    drop(tcp);
+                    continue;
+                }
+            }
             let Ok(permit) = slots.clone().try_acquire_owned() else {
                 metrics::counter!("kinbar_connections_refused_total").increment(1);
-                refused += 1;
-                // One log line per second at most: a flood must not
-                // become a flood of logs.
-                if last_logged.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                if let Some(refused) = over_limit.count() {
                     tracing::warn!(
                         target: "kinbar::security",
                         %peer,
@@ -98,8 +176,6 @@ pub fn incoming(
                         refused,
                         "connections refused: too many open connections"
                     );
-                    last_logged = Some(std::time::Instant::now());
-                    refused = 0;
                 }
                 drop(tcp);
                 continue;
@@ -113,6 +189,8 @@ pub fn incoming(
                     deadline: Some(Box::pin(tokio::time::sleep_until(deadline))),
                     read: 0,
                     client_names: Arc::from([]),
+                    charged,
+                    frames: FrameScan::default(),
                 };
                 if tx.send(Ok(conn)).await.is_err() {
                     return;
@@ -131,6 +209,8 @@ pub fn incoming(
                             deadline: Some(Box::pin(tokio::time::sleep_until(deadline))),
                             read: 0,
                             client_names,
+                            charged,
+                            frames: FrameScan::default(),
                         };
                         let _ = tx.send(Ok(conn)).await;
                     }
@@ -213,13 +293,43 @@ impl AsyncRead for Conn {
     }
 }
 
+impl Conn {
+    /// Follows the `n` bytes just written; charges the client's address
+    /// once if they complete a GOAWAY with an error code.
+    fn written<'a>(&mut self, bufs: impl Iterator<Item = &'a [u8]>, mut n: usize) {
+        let Some((penalties, key)) = &self.charged else {
+            return;
+        };
+        if self.frames.failed {
+            return;
+        }
+        for buf in bufs {
+            if n == 0 {
+                break;
+            }
+            let part = &buf[..n.min(buf.len())];
+            n -= part.len();
+            if self.frames.feed(part) {
+                metrics::counter!("kinbar_connections_protocol_errors_total").increment(1);
+                penalties.charge(*key);
+                return;
+            }
+        }
+    }
+}
+
 impl AsyncWrite for Conn {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = r {
+            this.written(std::iter::once(buf), n);
+        }
+        r
     }
 
     fn poll_write_vectored(
@@ -227,7 +337,12 @@ impl AsyncWrite for Conn {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = r {
+            this.written(bufs.iter().map(|b| &**b), n);
+        }
+        r
     }
 
     fn is_write_vectored(&self) -> bool {
