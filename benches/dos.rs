@@ -1,24 +1,26 @@
 //! Denial-of-service figures (issue 17's DoS acceptance), printed as the
-//! markdown table BENCHMARKS.md quotes: an in-process `kinbar serve`
-//! (memory datastore, two keys limited to `RATE` requests/s each) is
-//! measured by a well-behaved Check client — key `b`, paced at `PACE`
-//! calls/s from 4 tasks — alone and then while one attack runs:
+//! markdown table BENCHMARKS.md quotes: a `kinbar serve` process (memory
+//! datastore, two keys limited to `RATE` requests/s each) is measured by a
+//! well-behaved Check client — key `b`, paced at `PACE` calls/s from 4
+//! tasks — while one attack runs:
 //!
 //! - 1,000 idle connections (TCP open, nothing sent);
 //! - 200 slow-preface connections (one byte every 200 ms);
-//! - a rapid-reset flood (an `h2` client opening and cancelling streams);
+//! - a rapid-reset flood (an `h2` client opening and cancelling streams),
+//!   reconnecting when cut off;
 //! - a CONTINUATION flood (HEADERS without END_HEADERS, endless
 //!   CONTINUATION frames), reconnecting when cut off;
-//! - key `a` calling as fast as it can from 8 tasks, far over its limit.
+//! - key `a` calling as fast as it can from 8 tasks on a connection of its
+//!   own, far over its limit.
 //!
-//! For each: the client's achieved rate and p50/p99 latency, errors, the
-//! ratio of its p99 to the baseline's, the server's resident memory and
-//! the CPU the server and the attacker used (the server is a `kinbar
-//! serve` process of its own; client, attackers and server share the
-//! machine's cores). The attackers run on a runtime (and threads) of
-//! their own and key `a` on its own connection, as a separate client
-//! would: the measured client never waits behind the attacker's tasks in
-//! its own scheduler or its own connection. Run: `cargo bench --bench dos`.
+//! Each attacker is a process of its own (this binary again, one thread),
+//! as a separate client would be, at `nice` 19 unless `KINBAR_DOS_NICE`
+//! says otherwise (see [`attack_nice`]). Each attack runs [`ROUNDS`] times,
+//! each right after a baseline window of its own; the row is the round
+//! with the median ratio. For each: the client's achieved rate and p50/p99
+//! latency, errors, the ratio of its p99 to its baseline's, the server's
+//! resident memory, and the CPU server and attacker used (CPU seconds per
+//! second). Run: `cargo bench --bench dos`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // benchmark harness
 
 use std::sync::Arc;

@@ -28,7 +28,8 @@ pub struct Config {
     /// Require client certificates signed by this CA (mTLS).
     pub tls_client_ca: Option<PathBuf>,
     /// `NAME:SCOPES[:PREFIXES]`: a client certificate naming NAME (a DNS
-    /// subject alternative name), verified by the client CA, authenticates
+    /// or URI subject alternative name, or its subject's common name),
+    /// verified by the client CA, authenticates
     /// a call that carries no key, with these scopes; NAME is its actor.
     pub tls_client_identities: Vec<String>,
     /// Largest accepted request message.

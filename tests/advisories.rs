@@ -550,11 +550,12 @@ async fn rustsec_2024_0332_continuation_flood_is_cut_off() {
 
 /// A flood that `h2` cuts off cannot simply reconnect: once a client
 /// address has had `protocol_errors_per_peer` connections ended by
-/// protocol errors, its new connections are closed on accept (no SETTINGS
-/// frame, no HTTP/2 setup), its open connection keeps working, and a
-/// second later (one error refilled) it is served again.
+/// protocol errors, its new connections are not served (held unread, no
+/// SETTINGS frame, no HTTP/2 setup, then closed), its open connection
+/// keeps working, and a second later (one error refilled) it is served
+/// again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn floods_that_reconnect_are_refused_on_accept() {
+async fn floods_that_reconnect_are_not_served() {
     let config = Config {
         protocol_errors_per_peer: 2,
         ..Config::default()
@@ -574,7 +575,7 @@ async fn floods_that_reconnect_are_refused_on_accept() {
     assert_eq!(
         first_frame(server.addr).await,
         None,
-        "two protocol errors spent the budget: closed on accept"
+        "two protocol errors spent the budget: not served"
     );
     // The client's open connection (same address) is untouched.
     still_answers(&mut client, &token).await;

@@ -371,6 +371,75 @@ async fn a_client_certificate_identity_is_the_caller_and_the_audit_actor() {
     assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e:?}");
 }
 
+/// A client certificate is named by its URI subject alternative names
+/// (SPIFFE IDs, as service meshes issue them) and its subject's common
+/// name as well as its DNS names: each maps to its identity's scopes (the
+/// refusal of a scope it lacks names it), an unmapped one is
+/// unauthenticated.
+#[tokio::test]
+async fn client_certificates_are_named_by_uri_and_common_name() {
+    use kinbar::api::proto::authzed::api::v1 as pb;
+    use kinbar::api::proto::authzed::api::v1::schema_service_client::SchemaServiceClient;
+    use rcgen::{DnType, SanType};
+    let p = pki();
+    let path = |f: &str| Some(p.dir.path().join(f));
+    let spiffe = "spiffe://crm.example/ns/sales/sa/orders";
+    let issue = |params: CertificateParams| {
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &p.ca).unwrap();
+        (cert.pem(), key.serialize_pem())
+    };
+    let mut by_uri = CertificateParams::new(Vec::<String>::new()).unwrap();
+    by_uri.subject_alt_names = vec![SanType::URI(spiffe.try_into().unwrap())];
+    let mut by_cn = CertificateParams::new(Vec::<String>::new()).unwrap();
+    by_cn
+        .distinguished_name
+        .push(DnType::CommonName, "reporting-job");
+    let mut unmapped = CertificateParams::new(Vec::<String>::new()).unwrap();
+    unmapped
+        .distinguished_name
+        .push(DnType::CommonName, "someone-else");
+    let (addr, _stop) = start(Config {
+        tls_cert: path("server.pem"),
+        tls_key: path("server.key"),
+        tls_client_ca: path("ca.pem"),
+        tls_client_identities: vec![format!("{spiffe}:check"), "reporting-job:check".into()],
+        ..Config::default()
+    })
+    .await;
+    for (params, expected) in [
+        (by_uri, Some(spiffe)),
+        (by_cn, Some("reporting-job")),
+        (unmapped, None),
+    ] {
+        let (cert, key) = issue(params);
+        let tls = ClientTlsConfig::new()
+            .domain_name("localhost")
+            .ca_certificate(Certificate::from_pem(&p.ca_pem))
+            .identity(Identity::from_pem(cert, key));
+        let ch = Channel::from_shared(format!("https://{addr}"))
+            .unwrap()
+            .tls_config(tls)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let e = SchemaServiceClient::new(ch)
+            .write_schema(pb::WriteSchemaRequest {
+                schema: "definition user {}".into(),
+            })
+            .await
+            .unwrap_err();
+        match expected {
+            Some(name) => {
+                assert_eq!(e.code(), tonic::Code::PermissionDenied, "{name}: {e:?}");
+                assert!(e.message().contains(name), "{name}: {e:?}");
+            }
+            None => assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e:?}"),
+        }
+    }
+}
+
 #[test]
 fn config_precedence_and_validation() {
     let dir = tempfile::tempdir().unwrap();

@@ -93,16 +93,24 @@ pub struct ClientIdentity {
 }
 
 impl ClientIdentity {
-    /// Parses `NAME:SCOPES[:PREFIXES]`.
+    /// Parses `NAME:SCOPES[:PREFIXES]`. NAME is one of the certificate's
+    /// names: a DNS name, a URI (`spiffe://crm.example/ns/sales/sa/orders`:
+    /// its `scheme://` is part of the name; a URI with a port cannot be
+    /// named) or the subject's common name.
     pub fn parse(text: &str) -> Result<ClientIdentity, String> {
-        let mut parts = text.splitn(3, ':');
-        let (Some(name), Some(scopes)) = (parts.next(), parts.next()) else {
+        let scheme = text.find("://").map_or(0, |i| i + "://".len());
+        let mut parts = text[scheme..].splitn(3, ':');
+        let name = parts.next().map(|n| &text[..scheme + n.len()]);
+        let (Some(name), Some(scopes)) = (name, parts.next()) else {
             return Err(format!(
                 "a client identity is NAME:SCOPES[:PREFIXES], e.g. crm-service:check, not `{text}`"
             ));
         };
         if name.is_empty() {
-            return Err("a client identity needs a name (the certificate's DNS name)".into());
+            return Err(
+                "a client identity needs a name (the certificate's DNS name, URI or common name)"
+                    .into(),
+            );
         }
         let scopes = Scope::parse_list(scopes)?;
         let tenant = Tenant::parse(parts.next().unwrap_or(""))
@@ -116,7 +124,8 @@ impl ClientIdentity {
 }
 
 /// What the server knows of a call's connection: the peer address and the
-/// DNS names of the client certificate its TLS handshake verified (empty
+/// names of the client certificate its TLS handshake verified — DNS and URI
+/// subject alternative names and the subject's common names — (empty
 /// without mTLS). Put in every request's extensions by `server/conn.rs`.
 #[derive(Debug, Clone)]
 pub struct PeerInfo {
@@ -499,7 +508,7 @@ impl Authenticator {
 
 impl Authenticator {
     /// A call without a key: authenticated by its verified client
-    /// certificate if one of its DNS names is a configured identity.
+    /// certificate if one of its names is a configured identity.
     fn check_identity<T>(
         &self,
         request: &Request<T>,
@@ -671,4 +680,26 @@ fn security_event(
         "call refused"
     );
     status
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_identities_name_dns_names_uris_and_common_names() {
+        let i = ClientIdentity::parse("crm-service:check,write").unwrap();
+        assert_eq!(i.name, "crm-service");
+        assert_eq!(i.scopes.len(), 2);
+        assert_eq!(i.tenant, Tenant::default());
+        let i =
+            ClientIdentity::parse("spiffe://crm.example/ns/sales/sa/orders:check:acme/").unwrap();
+        assert_eq!(i.name, "spiffe://crm.example/ns/sales/sa/orders");
+        assert_eq!(i.tenant, Tenant::parse("acme/").unwrap());
+        let i = ClientIdentity::parse("Reporting Job:check").unwrap();
+        assert_eq!(i.name, "Reporting Job");
+        for bad in ["", "crm-service", ":check", "spiffe://x", "crm:root"] {
+            assert!(ClientIdentity::parse(bad).is_err(), "{bad}");
+        }
+    }
 }

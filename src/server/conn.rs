@@ -5,11 +5,11 @@
 //! - closes a connection at once when `max_connections` are already open
 //!   (a permit is held for each connection's life), counted in
 //!   `kinbar_connections_refused_total`;
-//! - closes a connection at once when its client address has spent its
-//!   budget of HTTP/2 protocol errors (`penalty.rs`), counted in
-//!   `kinbar_connections_penalized_total`: a flood that `h2` cuts off
-//!   (CONTINUATION, rapid reset) and that reconnects as fast as it can
-//!   then costs an accept and a close, not an HTTP/2 setup each time;
+//! - does not serve a connection whose client address has spent its
+//!   budget of HTTP/2 protocol errors (`penalty.rs`): it is held unread
+//!   until the address is back in budget, then closed (counted in
+//!   `kinbar_connections_penalized_total`), so a flood that `h2` cuts off
+//!   (CONTINUATION, rapid reset) cannot simply reconnect;
 //! - closes a connection that has not sent its first 24 bytes (the HTTP/2
 //!   preface, or a TLS ClientHello) within the preface timeout, so idle and
 //!   slow-preface connections cannot hold slots;
@@ -31,7 +31,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
-use super::penalty::{FrameScan, PeerPenalties, peer_key};
+use super::penalty::{FrameScan, MAX_HELD, MAX_HOLD, PeerPenalties, peer_key};
 
 /// Bytes a client must send before the deadline: the HTTP/2 preface.
 const PREFACE_BYTES: usize = 24;
@@ -43,8 +43,8 @@ pub struct Conn {
     /// Until the first [`PREFACE_BYTES`] arrive.
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
     read: usize,
-    /// The DNS names of the client certificate the TLS handshake verified
-    /// (mTLS), empty otherwise.
+    /// The names (DNS and URI SANs, subject common names) of the client
+    /// certificate the TLS handshake verified (mTLS), empty otherwise.
     client_names: Arc<[String]>,
     /// Where a GOAWAY with an error code is charged, and the frames
     /// written so far (`penalty.rs`).
@@ -126,6 +126,7 @@ pub fn incoming(
     let slots = Arc::new(Semaphore::new(max_connections));
     let penalties = (protocol_errors_per_peer > 0)
         .then(|| Arc::new(PeerPenalties::new(protocol_errors_per_peer)));
+    let holds = Arc::new(Semaphore::new(MAX_HELD));
     let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<Conn>>(64);
     tokio::spawn(async move {
         let mut over_limit = Throttled::new();
@@ -151,7 +152,7 @@ pub fn incoming(
                     penalties.prune();
                     last_pruned = std::time::Instant::now();
                 }
-                if !penalties.allows(*key) {
+                if let Some(wait) = penalties.refusal(*key) {
                     metrics::counter!("kinbar_connections_penalized_total").increment(1);
                     if let Some(refused) = penalized.count() {
                         tracing::warn!(
@@ -162,7 +163,14 @@ pub fn incoming(
                             "connections refused: this address keeps breaking HTTP/2 (its connections end in protocol errors)"
                         );
                     }
-                    drop(tcp);
+                    // Held unread until the address may connect again (its
+                    // sender waits instead of reconnecting), then closed.
+                    if let Ok(held) = holds.clone().try_acquire_owned() {
+                        tokio::spawn(async move {
+                            tokio::time::sleep(wait.min(MAX_HOLD)).await;
+                            drop((tcp, held));
+                        });
+                    }
                     continue;
                 }
             }
@@ -229,8 +237,9 @@ pub fn incoming(
     tokio_stream::wrappers::ReceiverStream::new(rx)
 }
 
-/// The DNS names (subject alternative names) of the verified client
-/// certificate, if the client presented one.
+/// The names of the verified client certificate, if the client presented
+/// one: its DNS and URI subject alternative names, then its subject's
+/// common names (mTLS identities match any of them).
 fn client_names(stream: &tokio_rustls::server::TlsStream<TcpStream>) -> Arc<[String]> {
     let Some(leaf) = stream
         .get_ref()
@@ -241,9 +250,55 @@ fn client_names(stream: &tokio_rustls::server::TlsStream<TcpStream>) -> Arc<[Str
         return Arc::from([]);
     };
     match webpki::EndEntityCert::try_from(leaf) {
-        Ok(cert) => cert.valid_dns_names().map(str::to_string).collect(),
+        Ok(cert) => cert
+            .valid_dns_names()
+            .chain(cert.valid_uri_names())
+            .map(str::to_string)
+            .chain(common_names(cert.subject()))
+            .collect(),
         Err(_) => Arc::from([]),
     }
+}
+
+/// The common names (OID 2.5.4.3) in a certificate subject, given as
+/// webpki gives it: the contents of the Name SEQUENCE, without its tag and
+/// length. Names that are not UTF-8 (or one of its subsets) are skipped; a
+/// subject that does not parse gives none.
+fn common_names(subject: &[u8]) -> Vec<String> {
+    const COMMON_NAME: &[u64] = &[2, 5, 4, 3];
+    // Wrap the contents back into a SEQUENCE for the DER reader.
+    let mut der = vec![0x30];
+    let len = subject.len();
+    if len < 0x80 {
+        der.push(len as u8);
+    } else {
+        let bytes = len.to_be_bytes();
+        let skip = bytes.iter().take_while(|b| **b == 0).count();
+        der.push(0x80 | (bytes.len() - skip) as u8);
+        der.extend_from_slice(&bytes[skip..]);
+    }
+    der.extend_from_slice(subject);
+    let mut names = Vec::new();
+    let parsed = yasna::parse_der(&der, |r| {
+        r.read_sequence_of(|r| {
+            r.read_set_of(|r| {
+                r.read_sequence(|r| {
+                    let oid = r.next().read_oid()?;
+                    let value = r.next().read_tagged_der()?;
+                    if oid.components().as_slice() == COMMON_NAME
+                        && let Ok(name) = std::str::from_utf8(value.value())
+                    {
+                        names.push(name.to_string());
+                    }
+                    Ok(())
+                })
+            })
+        })
+    });
+    if parsed.is_err() {
+        return Vec::new();
+    }
+    names
 }
 
 impl Connected for Conn {
