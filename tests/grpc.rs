@@ -1828,6 +1828,51 @@ async fn each_key_has_its_own_rate_limit() {
     };
     assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
     assert!(err.message().contains("costs 5"), "{}", err.message());
+
+    // A key hammering past its limit is a handful of security events (per
+    // key, address and minute), not one row per refused call.
+    let mut refusals = 1u64;
+    for _ in 0..30 {
+        if perms.check_permission(check("secret-b")).await.is_err() {
+            refusals += 1;
+        }
+    }
+    use kinbar::api::proto::kinbar::v1 as kpb;
+    use kinbar::api::proto::kinbar::v1::audit_service_client::AuditServiceClient;
+    let mut audit = AuditServiceClient::new(ch.clone());
+    let mut seen = Vec::new();
+    for _ in 0..10 {
+        // Stored by the server's flush, once a second (and key a may
+        // read once a second too).
+        tokio::time::sleep(Duration::from_millis(1_100)).await;
+        let mut stream = audit
+            .read_security_events(with_token(
+                kpb::ReadSecurityEventsRequest::default(),
+                Some("secret-a"),
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        seen.clear();
+        while let Some(r) = stream.message().await.unwrap() {
+            let e = r.event.unwrap();
+            if e.key == "b" {
+                seen.push((e.code, e.count));
+            }
+        }
+        if seen.iter().map(|(_, n)| n).sum::<u64>() >= refusals {
+            break;
+        }
+    }
+    assert_eq!(
+        seen.iter().map(|(_, n)| n).sum::<u64>(),
+        refusals,
+        "every refusal counted: {seen:?}"
+    );
+    assert!(
+        (1..=2).contains(&seen.len()) && seen.iter().all(|(code, _)| code == "ResourceExhausted"),
+        "{refusals} refusals of key b in one aggregated event (two across a minute boundary): {seen:?}"
+    );
     server.stop().await;
 }
 

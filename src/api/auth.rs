@@ -240,9 +240,10 @@ type KeyedLimiter = governor::RateLimiter<
 
 /// Refused calls waiting to be stored as security events (the server
 /// flushes them to the datastore every second). An authenticated key's
-/// refusals are kept one by one; refusals without a valid key add up per
-/// peer (address without port) and minute, so a flood is a handful of
-/// events, not one per call. Bounded: past [`MAX_PENDING_EVENTS`] events
+/// refusals are kept one by one, except its calls over its rate limit,
+/// which add up per key, peer (address without port) and minute; refusals
+/// without a valid key add up per peer and minute — a flood is a handful
+/// of events, not one per call. Bounded: past [`MAX_PENDING_EVENTS`] events
 /// (or aggregates) more are dropped and counted.
 #[derive(Clone, Default)]
 pub struct SecurityLog(std::sync::Arc<std::sync::Mutex<PendingEvents>>);
@@ -250,7 +251,9 @@ pub struct SecurityLog(std::sync::Arc<std::sync::Mutex<PendingEvents>>);
 #[derive(Default)]
 struct PendingEvents {
     events: Vec<crate::audit::SecurityEvent>,
-    anonymous: std::collections::HashMap<String, crate::audit::SecurityEvent>,
+    /// Floods: calls without a valid key per address and minute, a key's
+    /// rate-limited calls per key, address and minute.
+    aggregates: std::collections::HashMap<String, crate::audit::SecurityEvent>,
 }
 
 /// The most events (and anonymous aggregates) waiting between flushes.
@@ -273,36 +276,44 @@ impl SecurityLog {
                 count: 1,
                 aggregate,
             };
-        match key {
-            Some(key) => {
-                if p.events.len() >= MAX_PENDING_EVENTS {
-                    metrics::counter!("kinbar_security_events_dropped_total").increment(1);
-                    return;
-                }
-                p.events.push(event(key, peer, None));
+        let host = peer
+            .rsplit_once(':')
+            .map_or(peer, |(host, _port)| host)
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        // A key's denials one by one; floods — calls without a valid key,
+        // and a key's calls over its rate limit — add up per key, address
+        // and minute.
+        let aggregate = match key {
+            Some(key) if status.code() == tonic::Code::ResourceExhausted => Some(key),
+            Some(_) => None,
+            None => Some("anonymous"),
+        };
+        let Some(who) = aggregate else {
+            if p.events.len() >= MAX_PENDING_EVENTS {
+                metrics::counter!("kinbar_security_events_dropped_total").increment(1);
+                return;
+            }
+            p.events.push(event(key.unwrap_or("anonymous"), peer, None));
+            return;
+        };
+        let host = if p.aggregates.len() >= MAX_PENDING_EVENTS {
+            "*"
+        } else {
+            host
+        };
+        let aggregate = match key {
+            None => format!("anonymous|{host}|{}", at_ms / 60_000),
+            Some(key) => format!("key|{key}|{host}|{:?}|{}", status.code(), at_ms / 60_000),
+        };
+        match p.aggregates.get_mut(&aggregate) {
+            Some(e) => {
+                e.count += 1;
+                e.at_ms = at_ms;
             }
             None => {
-                let host = peer
-                    .rsplit_once(':')
-                    .map_or(peer, |(host, _port)| host)
-                    .trim_start_matches('[')
-                    .trim_end_matches(']');
-                let host = if p.anonymous.len() >= MAX_PENDING_EVENTS {
-                    "*"
-                } else {
-                    host
-                };
-                let aggregate = format!("anonymous|{host}|{}", at_ms / 60_000);
-                match p.anonymous.get_mut(&aggregate) {
-                    Some(e) => {
-                        e.count += 1;
-                        e.at_ms = at_ms;
-                    }
-                    None => {
-                        let e = event("anonymous", host, Some(aggregate.clone()));
-                        p.anonymous.insert(aggregate, e);
-                    }
-                }
+                let e = event(who, host, Some(aggregate.clone()));
+                p.aggregates.insert(aggregate, e);
             }
         }
     }
@@ -311,7 +322,7 @@ impl SecurityLog {
     pub fn drain(&self) -> Vec<crate::audit::SecurityEvent> {
         let mut p = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let mut out = std::mem::take(&mut p.events);
-        out.extend(p.anonymous.drain().map(|(_, e)| e));
+        out.extend(p.aggregates.drain().map(|(_, e)| e));
         out
     }
 }
