@@ -12,9 +12,13 @@
 //!   identity for any revision text.
 //! - [`validation_yaml`]: a whole validation file, run against a memory
 //!   store (assertions, expected relations), never panics.
-//! - [`request`]: the first byte picks an `authzed.api.v1` request; the
-//!   rest is decoded with prost and, if it decodes, served in process
-//!   against a memory store holding a small schema and data.
+//! - [`request`]: the first byte picks a request of `authzed.api.v1` or
+//!   `kinbar.v1` (every method but Watch and a followed ReadAudit, which
+//!   never end, and ImportBulkRelationships, a client stream); the rest is decoded with
+//!   prost and, if it decodes, served in process against a memory store
+//!   holding a small schema and data. Writes, deletes and offboarding run
+//!   with a precondition that cannot hold or as a dry run, so every input
+//!   sees the same data.
 
 // A harness reports a broken invariant by panicking: that is what the
 // fuzzer (and the corpus replay) catch.
@@ -27,6 +31,9 @@ use prost::Message;
 use crate::api::proto::authzed::api::v1 as pb;
 use crate::api::proto::authzed::api::v1::permissions_service_server::PermissionsService;
 use crate::api::proto::authzed::api::v1::schema_service_server::SchemaService;
+use crate::api::proto::kinbar::v1 as kpb;
+use crate::api::proto::kinbar::v1::admin_service_server::AdminService;
+use crate::api::proto::kinbar::v1::audit_service_server::AuditService;
 
 /// Fuzz inputs longer than this are skipped (the limits that refuse them
 /// are tested elsewhere; the fuzzer should spend its time on structure).
@@ -164,8 +171,8 @@ fn api() -> &'static crate::api::Api {
     })
 }
 
-/// An `authzed.api.v1` request picked by the first byte, decoded from the
-/// rest and served in process. Any status is fine; a panic is not.
+/// A request picked by the first byte, decoded from the rest and served in
+/// process. Any status is fine; a panic is not.
 pub fn request(data: &[u8]) {
     let Some((&which, body)) = data.split_first() else {
         return;
@@ -176,8 +183,19 @@ pub fn request(data: &[u8]) {
     let api = api();
     let perms = crate::api::PermissionsApi(api.clone());
     let schema = crate::api::SchemaApi(api.clone());
+    let audit = crate::api::AuditApi(api.clone());
+    let admin = crate::api::AdminApi(api.clone());
+    // A precondition no input can satisfy: writes and deletes never commit.
+    let never = || pb::Precondition {
+        operation: pb::precondition::Operation::MustMatch as i32,
+        filter: Some(pb::RelationshipFilter {
+            resource_type: "document".into(),
+            optional_resource_id: "never-written".into(),
+            ..Default::default()
+        }),
+    };
     runtime().block_on(async {
-        match which % 8 {
+        match which % 20 {
             0 => {
                 if let Ok(m) = pb::CheckPermissionRequest::decode(body) {
                     let _ = perms.check_permission(tonic::Request::new(m)).await;
@@ -218,20 +236,97 @@ pub fn request(data: &[u8]) {
                 // Writes only with preconditions that cannot hold, so the
                 // data the other requests see stays the same.
                 if let Ok(mut m) = pb::WriteRelationshipsRequest::decode(body) {
-                    m.optional_preconditions.push(pb::Precondition {
-                        operation: pb::precondition::Operation::MustMatch as i32,
-                        filter: Some(pb::RelationshipFilter {
-                            resource_type: "document".into(),
-                            optional_resource_id: "never-written".into(),
-                            ..Default::default()
-                        }),
-                    });
+                    m.optional_preconditions.push(never());
                     let _ = perms.write_relationships(tonic::Request::new(m)).await;
                 }
             }
-            _ => {
+            7 => {
                 if let Ok(m) = pb::DiffSchemaRequest::decode(body) {
                     let _ = schema.diff_schema(tonic::Request::new(m)).await;
+                }
+            }
+            8 => {
+                if let Ok(mut m) = pb::DeleteRelationshipsRequest::decode(body) {
+                    m.optional_preconditions.push(never());
+                    let _ = perms.delete_relationships(tonic::Request::new(m)).await;
+                }
+            }
+            9 => {
+                if let Ok(m) = pb::ExportBulkRelationshipsRequest::decode(body)
+                    && let Ok(r) = perms
+                        .export_bulk_relationships(tonic::Request::new(m))
+                        .await
+                {
+                    drain(r.into_inner()).await;
+                }
+            }
+            10 => {
+                if let Ok(m) = pb::ReadSchemaRequest::decode(body) {
+                    let _ = schema.read_schema(tonic::Request::new(m)).await;
+                }
+            }
+            11 => {
+                // Compiled and refused or accepted, never stored: a schema
+                // write would change what every other input sees.
+                if let Ok(m) = pb::WriteSchemaRequest::decode(body) {
+                    let _ = crate::schema::compile(&m.schema, &crate::schema::Limits::default());
+                }
+            }
+            12 => {
+                if let Ok(m) = pb::ReflectSchemaRequest::decode(body) {
+                    let _ = schema.reflect_schema(tonic::Request::new(m)).await;
+                }
+            }
+            13 => {
+                if let Ok(m) = pb::ComputablePermissionsRequest::decode(body) {
+                    let _ = schema.computable_permissions(tonic::Request::new(m)).await;
+                }
+            }
+            14 => {
+                if let Ok(m) = pb::DependentRelationsRequest::decode(body) {
+                    let _ = schema.dependent_relations(tonic::Request::new(m)).await;
+                }
+            }
+            15 => {
+                // Not following: a followed audit stream never ends.
+                if let Ok(mut m) = kpb::ReadAuditRequest::decode(body) {
+                    m.follow = false;
+                    if let Ok(r) = audit.read_audit(tonic::Request::new(m)).await {
+                        drain(r.into_inner()).await;
+                    }
+                }
+            }
+            16 => {
+                if let Ok(m) = kpb::VerifyAuditRequest::decode(body) {
+                    let _ = audit.verify_audit(tonic::Request::new(m)).await;
+                }
+            }
+            17 => {
+                if let Ok(m) = kpb::ReadSecurityEventsRequest::decode(body)
+                    && let Ok(r) = audit.read_security_events(tonic::Request::new(m)).await
+                {
+                    drain(r.into_inner()).await;
+                }
+            }
+            18 => {
+                if let Ok(mut m) = kpb::OffboardRequest::decode(body) {
+                    m.dry_run = true;
+                    let _ = admin.offboard(tonic::Request::new(m)).await;
+                }
+            }
+            _ => {
+                if let Ok(m) = pb::CheckPermissionRequest::decode(body) {
+                    // The same question twice: the second may come from
+                    // the cache and must agree.
+                    let a = perms.check_permission(tonic::Request::new(m.clone())).await;
+                    let b = perms.check_permission(tonic::Request::new(m)).await;
+                    if let (Ok(a), Ok(b)) = (a, b) {
+                        assert_eq!(
+                            a.get_ref().permissionship,
+                            b.get_ref().permissionship,
+                            "a repeated check changed its answer"
+                        );
+                    }
                 }
             }
         }
