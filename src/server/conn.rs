@@ -262,8 +262,8 @@ fn client_names(stream: &tokio_rustls::server::TlsStream<TcpStream>) -> Arc<[Str
 
 /// The common names (OID 2.5.4.3) in a certificate subject, given as
 /// webpki gives it: the contents of the Name SEQUENCE, without its tag and
-/// length. Names that are not UTF-8 (or one of its subsets) are skipped; a
-/// subject that does not parse gives none.
+/// length. Names in other string types (BMPString, TeletexString…) are
+/// skipped; a subject that does not parse gives none.
 fn common_names(subject: &[u8]) -> Vec<String> {
     const COMMON_NAME: &[u64] = &[2, 5, 4, 3];
     // Wrap the contents back into a SEQUENCE for the DER reader.
@@ -285,8 +285,9 @@ fn common_names(subject: &[u8]) -> Vec<String> {
                 r.read_sequence(|r| {
                     let oid = r.next().read_oid()?;
                     let value = r.next().read_tagged_der()?;
+                    // UTF8String, PrintableString or IA5String only.
                     if oid.components().as_slice() == COMMON_NAME
-                        && let Ok(name) = std::str::from_utf8(value.value())
+                        && let Some(name) = value.as_str()
                     {
                         names.push(name.to_string());
                     }

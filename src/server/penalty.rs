@@ -96,17 +96,16 @@ impl PeerPenalties {
     }
 
     /// One connection from `peer` ended in a protocol error. The budget
-    /// goes down to `-burst` at most, so an address is refused for two
-    /// bursts' worth of seconds at most after its last error.
+    /// goes down to `-burst` at most, so an address is refused for
+    /// `burst + 1` seconds at most after its last error.
     pub fn charge(&self, peer: IpAddr) {
         let now = Instant::now();
         let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        // Full: a new address goes uncharged until the next prune (a scan
+        // per charge here would let many addresses buy CPU with errors).
         if peers.len() >= MAX_TRACKED && !peers.contains_key(&peer) {
-            self.forget_forgiven(&mut peers, now);
-            if peers.len() >= MAX_TRACKED {
-                metrics::counter!("kinbar_peer_penalties_untracked_total").increment(1);
-                return;
-            }
+            metrics::counter!("kinbar_peer_penalties_untracked_total").increment(1);
+            return;
         }
         let b = peers.entry(peer).or_insert(Budget {
             tokens: self.burst,
@@ -117,15 +116,11 @@ impl PeerPenalties {
         *b = r;
     }
 
-    /// Drops addresses whose budget is full again.
-    fn forget_forgiven(&self, peers: &mut HashMap<IpAddr, Budget>, now: Instant) {
-        peers.retain(|_, b| self.refilled(*b, now).tokens < self.burst);
-    }
-
     /// Drops addresses whose budget is full again (called now and then).
     pub fn prune(&self) {
+        let now = Instant::now();
         let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
-        self.forget_forgiven(&mut peers, Instant::now());
+        peers.retain(|_, b| self.refilled(*b, now).tokens < self.burst);
         peers.shrink_to_fit();
     }
 
