@@ -16,8 +16,13 @@ use crate::audit::{AuditFilter, AuditRecord, Replay, Verification, Verifier, hex
 #[derive(Clone)]
 pub struct AuditApi(pub Api);
 
+/// Milliseconds since the epoch; times before it are the epoch and times
+/// past `u64::MAX` ms saturate (a filter bound from a caller can be any
+/// Timestamp: an overflow here panicked, found by the request fuzzer).
 fn timestamp_ms(t: &prost_types::Timestamp) -> u64 {
-    (t.seconds.max(0) as u64) * 1000 + (t.nanos.max(0) as u64) / 1_000_000
+    (t.seconds.max(0) as u64)
+        .saturating_mul(1000)
+        .saturating_add(t.nanos.max(0) as u64 / 1_000_000)
 }
 
 fn to_pb(api: &Api, r: &AuditRecord) -> kpb::AuditTransaction {

@@ -76,7 +76,11 @@ pub(super) async fn audit(conn: &Connection, command: AuditCommand) -> CliResult
         );
         let when = t
             .committed_at
-            .map(|ts| ts.seconds * 1000 + i64::from(ts.nanos) / 1_000_000)
+            .map(|ts| {
+                ts.seconds
+                    .saturating_mul(1000)
+                    .saturating_add(i64::from(ts.nanos) / 1_000_000)
+            })
             .unwrap_or_default();
         let changes: Vec<String> = t
             .changes
@@ -122,8 +126,12 @@ async fn security_events(c: &mut super::client::Client, json: bool) -> CliResult
             return Ok(());
         };
         let at_ms =
-            e.at.map(|ts| ts.seconds * 1000 + i64::from(ts.nanos) / 1_000_000)
-                .unwrap_or_default();
+            e.at.map(|ts| {
+                ts.seconds
+                    .saturating_mul(1000)
+                    .saturating_add(i64::from(ts.nanos) / 1_000_000)
+            })
+            .unwrap_or_default();
         if json {
             println!(
                 "{}",
