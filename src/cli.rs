@@ -108,6 +108,13 @@ pub enum Command {
         /// `schema_updated`, `changes`).
         #[arg(long)]
         json: bool,
+        /// Start after this revision (a `revision` printed by `--json`, or
+        /// any ZedToken) instead of at the head: a consumer that stores the
+        /// last revision it handled resumes after a restart without missing
+        /// a change. Refused once the revision is older than the server's
+        /// history (GC window).
+        #[arg(long, value_name = "REVISION")]
+        since: Option<String>,
     },
     /// Write, delete and read relationships on a server.
     Rel {
@@ -351,7 +358,7 @@ async fn dispatch(cli: Cli) -> CliResult {
         Command::Audit { command } => audit::audit(conn, command).await,
         Command::Import { file } => relationships::import(conn, &file).await,
         Command::Export { json } => relationships::export(conn, json).await,
-        Command::Watch { json } => relationships::watch(conn, json).await,
+        Command::Watch { json, since } => relationships::watch(conn, json, since).await,
         Command::LookupResources {
             resource_type,
             permission,

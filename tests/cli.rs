@@ -483,6 +483,31 @@ customer:c51#owner@user:sam
     );
     assert!(!v["revision"].as_str().unwrap().is_empty(), "{line}");
     assert_eq!(v["metadata"]["actor"], "anonymous", "{line}");
+
+    // watch --since REVISION: a consumer that stopped after that revision
+    // resumes with the next change, made while nobody was watching.
+    let seen = v["revision"].as_str().unwrap().to_string();
+    assert_eq!(
+        run(&[
+            "--reason",
+            "while away",
+            "rel",
+            "touch",
+            "customer:after#owner@user:jo"
+        ])
+        .0,
+        0
+    );
+    let line = first_watched_change(&endpoint, &["--json", "--since", &seen], |_| {});
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(
+        v["changes"][0]["relationship"], "customer:after#owner@user:jo",
+        "{line}"
+    );
+    assert_eq!(v["metadata"]["reason"], "while away", "{line}");
+    let (code, _, err) = run(&["watch", "--since", "not-a-token"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("InvalidArgument"), "{err}");
     drop(server);
 }
 
@@ -586,6 +611,16 @@ fn refused_calls_are_logged_as_security_events_without_tokens() {
         "{log}"
     );
     assert_eq!(events[1]["fields"]["key"], "crm-reader", "{log}");
+    // Every line logged during a call carries the call's request id (the
+    // `rpc` span), distinct per call.
+    let ids: Vec<&str> = events
+        .iter()
+        .map(|e| e["span"]["request_id"].as_str().unwrap_or_default())
+        .collect();
+    assert!(
+        ids.iter().all(|id| id.len() >= 16) && ids[0] != ids[1],
+        "{log}"
+    );
     assert!(
         events[1]["fields"]["peer"]
             .as_str()
@@ -649,74 +684,167 @@ fn operations_guide_names_every_setting() {
     }
 }
 
-/// Splits one walkthrough command line like a shell would (quotes, a
-/// trailing `# comment`, a `> file` redirection dropped); returns the
-/// arguments and the comment.
-fn shell_words(line: &str) -> (Vec<String>, String) {
-    let mut words = Vec::new();
-    let mut word = String::new();
-    let mut in_word = false;
-    let mut chars = line.chars().peekable();
-    let mut comment = String::new();
-    while let Some(c) = chars.next() {
-        match c {
-            '\'' | '"' => {
-                in_word = true;
-                for q in chars.by_ref() {
-                    if q == c {
-                        break;
-                    }
-                    word.push(q);
-                }
+/// Splits a shell line into its command and its trailing `# comment` (a
+/// `#` outside quotes at the start of a word; `team:sales#member` is not
+/// one).
+fn split_comment(line: &str) -> (&str, &str) {
+    let mut quote = None;
+    let mut prev = ' ';
+    for (i, c) in line.char_indices() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), _) => {}
+            (None, '\'' | '"') => quote = Some(c),
+            (None, '#') if prev.is_whitespace() => {
+                return (line[..i].trim_end(), line[i + 1..].trim());
             }
-            '#' if !in_word => {
-                comment = chars.collect::<String>().trim().to_string();
-                break;
-            }
-            '>' if !in_word => break,
-            c if c.is_whitespace() => {
-                if in_word {
-                    words.push(std::mem::take(&mut word));
-                    in_word = false;
-                }
-            }
-            c => {
-                in_word = true;
-                word.push(c);
-            }
+            _ => {}
         }
+        prev = c;
     }
-    if in_word {
-        words.push(word);
-    }
-    (words, comment)
+    (line.trim_end(), "")
 }
 
-/// examples/crm/README.md runs as written: every `$K …` command of its
-/// walkthrough against a real `kinbar serve`, in order; a command whose
-/// comment says "denied" must exit 1 (denied), every other one 0.
-#[test]
-fn crm_walkthrough_runs_as_written() {
-    let readme = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/crm/README.md"),
+/// Does `text` end inside a quoted string?
+fn in_quotes(text: &str) -> bool {
+    let mut quote = None;
+    for c in text.chars() {
+        match quote {
+            Some(q) if c == q => quote = None,
+            Some(_) => {}
+            None if c == '\'' || c == '"' => quote = Some(c),
+            None => {}
+        }
+    }
+    quote.is_some()
+}
+
+/// The shell lines of a walkthrough's ```sh blocks, continuations joined,
+/// from the heading `from` (when given) to the next heading of its level;
+/// the build steps (`cargo …`, `K=…`) are left out (the test supplies the
+/// binary) and grpcurl lines too (tests/clients/test_grpcurl.sh runs them).
+fn walkthrough_lines(doc: &str, from: Option<&str>) -> Vec<String> {
+    let mut lines = Vec::new();
+    let (mut in_block, mut in_section) = (false, from.is_none());
+    let mut pending = String::new();
+    for line in doc.lines() {
+        if let Some(heading) = from {
+            if line == heading {
+                in_section = true;
+            } else if in_section && line.starts_with("## ") {
+                break;
+            }
+        }
+        if !in_section {
+            continue;
+        }
+        if line.starts_with("```") {
+            in_block = line == "```sh";
+            continue;
+        }
+        if !in_block {
+            continue;
+        }
+        if let Some(part) = line.strip_suffix('\\') {
+            pending.push_str(part);
+            continue;
+        }
+        pending.push_str(line);
+        if in_quotes(&pending) {
+            // A quoted argument spanning lines (grpcurl's JSON bodies).
+            pending.push('\n');
+            continue;
+        }
+        let whole = std::mem::take(&mut pending);
+        let command = split_comment(&whole).0;
+        if command.is_empty()
+            || ["cargo ", "K=", "grpcurl "]
+                .iter()
+                .any(|p| command.starts_with(p))
+        {
+            continue;
+        }
+        lines.push(whole);
+    }
+    lines
+}
+
+/// Runs a walkthrough's lines as written, in one bash session, against a
+/// fresh `kinbar serve` (`$K` is this build's binary, `KINBAR_ENDPOINT` its
+/// address), in a scratch directory where `examples/` is the repository's.
+/// Each line must exit 0, or 1 when its comment starts with "denied"; a
+/// line ending in `&` runs in the background until the end.
+fn run_walkthrough(name: &str, lines: &[String]) {
+    let (_server, port) = serve_on_free_port();
+    let dir = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples"),
+        dir.path().join("examples"),
     )
     .unwrap();
-    let (_server, port) = serve_on_free_port();
-    let endpoint = format!("127.0.0.1:{port}");
-    let mut ran = 0;
-    for line in readme.lines() {
-        let Some(command) = line.strip_prefix("$K ") else {
-            continue;
-        };
-        let (words, comment) = shell_words(command);
-        let mut args = vec!["--endpoint", endpoint.as_str()];
-        args.extend(words.iter().map(String::as_str));
-        let (code, out, err) = kinbar(&args);
-        let want = if comment.starts_with("denied") { 1 } else { 0 };
-        assert_eq!(code, want, "`$K {command}`:\n{out}{err}");
-        ran += 1;
+    let mut script = String::from("set -u\n");
+    for (i, line) in lines.iter().enumerate() {
+        if split_comment(line).0.ends_with('&') {
+            script.push_str(line);
+            script.push('\n');
+        } else {
+            // The newline before `}` ends the line's comment.
+            script.push_str(&format!(
+                "{{ {line}\n}} > out.{i} 2>&1 < /dev/null; echo $? > status.{i}\n"
+            ));
+        }
     }
-    assert!(ran >= 25, "only {ran} walkthrough commands found");
+    script.push_str("kill $(jobs -p) 2>/dev/null; wait; true\n");
+    let status = Command::new("timeout")
+        .args(["300", "bash", "-c", &script])
+        .current_dir(dir.path())
+        .env("K", env!("CARGO_BIN_EXE_kinbar"))
+        .env("KINBAR_ENDPOINT", format!("127.0.0.1:{port}"))
+        .stdin(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "{name}: the walkthrough's shell failed");
+    for (i, line) in lines.iter().enumerate() {
+        let (command, comment) = split_comment(line);
+        if command.ends_with('&') {
+            continue;
+        }
+        let read = |f: String| std::fs::read_to_string(dir.path().join(f)).unwrap_or_default();
+        let code = read(format!("status.{i}"));
+        let want = if comment.starts_with("denied") {
+            "1"
+        } else {
+            "0"
+        };
+        assert_eq!(
+            code.trim(),
+            want,
+            "{name}: `{line}` exited {code}:\n{}",
+            read(format!("out.{i}"))
+        );
+    }
+}
+
+/// README.md's "Try it" and examples/crm/README.md run as written: every
+/// command, in order, with its shell syntax (quotes, redirections, pipes,
+/// a background consumer); "denied" lines must exit 1.
+#[test]
+fn walkthroughs_run_as_written() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let lines = walkthrough_lines(&readme, Some("## Try it"));
+    assert!(lines.len() >= 12, "README's Try it: {lines:?}");
+    run_walkthrough("README.md", &lines);
+    let crm = std::fs::read_to_string(root.join("examples/crm/README.md")).unwrap();
+    let lines = walkthrough_lines(&crm, None);
+    assert!(lines.len() >= 30, "the CRM walkthrough: {lines:?}");
+    assert!(
+        lines
+            .iter()
+            .all(|l| l.starts_with("$K ") || !l.contains("kinbar ")),
+        "{lines:?}"
+    );
+    run_walkthrough("examples/crm/README.md", &lines);
 }
 
 /// Starts `kinbar watch EXTRA...`, makes writes with `write(i)` until it

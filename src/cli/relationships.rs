@@ -195,11 +195,11 @@ pub(super) async fn export(conn: &Connection, json: bool) -> CliResult {
     Ok(ExitCode::SUCCESS)
 }
 
-pub(super) async fn watch(conn: &Connection, json: bool) -> CliResult {
+pub(super) async fn watch(conn: &Connection, json: bool, since: Option<String>) -> CliResult {
     let mut c = conn.connect().await?;
     let req = pb::WatchRequest {
         optional_object_types: vec![],
-        optional_start_cursor: None,
+        optional_start_cursor: since.map(|token| pb::ZedToken { token }),
         optional_relationship_filters: vec![],
         optional_update_kinds: vec![],
     };

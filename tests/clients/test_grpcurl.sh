@@ -38,5 +38,33 @@ expect "CheckPermission allowed" "PERMISSIONSHIP_HAS_PERMISSION" g -d '{"consist
 expect "CheckPermission denied" "PERMISSIONSHIP_NO_PERMISSION" g -d '{"consistency": {"fullyConsistent": true}, "resource": {"objectType": "doc", "objectId": "1"}, "permission": "view", "subject": {"object": {"objectType": "user", "objectId": "bob"}}}' "127.0.0.1:$PORT" authzed.api.v1.PermissionsService/CheckPermission
 expect "no key is UNAUTHENTICATED" "Unauthenticated" "$GRPCURL" -plaintext -d '{}' "127.0.0.1:$PORT" authzed.api.v1.SchemaService/ReadSchema
 expect "health SERVING" "SERVING" g "127.0.0.1:$PORT" grpc.health.v1.Health/Check
+
+# README.md's grpcurl commands, as written (their address aside), against a
+# server set up as README's "Try it" does: no key on loopback, the CRM
+# schema, anna a sales rep of c42.
+PORT2=$(python3 -c "import socket; s=socket.socket(); s.bind(('127.0.0.1',0)); print(s.getsockname()[1])")
+"$BIN" serve --grpc-addr "127.0.0.1:$PORT2" 2>/dev/null &
+PID2=$!
+trap 'kill $PID $PID2 2>/dev/null; wait $PID $PID2 2>/dev/null || true' EXIT
+for _ in $(seq 100); do
+  (echo > /dev/tcp/127.0.0.1/$PORT2) 2>/dev/null && break
+  sleep 0.05
+done
+export KINBAR_ENDPOINT="127.0.0.1:$PORT2"
+"$BIN" schema write examples/crm/schema.zed >/dev/null
+"$BIN" rel touch team:sales#member@user:anna customer:c42#sales_rep@team:sales#membership >/dev/null
+readme_grpcurl=$(python3 - "$PORT2" <<'PY'
+import re, sys
+text = open("README.md").read()
+section = text.split("## Try it", 1)[1].split("\n## ", 1)[0]
+blocks = [b for b in re.findall(r"```sh\n(.*?)```", section, re.S) if "grpcurl" in b]
+assert len(blocks) == 1, "README's Try it has one grpcurl block"
+print(blocks[0].replace("127.0.0.1:50051", "127.0.0.1:" + sys.argv[1]))
+PY
+)
+readme_out=$(grpcurl() { "$GRPCURL" "$@"; }; eval "$readme_grpcurl" 2>&1) || true
+expect "README: grpcurl list" "authzed.api.v1.PermissionsService" echo "$readme_out"
+expect "README: grpcurl CheckPermission" "PERMISSIONSHIP_HAS_PERMISSION" echo "$readme_out"
+
 echo "grpcurl: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]
