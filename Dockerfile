@@ -17,8 +17,10 @@ RUN mkdir -p src/bin && echo 'fn main() {}' > src/main.rs && echo '' > src/lib.r
     && cargo build --release --locked --bin kinbar || true
 COPY src src
 RUN touch src/main.rs src/lib.rs && cargo build --release --locked --bin kinbar \
-    && install -D -m 0755 target/release/kinbar /out/kinbar
+    && install -D -s -m 0755 target/release/kinbar /out/kinbar
 
+# Stripped (-s above): 18 MB instead of 100 MB with line tables; a panic
+# still names its file and line (kept as data, not debug info).
 FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=build /out/kinbar /usr/local/bin/kinbar
 # 65532 is distroless's `nonroot`; the Helm chart runs as the same user
