@@ -705,16 +705,19 @@ fn split_comment(line: &str) -> (&str, &str) {
     (line.trim_end(), "")
 }
 
-/// Does `text` end inside a quoted string?
+/// Does `text` end inside a quoted string (a comment's apostrophes aside)?
 fn in_quotes(text: &str) -> bool {
-    let mut quote = None;
+    let (mut quote, mut comment, mut prev) = (None, false, ' ');
     for c in text.chars() {
-        match quote {
-            Some(q) if c == q => quote = None,
-            Some(_) => {}
-            None if c == '\'' || c == '"' => quote = Some(c),
-            None => {}
+        match (quote, c) {
+            _ if comment => comment = c != '\n',
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), _) => {}
+            (None, '\'' | '"') => quote = Some(c),
+            (None, '#') if prev.is_whitespace() => comment = true,
+            _ => {}
         }
+        prev = c;
     }
     quote.is_some()
 }
