@@ -682,6 +682,33 @@ fn operations_guide_names_every_setting() {
             "docs/OPERATIONS.md does not mention the configuration key `{key}`"
         );
     }
+    // Each key's row gives the default the code has (`--print-config`
+    // with nothing set): the reference cannot drift from the code.
+    let (code, defaults, _) = kinbar(&["serve", "--print-config"]);
+    assert_eq!(code, 0, "{defaults}");
+    let mut compared = 0;
+    for line in defaults.lines() {
+        let (key, value) = line.split_once(" = ").unwrap();
+        let row = guide
+            .lines()
+            .find(|l| {
+                l.starts_with('|')
+                    && l.split('|').nth(3).map(str::trim) == Some(&format!("`{key}`"))
+            })
+            .unwrap_or_else(|| panic!("docs/OPERATIONS.md has no table row for `{key}`"));
+        let documented = row.split('|').nth(4).unwrap().trim().trim_matches('`');
+        let expected = match value.trim_matches('"') {
+            "[]" => "none",
+            "false" => "off",
+            v => v,
+        };
+        assert_eq!(
+            documented, expected,
+            "docs/OPERATIONS.md gives `{key}` the default {documented}, the code {value}"
+        );
+        compared += 1;
+    }
+    assert!(compared > 30, "compared only {compared} defaults");
 }
 
 /// Splits a shell line into its command and its trailing `# comment` (a
