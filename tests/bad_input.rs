@@ -353,6 +353,30 @@ fn mutations(f: &FieldDescriptor, current: &Value) -> Vec<(String, Option<Value>
                 "empty".into(),
                 Value::Message(DynamicMessage::new(m.clone())),
             )];
+            if matches!(
+                m.full_name(),
+                "google.protobuf.Timestamp" | "google.protobuf.Duration"
+            ) {
+                // Times at the ends of their range (a filter time past
+                // u64::MAX milliseconds overflowed ReadAudit once).
+                for (seconds, nanos) in [
+                    (i64::MAX, 999_999_999),
+                    (i64::MIN, 0),
+                    (-1, 0),
+                    (0, -1),
+                    (0, 1_000_000_000),
+                    (253_402_300_800, 0), // year 10000
+                    (i64::MAX / 1000 + 1, i32::MAX),
+                ] {
+                    let mut t = DynamicMessage::new(m.clone());
+                    t.set_field_by_name("seconds", Value::I64(seconds));
+                    t.set_field_by_name("nanos", Value::I32(nanos));
+                    v.push((
+                        format!("{{seconds: {seconds}, nanos: {nanos}}}"),
+                        Value::Message(t),
+                    ));
+                }
+            }
             if m.full_name() == "google.protobuf.Struct" {
                 v.push((
                     "nested 200 deep".into(),
