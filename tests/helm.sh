@@ -57,8 +57,10 @@ grep -q 'readOnlyRootFilesystem: true' "$work/default.yaml"
 grep -q 'runAsNonRoot: true' "$work/default.yaml"
 grep -q 'helm.sh/hook: pre-install,pre-upgrade' "$work/default.yaml"
 
-# The rendered config.toml is a configuration kinbar accepts.
-python3 - "$work/default.yaml" "$work/config.toml" <<'PY'
+# The rendered config.toml (default and all-features) is a configuration
+# kinbar accepts, with the values the chart set.
+for f in default all; do
+  python3 - "$work/$f.yaml" "$work/$f.toml" <<'PY'
 import sys
 text = open(sys.argv[1]).read()
 for doc in text.split("\n---"):
@@ -70,8 +72,14 @@ for doc in text.split("\n---"):
 else:
     sys.exit("no ConfigMap rendered")
 PY
-"$BIN" serve --config "$work/config.toml" --print-config > "$work/effective.toml"
-grep -q '^max_connection_age_secs = 600$' "$work/effective.toml"
+  "$BIN" serve --config "$work/$f.toml" --print-config > "$work/$f-effective.toml"
+  grep -q '^max_connection_age_secs = 600$' "$work/$f-effective.toml"
+done
+if grep -q '^otlp_endpoint' "$work/default-effective.toml"; then
+  echo "helm: traces exported by default" >&2
+  exit 1
+fi
+grep -q '^otlp_endpoint = "http://otel-collector.observability:4317"$' "$work/all-effective.toml"
 
 PATH="$(dirname "$HELM"):$PATH" "$work/venv/bin/checkov" -d "$chart" --framework helm \
   --skip-download --compact --quiet --config-file "$chart/.checkov.yaml"
