@@ -283,28 +283,27 @@ impl SecurityLog {
             .trim_end_matches(']');
         // A key's denials one by one; floods — calls without a valid key,
         // and a key's calls over its rate limit — add up per key, address
-        // and minute.
-        let aggregate = match key {
-            Some(key) if status.code() == tonic::Code::ResourceExhausted => Some(key),
-            Some(_) => None,
-            None => Some("anonymous"),
-        };
-        let Some(who) = aggregate else {
-            if p.events.len() >= MAX_PENDING_EVENTS {
-                metrics::counter!("kinbar_security_events_dropped_total").increment(1);
-                return;
-            }
-            p.events.push(event(key.unwrap_or("anonymous"), peer, None));
-            return;
-        };
+        // and minute (every address as `*` once the table is full).
+        let minute = at_ms / 60_000;
         let host = if p.aggregates.len() >= MAX_PENDING_EVENTS {
             "*"
         } else {
             host
         };
-        let aggregate = match key {
-            None => format!("anonymous|{host}|{}", at_ms / 60_000),
-            Some(key) => format!("key|{key}|{host}|{:?}|{}", status.code(), at_ms / 60_000),
+        let (who, aggregate) = match key {
+            None => ("anonymous", format!("anonymous|{host}|{minute}")),
+            Some(key) if status.code() == tonic::Code::ResourceExhausted => (
+                key,
+                format!("key|{key}|{host}|{:?}|{minute}", status.code()),
+            ),
+            Some(key) => {
+                if p.events.len() >= MAX_PENDING_EVENTS {
+                    metrics::counter!("kinbar_security_events_dropped_total").increment(1);
+                } else {
+                    p.events.push(event(key, peer, None));
+                }
+                return;
+            }
         };
         match p.aggregates.get_mut(&aggregate) {
             Some(e) => {
