@@ -156,6 +156,35 @@ async fn postgres_restart_gives_unavailable_then_recovers() {
         eventually(100, || async move { ready().await.0 == 200 }).await,
         "ready again once the migrations match"
     );
+
+    // Migrations behind (the newest one not applied, as after a failed
+    // `kinbar migrate`): not ready, saying what to run; ready once applied.
+    sqlx::query(
+        "UPDATE _sqlx_migrations SET success = false \
+         WHERE version = (SELECT max(version) FROM _sqlx_migrations)",
+    )
+    .execute(&sql)
+    .await
+    .unwrap();
+    assert!(eventually(100, || async move { ready().await.0 == 503 }).await);
+    let body = ready().await.1;
+    assert!(body.contains("kinbar migrate"), "{body}");
+    assert!(
+        eventually(100, || async move { health().await == not_serving }).await,
+        "gRPC health NOT_SERVING while migrations are behind"
+    );
+    sqlx::query("UPDATE _sqlx_migrations SET success = true WHERE NOT success")
+        .execute(&sql)
+        .await
+        .unwrap();
+    assert!(
+        eventually(100, || async move { ready().await.0 == 200 }).await,
+        "ready again once the migrations are applied"
+    );
+    assert!(
+        eventually(100, || async move { health().await != not_serving }).await,
+        "gRPC health SERVING again"
+    );
     server.stop().await;
 }
 
