@@ -260,7 +260,12 @@ struct PendingEvents {
 const MAX_PENDING_EVENTS: usize = 10_000;
 
 impl SecurityLog {
-    fn record(&self, key: Option<&str>, peer: &str, method: &str, status: &Status) {
+    /// Records a refused call; true when it should also be logged: a
+    /// key's refusals one by one always, a flood's only for the first call
+    /// of its aggregate since the last flush (at most a line per key,
+    /// address and second — a log line per refused call would make a flood
+    /// cost the server, and its log pipeline, more than the refusal).
+    fn record(&self, key: Option<&str>, peer: &str, method: &str, status: &Status) -> bool {
         let at_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
@@ -302,17 +307,19 @@ impl SecurityLog {
                 } else {
                     p.events.push(event(key, peer, None));
                 }
-                return;
+                return true;
             }
         };
         match p.aggregates.get_mut(&aggregate) {
             Some(e) => {
                 e.count += 1;
                 e.at_ms = at_ms;
+                false
             }
             None => {
                 let e = event(who, host, Some(aggregate.clone()));
                 p.aggregates.insert(aggregate, e);
+                true
             }
         }
     }
@@ -673,28 +680,63 @@ fn security_event(
     method: &str,
     status: Status,
 ) -> Status {
-    log.record(key, peer, method, &status);
+    let logged = log.record(key, peer, method, &status);
     metrics::counter!(
         "kinbar_security_events_total",
         "code" => format!("{:?}", status.code()),
         "key" => key.unwrap_or("anonymous").to_string()
     )
     .increment(1);
-    tracing::warn!(
-        target: "kinbar::security",
-        key = key.unwrap_or("anonymous"),
-        %peer,
-        %method,
-        code = ?status.code(),
-        reason = status.message(),
-        "call refused"
-    );
+    if logged {
+        tracing::warn!(
+            target: "kinbar::security",
+            key = key.unwrap_or("anonymous"),
+            %peer,
+            %method,
+            code = ?status.code(),
+            reason = status.message(),
+            "call refused"
+        );
+    }
     status
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_flood_logs_its_first_call_and_stores_every_one() {
+        let log = SecurityLog::default();
+        let unknown = Status::unauthenticated("unknown preshared key");
+        let limited = Status::resource_exhausted("over its rate limit");
+        let denied = Status::permission_denied("no write scope");
+        let logged = |key, peer, status: &Status| {
+            (0..100)
+                .filter(|_| log.record(key, peer, "/m", status))
+                .count()
+        };
+        // Floods: one line per key and address until the next flush.
+        assert_eq!(logged(None, "10.0.0.1:1234", &unknown), 1);
+        assert_eq!(logged(None, "10.0.0.1:5678", &unknown), 0, "same address");
+        assert_eq!(logged(None, "10.0.0.2:1234", &unknown), 1);
+        assert_eq!(logged(Some("a"), "10.0.0.1:1", &limited), 1);
+        // A key's denials: every one.
+        assert_eq!(logged(Some("a"), "10.0.0.1:1", &denied), 100);
+        let events = log.drain();
+        let count = |key: &str, code: &str| -> u64 {
+            events
+                .iter()
+                .filter(|e| e.key == key && e.code == code)
+                .map(|e| e.count)
+                .sum()
+        };
+        assert_eq!(count("anonymous", "Unauthenticated"), 300);
+        assert_eq!(count("a", "ResourceExhausted"), 100);
+        assert_eq!(count("a", "PermissionDenied"), 100);
+        // After the flush the next call of a flood is logged again.
+        assert_eq!(logged(None, "10.0.0.1:1234", &unknown), 1);
+    }
 
     #[test]
     fn client_identities_name_dns_names_uris_and_common_names() {
