@@ -232,6 +232,47 @@ impl TempPostgres {
         Err(format!("cannot connect to the test cluster: {last}"))
     }
 
+    /// The cluster's directory (its socket, log and `data/`), owned by the
+    /// server's user: where a tool run by [`TempPostgres::run_tool`] may
+    /// write.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Runs one of the cluster's programs (`pg_dump`, `pg_restore`,
+    /// `pg_resetwal`…) as the server's user; its stderr on failure.
+    pub fn run_tool(&self, program: &str, args: &[&str]) -> Result<(), String> {
+        let bin = bin_dir().ok_or("Postgres binaries not found")?;
+        let out = as_postgres(&bin.join(program))
+            .args(args)
+            .output()
+            .map_err(|e| format!("{program}: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "{program} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        }
+    }
+
+    /// Moves the cluster's next transaction id past `newest` (an xid8) the
+    /// way docs/OPERATIONS.md tells an operator after restoring a logical
+    /// dump: stopped, `pg_resetwal -e EPOCH -x XID` with XID rounded up to
+    /// the next pg_xact segment (0x100000 ids), started again.
+    pub fn advance_transaction_ids_past(&self, newest: u64) -> Result<(), String> {
+        let (epoch, xid) = next_transaction_id_after(newest);
+        self.stop()?;
+        let data = self.dir.join("data");
+        let data = data.to_str().ok_or("non-UTF-8 data directory")?;
+        self.run_tool(
+            "pg_resetwal",
+            &["-e", &epoch.to_string(), "-x", &xid.to_string(), "-D", data],
+        )?;
+        self.start_again()
+    }
+
     fn command(&self, cmd: &str) -> Result<(), String> {
         let mut guard = self.control.lock().map_err(|_| "poisoned".to_string())?;
         let stdin = guard.1.as_mut().ok_or("the cluster is shutting down")?;
@@ -265,5 +306,20 @@ impl Drop for TempPostgres {
             guard.1.take();
             let _ = guard.0.wait();
         }
+    }
+}
+
+/// The `pg_resetwal -e EPOCH -x XID` that puts a cluster's next transaction
+/// id past `newest` (an xid8): the next pg_xact segment boundary (a
+/// multiple of 0x100000, as pg_resetwal's documentation advises), in the
+/// next epoch when that overflows 32 bits.
+pub fn next_transaction_id_after(newest: u64) -> (u64, u64) {
+    let (epoch, xid) = (newest >> 32, newest & 0xFFFF_FFFF);
+    let next = ((xid >> 20) + 1) << 20;
+    if next > 0xFFFF_FFFF {
+        // Ids 0-2 are special; the first normal id of the next epoch.
+        (epoch + 1, 0x10_0000)
+    } else {
+        (epoch, next)
     }
 }

@@ -642,3 +642,121 @@ async fn the_password_can_come_from_pgpassfile() {
     assert_eq!(code, Some(0), "{text}");
     assert!(text.contains("applied migration"), "{text}");
 }
+
+/// Backup and restore with `pg_dump`, as docs/OPERATIONS.md gives it. A
+/// logical dump restored into *another* cluster carries transaction ids the
+/// new cluster has not reached, and revisions are transaction ids: served
+/// as it is, every relationship would be invisible and every check denied.
+/// `kinbar serve` refuses such a database, saying why and where the fix is
+/// documented; once the cluster's transaction ids are advanced past the
+/// data's (`pg_resetwal`, as documented) it serves the same answers and the
+/// restored audit chain verifies completely.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_logical_dump_restored_into_another_cluster() {
+    skip_without_postgres!();
+    let source = cluster();
+    let url = database().await;
+    // Put the source's transaction ids well past a fresh cluster's.
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    sqlx::raw_sql(
+        "DO $$ BEGIN FOR i IN 1..5000 LOOP PERFORM pg_current_xact_id(); COMMIT; END LOOP; END $$",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    let (mut server, port, mut client) = start_server(&url, true).await;
+    written(
+        &mut client,
+        touch(
+            &["doc:1#viewer@user:anna", "doc:2#editor@user:bob"],
+            "before the backup",
+        ),
+    )
+    .await;
+    server.kill().unwrap();
+    server.wait().unwrap();
+    let _ = port;
+    let dump = source.dir().join("kinbar.dump");
+    source
+        .run_tool(
+            "pg_dump",
+            &["-Fc", "-d", &url, "-f", dump.to_str().unwrap()],
+        )
+        .unwrap();
+
+    // Another cluster, an empty database, the dump restored.
+    let target = kinbar::testing::TempPostgres::start().unwrap();
+    let restored = target.fresh_database().await.unwrap();
+    target
+        .run_tool("pg_restore", &["-d", &restored, dump.to_str().unwrap()])
+        .unwrap();
+    let mut refused = Command::new(env!("CARGO_BIN_EXE_kinbar"))
+        .args([
+            "serve",
+            "--datastore",
+            &restored,
+            "--grpc-addr",
+            "127.0.0.1:0",
+        ])
+        .arg("--allow-privileged-datastore-role")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Bounded: a server that starts serving instead fails the test.
+    let mut status = None;
+    for _ in 0..300 {
+        status = refused.try_wait().unwrap();
+        if status.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if status.is_none() {
+        refused.kill().unwrap();
+        refused.wait().unwrap();
+        panic!("kinbar served a restored database whose data it cannot see");
+    }
+    let out = refused.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("restored from a logical dump into another cluster")
+            && err.contains("docs/OPERATIONS.md"),
+        "{err}"
+    );
+
+    // The documented fix, then the same answers and an intact chain.
+    let pool = sqlx::PgPool::connect(&restored).await.unwrap();
+    let newest: String = sqlx::query_scalar("SELECT max(xid)::text FROM transactions")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    target
+        .advance_transaction_ids_past(newest.parse().unwrap())
+        .unwrap();
+    let port = free_port();
+    let mut server = spawn_server(&restored, port);
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut client = PermissionsServiceClient::new(channel(addr).await);
+    assert!(allowed(&mut client, check("doc:1", "view", "user:anna", full())).await);
+    assert!(allowed(&mut client, check("doc:2", "view", "user:bob", full())).await);
+    assert!(!allowed(&mut client, check("doc:1", "view", "user:bob", full())).await);
+    let (code, out) = kinbar_cli(port, &["audit", "verify", "--complete"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("complete: all 2 stored relationships accounted for"),
+        "{out}"
+    );
+    // And it takes writes again.
+    written(
+        &mut client,
+        touch(&["doc:3#viewer@user:cy"], "after the restore"),
+    )
+    .await;
+    assert!(allowed(&mut client, check("doc:3", "view", "user:cy", full())).await);
+    server.kill().unwrap();
+    server.wait().unwrap();
+}

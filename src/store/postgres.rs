@@ -139,6 +139,7 @@ impl PostgresStore {
     pub async fn open(url: &str, options: PostgresOptions) -> Result<Self, StoreError> {
         let pool = Self::pool(url, &options).await?;
         check_migrations(&pool).await?;
+        check_transaction_ids(&pool).await?;
         let id: String =
             sqlx::query_scalar("SELECT value FROM kinbar_metadata WHERE key = 'datastore_id'")
                 .fetch_one(&pool)
@@ -349,6 +350,31 @@ async fn applied_versions(pool: &PgPool) -> Result<Vec<i64>, StoreError> {
 }
 
 /// Refuses an unmigrated, partly migrated or newer database.
+/// Refuses a database whose data was written by transaction ids this
+/// cluster has not reached: revisions *are* transaction ids, so such rows
+/// are invisible and every check would be denied. It happens when a
+/// logical dump (`pg_dump`) is restored into another cluster, whose
+/// transaction counter starts low; docs/OPERATIONS.md says how to restore.
+pub(super) async fn check_transaction_ids(pool: &PgPool) -> Result<(), StoreError> {
+    let ahead: Option<(String, String)> = sqlx::query_as(
+        "SELECT t.xid::text, pg_snapshot_xmax(pg_current_snapshot())::text \
+         FROM (SELECT xid FROM transactions ORDER BY xid DESC LIMIT 1) t \
+         WHERE t.xid >= pg_snapshot_xmax(pg_current_snapshot())",
+    )
+    .fetch_optional(pool)
+    .await
+    .map_err(db_err)?;
+    match ahead {
+        None => Ok(()),
+        Some((newest, next)) => Err(StoreError::Internal(format!(
+            "the database holds transaction {newest} but this Postgres cluster's next transaction id is {next}: \
+             it was restored from a logical dump into another cluster, and its data would be invisible; \
+             restore with a physical backup, or advance the cluster's transaction ids past {newest} \
+             (see \"Backup and restore\" in docs/OPERATIONS.md)"
+        ))),
+    }
+}
+
 pub(super) async fn check_migrations(pool: &PgPool) -> Result<(), StoreError> {
     let applied = applied_versions(pool).await?;
     let known: Vec<i64> = MIGRATOR.iter().map(|m| m.version).collect();

@@ -17,6 +17,7 @@ impl Datastore for PostgresStore {
 
     async fn ready(&self) -> Result<(), StoreError> {
         super::check_migrations(&self.pool).await?;
+        super::check_transaction_ids(&self.pool).await?;
         self.current_snapshot().await.map(|_| ())
     }
 
