@@ -3,7 +3,8 @@
 # default values and with every optional part on (ci/all-features-values.yaml),
 # the rendered manifests validated against the Kubernetes schemas
 # (kubernetes-validate --strict), checkov with no failed check, the guard
-# against a multi-replica memory datastore, and the rendered config.toml
+# against a multi-replica memory datastore, values.schema.json refusing
+# typos and wrong types, and the rendered config.toml
 # accepted by `kinbar serve --print-config` (so the chart cannot drift from
 # the server's configuration keys).
 #
@@ -47,6 +48,15 @@ if "$HELM" template kinbar "$chart" --set datastore.kind=memory --set replicaCou
   echo "helm: a multi-replica memory datastore rendered" >&2
   exit 1
 fi
+
+# values.schema.json: typos and wrong types are refused, not ignored.
+for bad in replicaCount=two server.grpcPrt=50051 server.logFormat=xml \
+           image.digest=sha256:abc datastore.kind=mysql server.otlpEndpoint=collector:4317; do
+  if "$HELM" template kinbar "$chart" --set "$bad" >/dev/null 2>&1; then
+    echo "helm: the values schema accepted $bad" >&2
+    exit 1
+  fi
+done
 
 # Every kind the chart promises is rendered.
 for kind in Deployment Service ConfigMap ServiceAccount Job HorizontalPodAutoscaler \
