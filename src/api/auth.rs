@@ -269,6 +269,18 @@ impl SecurityLog {
         let at_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
+        self.record_at(at_ms, key, peer, method, status)
+    }
+
+    /// [`SecurityLog::record`] at a given time (milliseconds since the epoch).
+    fn record_at(
+        &self,
+        at_ms: u64,
+        key: Option<&str>,
+        peer: &str,
+        method: &str,
+        status: &Status,
+    ) -> bool {
         let mut p = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let event =
             |key: &str, peer: &str, aggregate: Option<String>| crate::audit::SecurityEvent {
@@ -711,9 +723,11 @@ mod tests {
         let unknown = Status::unauthenticated("unknown preshared key");
         let limited = Status::resource_exhausted("over its rate limit");
         let denied = Status::permission_denied("no write scope");
+        // One minute throughout (the aggregates are per minute).
+        let at_ms = 1_800_000_000_000;
         let logged = |key, peer, status: &Status| {
             (0..100)
-                .filter(|_| log.record(key, peer, "/m", status))
+                .filter(|_| log.record_at(at_ms, key, peer, "/m", status))
                 .count()
         };
         // Floods: one line per key and address until the next flush.
@@ -736,6 +750,10 @@ mod tests {
         assert_eq!(count("a", "PermissionDenied"), 100);
         // After the flush the next call of a flood is logged again.
         assert_eq!(logged(None, "10.0.0.1:1234", &unknown), 1);
+        // So is the first call of the next minute.
+        assert!(log.record_at(at_ms + 60_000, None, "10.0.0.1:1", "/m", &unknown));
+        // The live entry point records too.
+        assert!(log.record(Some("b"), "10.0.0.3:1", "/m", &denied));
     }
 
     #[test]
