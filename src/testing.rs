@@ -323,3 +323,20 @@ pub fn next_transaction_id_after(newest: u64) -> (u64, u64) {
         (epoch, next)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::next_transaction_id_after;
+
+    #[test]
+    fn the_next_transaction_id_is_the_next_segment_past_the_newest() {
+        assert_eq!(next_transaction_id_after(5_123), (0, 0x10_0000));
+        assert_eq!(next_transaction_id_after(0x10_0000), (0, 0x20_0000));
+        assert_eq!(
+            next_transaction_id_after((3 << 32) | 0x20_0001),
+            (3, 0x30_0000)
+        );
+        // Past the last segment of an epoch: the next epoch.
+        assert_eq!(next_transaction_id_after(0xFFF0_0001), (1, 0x10_0000));
+    }
+}
