@@ -25,14 +25,19 @@ fn timestamp_ms(t: &prost_types::Timestamp) -> u64 {
         .saturating_add(t.nanos.max(0) as u64 / 1_000_000)
 }
 
+/// The Timestamp of a time in milliseconds since the epoch.
+fn ms_timestamp(ms: u64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: (ms / 1000) as i64,
+        nanos: ((ms % 1000) * 1_000_000) as i32,
+    }
+}
+
 fn to_pb(api: &Api, r: &AuditRecord) -> kpb::AuditTransaction {
     kpb::AuditTransaction {
         sequence: r.sequence,
         revision_token: api.token(&r.revision()).token,
-        committed_at: Some(prost_types::Timestamp {
-            seconds: (r.committed_at_ms / 1000) as i64,
-            nanos: ((r.committed_at_ms % 1000) * 1_000_000) as i32,
-        }),
+        committed_at: Some(ms_timestamp(r.committed_at_ms)),
         actor: r.actor.clone(),
         request_id: r.request_id.clone(),
         metadata: Some(convert::json_struct(&r.metadata)),
@@ -132,10 +137,7 @@ impl AuditService for AuditApi {
                         after_result_cursor: e.id.to_string(),
                         event: Some(kpb::SecurityEvent {
                             id: e.id,
-                            at: Some(prost_types::Timestamp {
-                                seconds: (e.event.at_ms / 1000) as i64,
-                                nanos: ((e.event.at_ms % 1000) * 1_000_000) as i32,
-                            }),
+                            at: Some(ms_timestamp(e.event.at_ms)),
                             key: e.event.key,
                             peer: e.event.peer,
                             method: e.event.method,

@@ -74,14 +74,7 @@ pub(super) async fn audit(conn: &Connection, command: AuditCommand) -> CliResult
                 .into_iter()
                 .collect(),
         );
-        let when = t
-            .committed_at
-            .map(|ts| {
-                ts.seconds
-                    .saturating_mul(1000)
-                    .saturating_add(i64::from(ts.nanos) / 1_000_000)
-            })
-            .unwrap_or_default();
+        let when = t.committed_at.map(|ts| millis(&ts)).unwrap_or_default();
         let changes: Vec<String> = t
             .changes
             .iter()
@@ -125,13 +118,7 @@ async fn security_events(c: &mut super::client::Client, json: bool) -> CliResult
         let Some(e) = r.event else {
             return Ok(());
         };
-        let at_ms =
-            e.at.map(|ts| {
-                ts.seconds
-                    .saturating_mul(1000)
-                    .saturating_add(i64::from(ts.nanos) / 1_000_000)
-            })
-            .unwrap_or_default();
+        let at_ms = e.at.map(|ts| millis(&ts)).unwrap_or_default();
         if json {
             println!(
                 "{}",
@@ -156,4 +143,12 @@ async fn security_events(c: &mut super::client::Client, json: bool) -> CliResult
     })
     .await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Milliseconds since the epoch of a server's Timestamp (saturating: a
+/// far-off time must not overflow the display).
+fn millis(ts: &prost_types::Timestamp) -> i64 {
+    ts.seconds
+        .saturating_mul(1000)
+        .saturating_add(i64::from(ts.nanos) / 1_000_000)
 }
