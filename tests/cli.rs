@@ -711,42 +711,36 @@ fn operations_guide_names_every_setting() {
     assert!(compared > 30, "compared only {compared} defaults");
 }
 
-/// Splits a shell line into its command and its trailing `# comment` (a
-/// `#` outside quotes at the start of a word; `team:sales#member` is not
-/// one).
-fn split_comment(line: &str) -> (&str, &str) {
-    let mut quote = None;
-    let mut prev = ' ';
-    for (i, c) in line.char_indices() {
-        match (quote, c) {
-            (Some(q), c) if c == q => quote = None,
-            (Some(_), _) => {}
-            (None, '\'' | '"') => quote = Some(c),
-            (None, '#') if prev.is_whitespace() => {
-                return (line[..i].trim_end(), line[i + 1..].trim());
-            }
-            _ => {}
-        }
-        prev = c;
-    }
-    (line.trim_end(), "")
-}
-
-/// Does `text` end inside a quoted string (a comment's apostrophes aside)?
-fn in_quotes(text: &str) -> bool {
+/// Reads shell text as bash does for quotes and comments: where its first
+/// `# comment` starts (a `#` outside quotes at the start of a word —
+/// `team:sales#member` is not one; a comment runs to the end of its line,
+/// its apostrophes aside) and whether the text ends inside a quoted string.
+fn shell_scan(text: &str) -> (Option<usize>, bool) {
     let (mut quote, mut comment, mut prev) = (None, false, ' ');
-    for c in text.chars() {
+    let mut first_comment = None;
+    for (i, c) in text.char_indices() {
         match (quote, c) {
             _ if comment => comment = c != '\n',
             (Some(q), c) if c == q => quote = None,
             (Some(_), _) => {}
             (None, '\'' | '"') => quote = Some(c),
-            (None, '#') if prev.is_whitespace() => comment = true,
+            (None, '#') if prev.is_whitespace() => {
+                comment = true;
+                first_comment.get_or_insert(i);
+            }
             _ => {}
         }
         prev = c;
     }
-    quote.is_some()
+    (first_comment, quote.is_some())
+}
+
+/// Splits a shell line into its command and its trailing `# comment`.
+fn split_comment(line: &str) -> (&str, &str) {
+    match shell_scan(line).0 {
+        Some(i) => (line[..i].trim_end(), line[i + 1..].trim()),
+        None => (line.trim_end(), ""),
+    }
 }
 
 /// The shell lines of a walkthrough's ```sh blocks, continuations joined,
@@ -780,7 +774,7 @@ fn walkthrough_lines(doc: &str, from: Option<&str>) -> Vec<String> {
             continue;
         }
         pending.push_str(line);
-        if in_quotes(&pending) {
+        if shell_scan(&pending).1 {
             // A quoted argument spanning lines (grpcurl's JSON bodies).
             pending.push('\n');
             continue;
