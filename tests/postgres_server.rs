@@ -234,15 +234,30 @@ fn spawn_server_as(url: &str, port: u16, privileged_role: bool) -> std::process:
         .unwrap()
 }
 
-/// `kinbar serve` on `url` refused at start (exit status 2): its stderr.
-fn serve_refused(url: &str) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_kinbar"))
+/// `kinbar serve` on `url` (and `extra` flags) refused at start (exit
+/// status 2): its stderr.
+/// Bounded: a server that starts serving instead fails the test (after
+/// 30 s) rather than hanging it.
+fn serve_refused(url: &str, extra: &[&str]) -> String {
+    let mut server = Command::new(env!("CARGO_BIN_EXE_kinbar"))
         .args(["serve", "--datastore", url, "--grpc-addr", "127.0.0.1:0"])
-        .output()
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
         .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(out.status.code(), Some(2), "{err}");
-    err
+    for _ in 0..300 {
+        if server.try_wait().unwrap().is_some() {
+            let out = server.wait_with_output().unwrap();
+            let err = String::from_utf8_lossy(&out.stderr).into_owned();
+            assert_eq!(out.status.code(), Some(2), "{err}");
+            return err;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    server.kill().unwrap();
+    server.wait().unwrap();
+    panic!("kinbar serve {url} {extra:?} was expected to refuse to start, and serves");
 }
 
 /// A `kinbar serve` process on `url` with the test schema, its port and a
@@ -439,7 +454,7 @@ async fn least_privilege_runtime_role() {
     skip_without_postgres!();
     let url = database().await;
     // The migration role (a superuser here) is refused by default.
-    let err = serve_refused(&url);
+    let err = serve_refused(&url, &[]);
     assert!(
         err.contains("privileged Postgres role")
             && err.contains("is a superuser")
@@ -546,7 +561,7 @@ async fn least_privilege_runtime_role() {
 async fn migrate_command_and_serve_refusal() {
     skip_without_postgres!();
     let url = cluster().fresh_database().await.unwrap();
-    let err = serve_refused(&url);
+    let err = serve_refused(&url, &[]);
     assert!(
         err.contains("not migrated") && err.contains("kinbar migrate"),
         "{err}"
@@ -665,7 +680,7 @@ async fn a_logical_dump_restored_into_another_cluster() {
     .await
     .unwrap();
     pool.close().await;
-    let (mut server, port, mut client) = start_server(&url, true).await;
+    let (mut server, _, mut client) = start_server(&url, true).await;
     written(
         &mut client,
         touch(
@@ -676,7 +691,6 @@ async fn a_logical_dump_restored_into_another_cluster() {
     .await;
     server.kill().unwrap();
     server.wait().unwrap();
-    let _ = port;
     let dump = source.dir().join("kinbar.dump");
     source
         .run_tool(
@@ -691,36 +705,7 @@ async fn a_logical_dump_restored_into_another_cluster() {
     target
         .run_tool("pg_restore", &["-d", &restored, dump.to_str().unwrap()])
         .unwrap();
-    let mut refused = Command::new(env!("CARGO_BIN_EXE_kinbar"))
-        .args([
-            "serve",
-            "--datastore",
-            &restored,
-            "--grpc-addr",
-            "127.0.0.1:0",
-        ])
-        .arg("--allow-privileged-datastore-role")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Bounded: a server that starts serving instead fails the test.
-    let mut status = None;
-    for _ in 0..300 {
-        status = refused.try_wait().unwrap();
-        if status.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    if status.is_none() {
-        refused.kill().unwrap();
-        refused.wait().unwrap();
-        panic!("kinbar served a restored database whose data it cannot see");
-    }
-    let out = refused.wait_with_output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
+    let err = serve_refused(&restored, &["--allow-privileged-datastore-role"]);
     assert!(
         err.contains("restored from a logical dump into another cluster")
             && err.contains("docs/OPERATIONS.md"),
